@@ -1,0 +1,1 @@
+"""focuslab presets (TOML), installed as the package data of focuslab.presets."""

@@ -1,0 +1,99 @@
+"""The results store: tidy parquet tables and JSON metadata, always written atomically.
+
+A scan directory holds
+  scan.json        full config, seed, focuslab version, timings, status
+  chunks/*.parquet one file per completed chunk (the unit of resumption)
+  runs.parquet     one row per (optimizer, cell, lr) with replicate statistics
+  best.parquet     one row per (optimizer, cell) at its best learning rate
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import FocuslabError
+
+META = "scan.json"
+RUNS = "runs.parquet"
+BEST = "best.parquet"
+CHUNKS = "chunks"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_json(obj: dict, path: Path) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise FocuslabError(f"{path} not found") from None
+    except (OSError, ValueError) as err:
+        raise FocuslabError(f"{path} is unreadable or not JSON: {err}") from None
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise FocuslabError(f"{path} not found") from None
+    except Exception as err:  # pyarrow raises several types for corrupt files
+        raise FocuslabError(f"{path} is not a readable parquet table: {err}") from None
+
+
+def prepare_out_dir(out: Path) -> Path:
+    """Create ``out`` (and chunks/) or explain in one line why it cannot be used."""
+    out = Path(out)
+    try:
+        (out / CHUNKS).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FocuslabError(f"--out {out}: exists and is not a directory") from None
+    except OSError as err:
+        raise FocuslabError(f"--out {out}: cannot create directory ({err.strerror})") from None
+    if not os.access(out, os.W_OK) or not os.access(out / CHUNKS, os.W_OK):
+        raise FocuslabError(f"--out {out}: directory is not writable")
+    return out
+
+
+def load_scan(directory: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """(metadata, runs, best) of a finished scan, with one-line errors for anything wrong."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FocuslabError(f"results directory not found: {directory}")
+    meta = read_json(directory / META)
+    if meta.get("kind", "scan") != "scan" or "config" not in meta:
+        raise FocuslabError(f"{directory / META} is not focuslab scan metadata")
+    if meta.get("status") != "complete":
+        raise FocuslabError(f"scan in {directory} is not complete (status {meta.get('status')!r}); "
+                            "re-run the same `focuslab scan` command to finish it")
+    return meta, read_parquet(directory / RUNS), read_parquet(directory / BEST)

@@ -45,9 +45,12 @@ def main():
 
     \b
     focuslab scan   toy-landscape phase-diagram scans (numba simulator)
+    focuslab plot   phase diagrams and figures from results
     """
 
 
+from .plot import plot  # noqa: E402
 from .scan import scan  # noqa: E402
 
 main.add_command(scan)
+main.add_command(plot)

@@ -1,0 +1,1 @@
+"""matplotlib figures from results on disk (never re-runs anything)."""

@@ -1,0 +1,36 @@
+"""``focuslab plot``: figures from a results directory (never re-runs a simulation)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("results_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where to write figures [RESULTS_DIR].")
+@click.option("--format", "formats", default="png", show_default=True, metavar="LIST",
+              help="comma list of png, pdf, svg.")
+@click.option("--significance", type=float, default=2.0, show_default=True, metavar="K",
+              help="a cell gets a winner only if it beats the runner-up by more than K combined "
+                   "standard errors (Welch); 0 = the paper's raw argmin.")
+@click.option("--quiet", "-q", is_flag=True, help="print nothing on success.")
+def plot(results_dir, out, formats, significance, quiet):
+    """Draw phase diagrams, margin maps and heatmaps of a `focuslab scan` result."""
+    from focuslab.errors import FocuslabError
+    from focuslab.plot.phase import plot_scan
+    from focuslab.plot.style import FORMATS
+
+    fmts = [f.strip().lower() for f in formats.split(",") if f.strip()]
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise FocuslabError(f"--format: unknown format {', '.join(bad) or formats!r} "
+                            f"(choose from {', '.join(FORMATS)})")
+    if significance < 0:
+        raise FocuslabError(f"--significance: must be >= 0, got {significance:g}")
+    result = plot_scan(results_dir, out, fmts, significance)
+    if not quiet:
+        for line in result["summary"]:
+            click.echo(line)
+        click.echo(f"wrote {len(result['files'])} files to {Path(out or results_dir)}")

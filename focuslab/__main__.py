@@ -1,0 +1,3 @@
+from focuslab.cli.main import main
+
+main()

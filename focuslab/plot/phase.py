@@ -1,0 +1,193 @@
+"""Phase diagrams, margin maps and heatmaps from a scan directory (paper Fig. 2a/2b and beyond)."""
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import CELL_AXES
+from ..errors import FocuslabError
+from ..phase import win_fractions, winners
+from ..results import load_scan
+from .style import (TIE_COLOUR, axis_label, colour, coords, display_name, edges, save)
+
+REQUIRED_BEST = {"optimizer", *CELL_AXES, "best_lr", "final_loss_mean", "final_loss_sem"}
+
+
+class Geometry:
+    """The scanned axes of a scan, from its metadata: values, log flags, plotting coordinates."""
+
+    def __init__(self, meta: dict):
+        cfg = meta["config"]
+        try:
+            self.values = {a: list(cfg["values"][a]) for a in CELL_AXES}
+            self.log = {a: cfg["scales"][a] == "log" for a in CELL_AXES}
+            self.optimizers = list(cfg["optimizers"])
+        except (KeyError, TypeError):
+            raise FocuslabError("scan.json lacks the grid description (config.values/scales/optimizers)") from None
+        self.scanned = [a for a in CELL_AXES if len(self.values[a]) > 1]
+        # noise on x when scanned (the paper's layout), the other axis on y
+        if len(self.scanned) == 2:
+            x = "noise" if "noise" in self.scanned else self.scanned[1]
+            self.x, self.y = x, [a for a in self.scanned if a != x][0]
+
+    def centres(self, axis):
+        return coords(self.values[axis], self.log[axis])
+
+    def label(self, axis):
+        return axis_label(axis, self.log[axis])
+
+    def grid(self, table: pd.DataFrame, column: str) -> np.ndarray:
+        """(len(y), len(x)) array of ``column`` from a one-row-per-cell table."""
+        wide = table.pivot_table(index=self.y, columns=self.x, values=column, aggfunc="first",
+                                 dropna=False)
+        return wide.reindex(index=self.values[self.y], columns=self.values[self.x]).to_numpy()
+
+
+def _new_axes(geo: Geometry, title: str):
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.0), dpi=100, layout="constrained")
+    ax.set_xlabel(geo.label(geo.x))
+    ax.set_ylabel(geo.label(geo.y))
+    ax.set_title(title, fontsize=10)
+    xc, yc = geo.centres(geo.x), geo.centres(geo.y)
+    xe, ye = edges(xc), edges(yc)
+    ax.set_xlim(xe[0], xe[-1])
+    ax.set_ylim(ye[0], ye[-1])
+    return fig, ax, xe, ye
+
+
+def phase_figure(table: pd.DataFrame, optimizers, geo: Geometry, title: str):
+    """Cells coloured by their winner (``label`` column), statistical ties in grey."""
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.patches import Patch
+
+    cats = [*optimizers, "tie"]
+    index = {name: i for i, name in enumerate(cats)}
+    labels = geo.grid(table, "label")
+    img = np.vectorize(lambda s: index.get(s, len(cats) - 1), otypes=[float])(labels)
+    colours = [colour(o, list(optimizers)) for o in optimizers] + [tuple(c / 255 for c in TIE_COLOUR)]
+    fig, ax, xe, ye = _new_axes(geo, title)
+    ax.pcolormesh(xe, ye, img, cmap=ListedColormap(colours),
+                  norm=BoundaryNorm(np.arange(len(cats) + 1) - 0.5, len(cats)), shading="flat")
+    handles = [Patch(color=colours[i], label=display_name(o)) for i, o in enumerate(optimizers)]
+    if (labels == "tie").any():
+        handles.append(Patch(color=colours[-1], label="tie (undecided)"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig, ax
+
+
+def margin_figure(table: pd.DataFrame, geo: Geometry, significance: float, title: str):
+    import matplotlib.pyplot as plt
+
+    margin = geo.grid(table, "margin").astype(float)
+    cap = max(10.0, 2 * significance)
+    fig, ax, xe, ye = _new_axes(geo, title)
+    mesh = ax.pcolormesh(xe, ye, np.clip(np.nan_to_num(margin, posinf=cap), 0, cap), cmap="magma",
+                         vmin=0, vmax=cap, shading="flat")
+    bar = fig.colorbar(mesh, ax=ax)
+    bar.set_label("(runner-up − winner) / combined SE" + (f"  [ties below {significance:g}]"
+                                                          if significance > 0 else ""))
+    plt.setp(bar.ax.get_yticklabels(), fontsize=8)
+    return fig, ax
+
+
+def heatmap_figure(values: np.ndarray, geo: Geometry, title: str, label: str, log: bool | None = None):
+    """A heatmap; log colour scale when asked, or (log=None) when all values are positive."""
+    from matplotlib.colors import LogNorm
+
+    data = np.ma.masked_invalid(np.asarray(values, dtype=float))
+    if log is None:
+        log = data.count() > 0 and data.min() > 0 and data.max() / data.min() > 20
+    fig, ax, xe, ye = _new_axes(geo, title)
+    norm = LogNorm(vmin=data.min(), vmax=data.max()) if log and data.count() else None
+    mesh = ax.pcolormesh(xe, ye, data, cmap="viridis", norm=norm, shading="flat")
+    ax.set_facecolor((0.85, 0.85, 0.85))  # masked (diverged) cells
+    fig.colorbar(mesh, ax=ax).set_label(label)
+    return fig, ax
+
+
+def line_figure(best: pd.DataFrame, optimizers, axis: str, log_axis: bool, title: str):
+    """1-D scan: best mean final loss +- standard error per optimizer."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100, layout="constrained")
+    for opt in optimizers:
+        rows = best[best["optimizer"] == opt].sort_values(axis)
+        x = coords(rows[axis], log_axis)
+        y = rows["final_loss_mean"].to_numpy(float)
+        ok = np.isfinite(y)
+        ax.errorbar(x[ok], y[ok], yerr=rows["final_loss_sem"].to_numpy(float)[ok], marker="o", ms=3,
+                    capsize=2, color=colour(opt, list(optimizers)), label=display_name(opt))
+    ax.set_xlabel(axis_label(axis, log_axis))
+    ax.set_ylabel("best mean final loss (± SE)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(frameon=False)
+    return fig, ax
+
+
+def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0) -> dict:
+    """Draw every figure for a scan directory; returns {'files': [...], 'summary': [lines]}."""
+    import matplotlib.pyplot as plt
+
+    directory = Path(directory)
+    meta, runs, best = load_scan(directory)
+    missing = REQUIRED_BEST - set(best.columns)
+    if missing:
+        raise FocuslabError(f"{directory / 'best.parquet'} lacks column(s) {', '.join(sorted(missing))}")
+    geo = Geometry(meta)
+    opts = [o for o in geo.optimizers if o in set(best["optimizer"])]
+    out = Path(out) if out is not None else directory
+    out.mkdir(parents=True, exist_ok=True)
+    files, summary = [], []
+    table = winners(best, opts, CELL_AXES, significance)
+    raw = winners(best, opts, CELL_AXES, 0.0)
+
+    def frac_line(t, what):
+        f = win_fractions(t, opts)
+        return f"{what}: " + "  ".join(f"{display_name(o)} {100 * f[o]:.1f}%" for o in opts) + \
+            f"  undecided {100 * f['tie']:.1f}%"
+
+    n = len(table)
+    summary.append(f"{n} cells, optimizers at their best lr; scanned: {', '.join(geo.scanned) or 'none'}")
+    if significance > 0:
+        summary.append(frac_line(table, f"winners beyond {significance:g} combined SE (Welch)"))
+    summary.append(frac_line(raw, "raw argmin (paper's picture)"))
+
+    def emit(fig, stem):
+        files.extend(save(fig, out, stem, formats))
+        plt.close(fig)
+
+    sig_note = f"ties: margin ≤ {significance:g} SE" if significance > 0 else "raw argmin"
+    if len(geo.scanned) == 2:
+        emit(phase_figure(table, opts, geo, f"Best optimizer at best lr ({sig_note})")[0], "phase")
+        if len(opts) > 1:
+            emit(margin_figure(table, geo, significance, "Winner's margin over the runner-up")[0],
+                 "margin")
+        for a, b in combinations(opts, 2):
+            pair = winners(best, [a, b], CELL_AXES, significance)
+            emit(phase_figure(pair, [a, b], geo,
+                              f"{display_name(a)} vs {display_name(b)} ({sig_note})")[0],
+                 f"phase_{a}_vs_{b}")
+        for opt in opts:
+            rows = best[best["optimizer"] == opt]
+            emit(heatmap_figure(geo.grid(rows, "final_loss_mean"), geo,
+                                f"{display_name(opt)}: best mean final loss", "final loss")[0],
+                 f"loss_{opt}")
+            emit(heatmap_figure(geo.grid(rows, "best_lr"), geo, f"{display_name(opt)}: best lr",
+                                "learning rate", log=True)[0], f"best_lr_{opt}")
+    elif len(geo.scanned) == 1:
+        axis = geo.scanned[0]
+        emit(line_figure(best, opts, axis, geo.log[axis],
+                         "Best mean final loss at best lr")[0], "best_loss")
+    elif len(geo.scanned) > 2:
+        raise FocuslabError(f"plot draws 1-D or 2-D scans; this one varies {len(geo.scanned)} axes "
+                            f"({', '.join(geo.scanned)}): scan slices separately")
+    return {"files": files, "summary": summary, "winners": table}

@@ -1,0 +1,103 @@
+"""`focuslab scan` from the command line: config precedence and one-line errors (exit 2)."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from focuslab.cli.main import main
+from focuslab.config import build_scan_config, load_toml, parse_grid
+from focuslab.errors import FocuslabError
+
+FAST = ["--sharpness", "1,10", "--noise", "0,1", "--lr", "0.01,0.1", "--replicates", "3",
+        "--steps", "20", "--jobs", "1"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_scan_runs_and_reports(tmp_path):
+    res = invoke("scan", *FAST, "--out", str(tmp_path / "r"))
+    assert res.exit_code == 0, res.output
+    assert "runs.parquet" in res.output
+    assert (tmp_path / "r" / "best.parquet").exists()
+
+
+def test_config_file_then_flags_override(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[scan]\nsharpness = "2,3"\nnoise = 0.5\nsteps = 7\nreplicates = 2\n'
+                   'lr = [0.01]\n[scan.optimizer.focus]\ngamma = 0.3\n')
+    res = invoke("scan", "--config", str(cfg), "--steps", "9", "--optimizers", "focus",
+                 "--opt-param", "focus.beta2=0.8", "--out", str(tmp_path / "o"), "-q", "-j", "1")
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "o" / "scan.json").read_text())["config"]
+    assert meta["steps"] == 9 and meta["replicates"] == 2 and meta["sharpness"] == "2,3"
+    assert meta["optimizer"]["focus"] == {"beta1": 0.9, "beta2": 0.8, "gamma": 0.3, "decay": "theta"}
+    assert meta["theta"] == "pi/6"  # untouched keys come from the default preset
+
+
+def test_presets_parse_with_paper_resolution():
+    a = build_scan_config(load_toml("fig2a", "scan"))
+    assert (len(a.axes["sharpness"]), len(a.axes["noise"]), len(a.axes["lr"])) == (96, 100, 20)
+    assert a.axes["sharpness"].is_log and a.replicates == 50 and a.total_steps() == 2.88e10
+    b = build_scan_config(load_toml("fig2b", "scan"))
+    assert b.scanned_axes == ["noise", "weight_decay"] and b.axes["sharpness"].values == (10.0,)
+    for name in ("fig2a-quick", "fig2b-quick", "default"):
+        assert build_scan_config(load_toml(name, "scan")).total_steps() < 1e10
+
+
+def test_grid_syntax():
+    assert parse_grid("0:3:4").values == (0.0, 1.0, 2.0, 3.0)
+    assert parse_grid("0.1:1000:5:log").values == pytest.approx((0.1, 1, 10, 100, 1000))
+    assert parse_grid("1,10,100").values == (1.0, 10.0, 100.0)
+    assert parse_grid("pi/6").values == pytest.approx((0.5235987755982988,))
+    for bad in ("1:2", "1:2:0", "1:2:3:cubic", "0:1:5:log", "a,b", "1:2:x", "__import__('os')"):
+        with pytest.raises(FocuslabError):
+            parse_grid(bad, "noise")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--sharpness", "1:2"], "malformed grid"),
+    (["--noise", "-0.5"], "must be >= 0"),
+    (["--lr", "0,0.1"], "--lr: 0 must be > 0"),
+    (["--steps", "0"], "--steps: must be >= 1"),
+    (["--replicates", "-3"], "--replicates"),
+    (["--optimizers", "adam,rmsprop"], "unknown optimizer 'rmsprop'"),
+    (["--opt-param", "focus.delta=1"], "unknown parameter focus.delta"),
+    (["--opt-param", "adam.beta1=1.5"], "adam.beta1 must be in [0, 1)"),
+    (["--opt-param", "focus.decay=sideways"], "focus.decay must be one of"),
+    (["--opt-param", "gamma"], "expected OPTIMIZER.NAME=VALUE"),
+    (["--config", "/no/such/file.toml"], "config file not found"),
+    (["--config", "nosuchpreset"], "no preset named"),
+    (["--jobs", "0"], "--jobs"),
+    (["--steps", "many"], "'many' is not a valid integer"),
+    (["--frobnicate"], "No such option"),
+])
+def test_bad_input_gives_one_line_and_exit_2(args, needle, tmp_path):
+    res = invoke("scan", *args, "--out", str(tmp_path / "x"))
+    assert res.exit_code == 2, res.output
+    assert needle in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in res.output
+
+
+def test_unreadable_config_and_unwritable_out(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[scan\nsteps = ")
+    res = invoke("scan", "--config", str(bad))
+    assert res.exit_code == 2 and "not valid TOML" in res.stderr
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[scan]\nstepz = 3\n")
+    res = invoke("scan", "--config", str(unknown))
+    assert res.exit_code == 2 and "unknown config key(s): stepz" in res.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    res = invoke("scan", *FAST, "--out", str(blocker / "sub"))
+    assert res.exit_code == 2 and "--out" in res.stderr and len(res.stderr.splitlines()) == 1
+
+
+def test_changed_config_refused_with_clear_message(tmp_path):
+    assert invoke("scan", *FAST, "--out", str(tmp_path), "-q").exit_code == 0
+    res = invoke("scan", *FAST, "--seed", "4", "--out", str(tmp_path), "-q")
+    assert res.exit_code == 2 and "different config" in res.stderr and "--force" in res.stderr
+    assert invoke("scan", *FAST, "--seed", "4", "--out", str(tmp_path), "-q", "--force").exit_code == 0

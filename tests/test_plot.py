@@ -96,7 +96,7 @@ def test_every_format_and_every_figure_is_written(tmp_path):
     make_results(tmp_path)
     res = CliRunner().invoke(main, ["plot", str(tmp_path), "--format", "png,pdf,svg", "-q"])
     assert res.exit_code == 0, res.output
-    stems = ["phase", "margin", "phase_adam_vs_signum", "phase_adam_vs_focus", "phase_signum_vs_focus",
+    stems = ["phase", "phase_argmin", "margin", "phase_adam_vs_signum", "phase_adam_vs_focus", "phase_signum_vs_focus",
              *[f"{k}_{o}" for o in OPTS for k in ("loss", "best_lr")]]
     for stem in stems:
         assert (tmp_path / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"

@@ -91,6 +91,7 @@ def test_resume_recomputes_only_missing_chunks(tmp_path):
     assert nothing["chunks_computed"] == 0
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     args = ["--sharpness", "1,10", "--noise", "0:3:20", "--lr", "1e-3:1:5:log", "--replicates", "50",
             "--steps", "20000", "--optimizers", "signum,adam", "--chunk-steps", "5000000",

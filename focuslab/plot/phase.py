@@ -168,6 +168,9 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0) 
     sig_note = f"ties: margin ≤ {significance:g} SE" if significance > 0 else "raw argmin"
     if len(geo.scanned) == 2:
         emit(phase_figure(table, opts, geo, f"Best optimizer at best lr ({sig_note})")[0], "phase")
+        if significance > 0:  # the paper's picture beside the significance-aware one
+            emit(phase_figure(raw, opts, geo, "Best optimizer at best lr (raw argmin, as in the paper)")[0],
+                 "phase_argmin")
         if len(opts) > 1:
             emit(margin_figure(table, geo, significance, "Winner's margin over the runner-up")[0],
                  "margin")

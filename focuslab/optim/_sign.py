@@ -1,0 +1,99 @@
+"""Functional core shared by FOCUS and Signum: single-tensor and multi-tensor (foreach) paths.
+
+Both paths run the same sequence of tensor operations, so they give identical results.  For
+bf16/fp16 parameters the state is normally fp32: the update is computed on an fp32 copy of the
+parameter, which is written back at the end (a bf16 EMA at beta2 = 0.99 stalls, because
+(1 - beta2) * theta is below bf16 resolution next to theta).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+
+
+def sign_momentum_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+                         param_avgs: list[Tensor] | None, steps: list[int], *, lr: float,
+                         beta1: float, beta2: float, gamma: float, weight_decay: float,
+                         decay: str, maximize: bool, foreach: bool) -> None:
+    """One FOCUS step (``param_avgs`` given) or Signum step (``param_avgs=None``, gamma unused).
+
+    m   <- beta1 m + (1 - beta1) g                      (as a lerp)
+    avg <- beta2 avg + (1 - beta2) theta;  hat = avg / (1 - beta2^t)
+    decay == "average" (Algorithm 1): theta <- theta - lr wd hat; theta <- theta - lr (sign m + gamma sign(theta - hat))
+    decay == "theta"   (toy experiments): theta <- theta - lr (sign m + gamma sign(theta - hat) + wd theta)
+    Signum: theta <- theta - lr (sign m + wd theta)
+
+    The three terms are applied to theta one after the other (the same maths; rounding within float
+    tolerance of the one-expression form), which needs a single temporary per tensor.
+    """
+    fn = _multi_tensor if foreach else _single_tensor
+    fn(params, grads, exp_avgs, param_avgs, steps, lr=lr, beta1=beta1, beta2=beta2, gamma=gamma,
+       weight_decay=weight_decay, decay=decay, maximize=maximize)
+
+
+def _single_tensor(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta2, gamma,
+                   weight_decay, decay, maximize):
+    for i, p in enumerate(params):
+        m = exp_avgs[i]
+        w = p if p.dtype == m.dtype else p.to(m.dtype)  # fp32 working copy for low-precision params
+        g = grads[i] if grads[i].dtype == m.dtype else grads[i].to(m.dtype)
+        if maximize:
+            g = torch.neg(g)
+        m.lerp_(g, 1 - beta1)
+        if param_avgs is not None:
+            avg = param_avgs[i]
+            avg.lerp_(w, 1 - beta2)
+            tmp = torch.div(avg, 1 - beta2 ** steps[i])  # theta-hat (the only temporary)
+            if decay == "average" and weight_decay != 0:
+                w.add_(tmp, alpha=-lr * weight_decay)  # Algorithm 1: decay toward theta-hat first
+            tmp.sub_(w).sign_()  # sign(theta-hat - theta)
+            if decay == "theta" and weight_decay != 0:
+                w.add_(w, alpha=-lr * weight_decay)
+            w.add_(tmp, alpha=lr * gamma)  # the attraction
+            torch.sign(m, out=tmp)
+        else:
+            tmp = torch.sign(m)
+            if weight_decay != 0:
+                w.add_(w, alpha=-lr * weight_decay)
+        w.add_(tmp, alpha=-lr)
+        if w is not p:
+            p.copy_(w)
+
+
+def _multi_tensor(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta2, gamma,
+                  weight_decay, decay, maximize):
+    buckets: dict = defaultdict(list)  # foreach ops want one device/dtype; bias corrections one t
+    for i, p in enumerate(params):
+        buckets[(p.device, p.dtype, exp_avgs[i].dtype, steps[i])].append(i)
+    for (_, pdtype, sdtype, t), idx in buckets.items():
+        P = [params[i] for i in idx]
+        M = [exp_avgs[i] for i in idx]
+        W = P if pdtype == sdtype else [p.to(sdtype) for p in P]
+        G = [grads[i] for i in idx]
+        if G[0].dtype != sdtype:
+            G = [g.to(sdtype) for g in G]
+        if maximize:
+            G = torch._foreach_neg(G)
+        torch._foreach_lerp_(M, G, 1 - beta1)
+        if param_avgs is not None:
+            A = [param_avgs[i] for i in idx]
+            torch._foreach_lerp_(A, W, 1 - beta2)
+            T = torch._foreach_div(A, 1 - beta2 ** t)
+            if decay == "average" and weight_decay != 0:
+                torch._foreach_add_(W, T, alpha=-lr * weight_decay)
+            torch._foreach_sub_(T, W)
+            torch._foreach_sign_(T)
+            if decay == "theta" and weight_decay != 0:
+                torch._foreach_add_(W, W, alpha=-lr * weight_decay)
+            torch._foreach_add_(W, T, alpha=lr * gamma)
+            torch._foreach_copy_(T, M)
+            torch._foreach_sign_(T)
+        else:
+            T = torch._foreach_sign(M)
+            if weight_decay != 0:
+                torch._foreach_add_(W, W, alpha=-lr * weight_decay)
+        torch._foreach_add_(W, T, alpha=-lr)
+        if W is not P:
+            torch._foreach_copy_(P, W)

@@ -30,8 +30,20 @@ AXIS_HELP = "grid: START:STOP:NUM, START:STOP:NUM:log, a comma list, or one valu
               help="output directory [results/<config name>].")
 @click.option("--force", is_flag=True, help="replace a scan with a different config in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar or summary.")
+@click.option("--shard", metavar="K/N", help="compute only shard K of N (balanced by cost); "
+              "`focuslab merge` assembles the tables.")
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default=None,
+              help="where chunks run: local processes (loky, default) or a Dask cluster.")
+@click.option("--scheduler", metavar="tcp://HOST:PORT", help="Dask scheduler (with --backend dask).")
+@click.option("--sbatch", "sbatch_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="write a SLURM driver script (array of --shards tasks + merge) instead of running.")
+@click.option("--shards", type=int, default=None, help="number of array tasks for --sbatch.")
+@click.option("--sbatch-option", multiple=True, metavar="NAME=VALUE",
+              help="extra #SBATCH line for --sbatch, e.g. partition=cpu or time=01:00:00.")
+@click.option("--dry-run", is_flag=True, help="with --sbatch: print the script, write nothing.")
 def scan(config_file, sharpness, noise, weight_decay, lr, theta, c, optimizers, opt_param,
-         replicates, steps, seed, chunk_steps, jobs, out, force, quiet):
+         replicates, steps, seed, chunk_steps, jobs, out, force, quiet, shard, backend, scheduler,
+         sbatch_file, shards, sbatch_option, dry_run):
     """Scan the narrowing-valley toy model over a grid; write runs/best tables and scan.json.
 
     Without options it runs the `default` preset: a quick Fig. 2a-style sharpness x noise phase
@@ -39,7 +51,7 @@ def scan(config_file, sharpness, noise, weight_decay, lr, theta, c, optimizers, 
     """
     from focuslab.config import build_scan_config, load_toml, parse_opt_param
     from focuslab.errors import FocuslabError
-    from focuslab.scan import run_scan
+    from focuslab.scan import parse_shard, run_scan
 
     if jobs is not None and jobs < 1:
         raise FocuslabError(f"--jobs: must be >= 1, got {jobs}")
@@ -51,8 +63,15 @@ def scan(config_file, sharpness, noise, weight_decay, lr, theta, c, optimizers, 
     config = build_scan_config(file_values, {k: v for k, v in flags.items() if v is not None})
     if out is None:
         out = Path("results") / (Path(config_file).stem if config_file else "default")
-    summary = run_scan(config, out, jobs=jobs, force=force, progress=not quiet)
-    if not quiet:
+    if sbatch_file or dry_run or shards is not None:
+        return _write_sbatch(config, out, sbatch_file, shards, jobs, sbatch_option, dry_run)
+    shard_kn = parse_shard(shard) if shard else None
+    summary = run_scan(config, out, jobs=jobs, force=force, progress=not quiet, backend=backend,
+                       scheduler=scheduler, shard=shard_kn)
+    if shard_kn and not quiet:
+        click.echo(f"{out}: shard {shard_kn[0]}/{shard_kn[1]} done ({summary['chunks_computed']}/"
+                   f"{summary['chunks_total']} chunks computed); `focuslab merge` assembles the tables")
+    elif not quiet:
         done = summary["chunks_computed"]
         speed = summary["ns_per_step_per_worker"]
         click.echo(f"{out}: runs.parquet, best.parquet, scan.json "
@@ -61,3 +80,32 @@ def scan(config_file, sharpness, noise, weight_decay, lr, theta, c, optimizers, 
                    f"{done}/{summary['chunks_total']} chunks computed in "
                    f"{summary['wall_seconds']:.1f} s"
                    + (f", {speed:.1f} ns/step per worker)" if speed else ")"))
+
+
+def _write_sbatch(config, out, sbatch_file, shards, jobs, sbatch_option, dry_run):
+    from focuslab.config import config_to_toml
+    from focuslab.errors import FocuslabError
+    from focuslab.results import atomic_write_bytes
+    from focuslab.scan import plan_chunks
+    from focuslab.slurm import parse_sbatch_options, scan_array_script
+
+    if not sbatch_file and not dry_run:
+        raise FocuslabError("--shards goes with --sbatch FILE (or --dry-run)")
+    if shards is None or shards < 1:
+        raise FocuslabError("--sbatch needs --shards N (N >= 1 array tasks)")
+    n_chunks = len(plan_chunks(config))
+    if shards > n_chunks:
+        raise FocuslabError(f"--shards {shards}: this scan has only {n_chunks} chunks "
+                            "(lower --shards or --chunk-steps)")
+    script = scan_array_script(out=str(Path(out).resolve()), config_toml=config_to_toml(config),
+                               shards=shards, cpus=jobs or 2,
+                               extra=parse_sbatch_options(sbatch_option))
+    if dry_run:
+        click.echo(script, nl=False)
+        return
+    try:
+        atomic_write_bytes(Path(sbatch_file), script.encode())
+    except OSError as err:
+        raise FocuslabError(f"--sbatch {sbatch_file}: cannot write ({err.strerror})") from None
+    Path(sbatch_file).chmod(0o755)
+    click.echo(f"wrote {sbatch_file}: {shards} array tasks + merge; submit with `bash {sbatch_file}`")

@@ -327,3 +327,31 @@ def parse_opt_param(items) -> dict:
         opt, name = key.split(".", 1)
         out.setdefault(opt.strip(), {})[name.strip()] = value.strip()
     return out
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def config_to_toml(config: ScanConfig) -> str:
+    """The resolved config as a [scan] TOML table that rebuilds the same config (same digest)."""
+    lines = ["[scan]"]
+    for name in AXES:
+        lines.append(f"{name} = {_toml_value(config.axes[name].spec)}")
+    lines.append(f"optimizers = {_toml_value(list(config.optimizers))}")
+    for key in SCALARS:
+        lines.append(f"{key} = {getattr(config, key)}")
+    for opt in config.optimizers:
+        params = config.opt_params.get(opt, {})
+        if params:
+            lines.append(f"\n[scan.optimizer.{opt}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in params.items())
+    return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 A scan directory holds
   scan.json        full config, seed, focuslab version, timings, status
   chunks/*.parquet one file per completed chunk (the unit of resumption)
+  shards/*.json    one record per completed shard of a sharded scan (focuslab merge reads them)
   runs.parquet     one row per (optimizer, cell, lr) with replicate statistics
   best.parquet     one row per (optimizer, cell) at its best learning rate
 """
@@ -22,6 +23,7 @@ META = "scan.json"
 RUNS = "runs.parquet"
 BEST = "best.parquet"
 CHUNKS = "chunks"
+SHARDS = "shards"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -26,7 +26,7 @@ from . import __version__
 from .config import CELL_AXES, ScanConfig
 from .errors import FocuslabError
 from .phase import best_per_cell
-from .results import (BEST, CHUNKS, META, RUNS, prepare_out_dir, read_json, read_parquet,
+from .results import (BEST, CHUNKS, META, RUNS, SHARDS, prepare_out_dir, read_json, read_parquet,
                       write_json, write_parquet)
 
 
@@ -109,12 +109,39 @@ def summarise(optimizer: str, cells: np.ndarray, lrs: np.ndarray, out: dict) -> 
     return pd.DataFrame(cols)
 
 
-def _run_and_store(config: ScanConfig, chunk: Chunk, chunk_dir: str) -> tuple[str, float]:
-    """Worker body: compute a chunk and write its table atomically."""
+def _compute(config: ScanConfig, chunk: Chunk) -> tuple[str, pd.DataFrame, float]:
+    """Worker body: compute a chunk and return its table (the caller stores it), so workers need
+    no shared filesystem (Dask)."""
     t0 = time.perf_counter()
     table = compute_chunk(config, chunk)
-    write_parquet(table, Path(chunk_dir) / f"{chunk.name}.parquet")
-    return chunk.name, time.perf_counter() - t0
+    return chunk.name, table, time.perf_counter() - t0
+
+
+def assign_shards(chunks: list[Chunk], n: int) -> list[list[Chunk]]:
+    """Deterministic, disjoint, cost-balanced split of the chunks into ``n`` shards.
+
+    Longest-processing-time first: chunks by decreasing cost (ties in plan order) go to the least
+    loaded shard (ties to the lowest shard).  Each shard keeps plan order.
+    """
+    loads = [0] * n
+    members: list[list[int]] = [[] for _ in range(n)]
+    order = sorted(range(len(chunks)), key=lambda i: (-chunks[i].cost, i))
+    for i in order:
+        k = min(range(n), key=lambda j: (loads[j], j))
+        loads[k] += chunks[i].cost
+        members[k].append(i)
+    return [[chunks[i] for i in sorted(m)] for m in members]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' (1 <= K <= N) -> (K, N)."""
+    try:
+        k, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise FocuslabError(f"--shard: expected K/N such as 3/8, got {text!r}") from None
+    if not 1 <= k <= n:
+        raise FocuslabError(f"--shard: need 1 <= K <= N, got {text!r}")
+    return k, n
 
 
 def _environment() -> dict:
@@ -153,61 +180,171 @@ def missing_chunks(config: ScanConfig, out: Path, chunks: list[Chunk] | None = N
     return [c for c in chunks if not (Path(out) / CHUNKS / f"{c.name}.parquet").exists()]
 
 
-def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool = False,
-             progress: bool = True, backend: str | None = None) -> dict:
-    """Compute every missing chunk of ``config`` in ``out`` and assemble the tables.
+def _backend_context(backend: str | None, scheduler: str | None):
+    """joblib's parallel_config for the chosen backend (a Dask client when backend == 'dask')."""
+    from contextlib import ExitStack
 
-    Returns a summary dict (chunks computed/reused, wall time, ns per optimizer step).
+    from joblib import parallel_config
+
+    stack = ExitStack()
+    if backend in (None, "loky"):
+        if scheduler:
+            raise FocuslabError("--scheduler is only meaningful with --backend dask")
+        return stack, None
+    if backend != "dask":
+        raise FocuslabError(f"--backend: unknown backend {backend!r} (choose loky or dask)")
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise FocuslabError("--backend dask needs dask.distributed: pip install 'focuslab[dask]'") from None
+    if not scheduler:
+        raise FocuslabError("--backend dask needs --scheduler tcp://HOST:PORT (a running Dask scheduler)")
+    try:
+        client = stack.enter_context(Client(scheduler, timeout="10s", set_as_default=False))
+    except (OSError, TimeoutError) as err:
+        raise FocuslabError(f"--scheduler {scheduler}: cannot connect ({err})") from None
+    workers = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+    stack.enter_context(parallel_config(backend="dask", client=client))  # joblib's dask backend
+    return stack, max(workers, 1)
+
+
+def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool = False,
+             progress: bool = True, backend: str | None = None, scheduler: str | None = None,
+             shard: tuple[int, int] | None = None) -> dict:
+    """Compute every missing chunk of ``config`` (or of shard K/N of it) in ``out``.
+
+    A full scan then assembles runs/best and marks scan.json complete; a shard records itself in
+    shards/K-of-N.json for `focuslab merge`.  Returns a summary dict (chunks computed, wall time,
+    ns per optimizer step).
     """
-    from joblib import Parallel, delayed, parallel_config
+    from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
     out = Path(out)
     meta = open_scan_dir(config, out, force)
     chunks = plan_chunks(config)
-    todo = missing_chunks(config, out, chunks)
-    jobs = jobs or os.cpu_count() or 1
+    mine = chunks if shard is None else assign_shards(chunks, shard[1])[shard[0] - 1]
+    todo = missing_chunks(config, out, mine)
+    stack, workers = _backend_context(backend, scheduler)
+    jobs = jobs or workers or os.cpu_count() or 1
     started = time.time()
     work = sum(c.cost for c in todo)
     compute_s = 0.0
-    if todo:
-        bar = tqdm(total=work, unit="step", unit_scale=True, dynamic_ncols=True,
-                   disable=not progress or not sys.stderr.isatty(),
-                   desc=f"scan {len(todo)}/{len(chunks)} chunks")
-        cost = {c.name: c.cost for c in todo}
-        with parallel_config(backend=backend) if backend else _null():
+    with stack:
+        if todo:
+            bar = tqdm(total=work, unit="step", unit_scale=True, dynamic_ncols=True,
+                       disable=not progress or not sys.stderr.isatty(),
+                       desc=f"scan {len(todo)}/{len(mine)} chunks")
+            cost = {c.name: c.cost for c in todo}
             results = Parallel(n_jobs=min(jobs, len(todo)), return_as="generator_unordered")(
-                delayed(_run_and_store)(config, c, str(out / CHUNKS)) for c in todo)
-            for name, seconds in results:
+                delayed(_compute)(config, c) for c in todo)
+            for name, table, seconds in results:
+                write_parquet(table, out / CHUNKS / f"{name}.parquet")  # atomic: the resume unit
                 compute_s += seconds
                 bar.update(cost[name])
-        bar.close()
+            bar.close()
     wall = time.time() - started
-    runs = assemble_runs(out, chunks)
-    best = best_per_cell(runs)
-    write_parquet(runs, out / RUNS)
-    write_parquet(best, out / BEST)
-    meta["status"] = "complete"
     attempt = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                "wall_seconds": round(wall, 3), "compute_seconds": round(compute_s, 3),
-               "chunks_computed": len(todo), "chunks_total": len(chunks), "jobs": jobs,
-               "steps_computed": work,
+               "chunks_computed": len(todo), "chunks_total": len(mine), "jobs": jobs,
+               "backend": backend or "loky", "steps_computed": work,
                "ns_per_step_per_worker": round(compute_s / work * 1e9, 3) if work else None,
                "environment": _environment()}
-    meta["timings"]["attempts"].append(attempt)
-    write_json(meta, out / META)
+    if shard is not None:
+        record = {"kind": "shard", "shard": list(shard), "digest": config.digest(),
+                  "config": config.to_dict(), "chunks": [c.name for c in mine],
+                  "cost": sum(c.cost for c in mine), "status": "complete", "timings": attempt}
+        (out / SHARDS).mkdir(exist_ok=True)
+        write_json(record, out / SHARDS / f"{shard[0]}-of-{shard[1]}.json")
+        return {**attempt, "shard": list(shard)}
+    finish_scan(out, meta, chunks, attempt)
     return attempt
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def finish_scan(out: Path, meta: dict, chunks: list[Chunk], attempt: dict) -> None:
+    """Assemble runs/best from the chunk files and mark the scan complete."""
+    runs = assemble_runs(out, chunks)
+    write_parquet(runs, out / RUNS)
+    write_parquet(best_per_cell(runs), out / BEST)
+    meta["status"] = "complete"
+    meta.setdefault("timings", {}).setdefault("attempts", []).append(attempt)
+    write_json(meta, out / META)
 
 
 def assemble_runs(out: Path, chunks: list[Chunk]) -> pd.DataFrame:
     """Concatenate chunk tables in plan order (independent of completion order)."""
     frames = [read_parquet(Path(out) / CHUNKS / f"{c.name}.parquet") for c in chunks]
     return pd.concat(frames, ignore_index=True)
+
+
+def merge_shards(dirs: list[Path], out: Path) -> dict:
+    """Check that the shards in ``dirs`` form one complete scan and write its tables to ``out``.
+
+    Every shard must come from the same config and seed (same digest) and the same N; each of the
+    N shards must appear exactly once and hold all of its chunk files.  The tables are then
+    assembled exactly as an unsharded run would (bit-identical contents).
+    """
+    from .config import build_scan_config
+
+    records = []
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise FocuslabError(f"merge: {d} is not a directory")
+        found = sorted((d / SHARDS).glob("*-of-*.json"))
+        if not found:
+            raise FocuslabError(f"merge: {d} holds no shard records ({SHARDS}/K-of-N.json)")
+        records += [(d, read_json(f)) for f in found]
+    first_dir, first = records[0]
+    for d, rec in records:
+        if rec.get("digest") != first.get("digest"):
+            raise FocuslabError(f"merge: shard {rec['shard'][0]}/{rec['shard'][1]} in {d} comes from a "
+                                f"different config or seed than shard {first['shard'][0]}/"
+                                f"{first['shard'][1]} in {first_dir}")
+        if rec["shard"][1] != first["shard"][1]:
+            raise FocuslabError(f"merge: {d} has shards of a {rec['shard'][1]}-way split, "
+                                f"{first_dir} of a {first['shard'][1]}-way split")
+    n = first["shard"][1]
+    where: dict[int, list[Path]] = {}
+    for d, rec in records:
+        where.setdefault(rec["shard"][0], []).append(d)
+    dup = {k: v for k, v in where.items() if len(v) > 1}
+    if dup:
+        k, v = sorted(dup.items())[0]
+        raise FocuslabError(f"merge: shard {k}/{n} appears {len(v)} times ({', '.join(map(str, v))})")
+    missing = [k for k in range(1, n + 1) if k not in where]
+    if missing:
+        raise FocuslabError(f"merge: missing shard(s) {', '.join(f'{k}/{n}' for k in missing)}")
+    cfg = first["config"]
+    scan_values = {k: cfg[k] for k in ("sharpness", "noise", "weight_decay", "theta", "c", "lr",
+                                         "optimizers", "replicates", "steps", "seed", "chunk_steps")}
+    scan_values["optimizer"] = {o: {k: v for k, v in p.items()} for o, p in cfg["optimizer"].items()}
+    config = build_scan_config(scan_values)
+    if config.digest() != first["digest"]:
+        raise FocuslabError("merge: the shards' config does not rebuild to the same digest "
+                            "(different focuslab or numpy version?)")
+    chunks = plan_chunks(config)
+    source = {}
+    for d, rec in records:
+        for name in rec["chunks"]:
+            if not (d / CHUNKS / f"{name}.parquet").exists():
+                raise FocuslabError(f"merge: shard {rec['shard'][0]}/{n} in {d} lacks chunk {name}")
+            source[name] = d
+    absent = [c.name for c in chunks if c.name not in source]
+    if absent:
+        raise FocuslabError(f"merge: chunks {', '.join(absent[:3])}{'...' if len(absent) > 3 else ''} "
+                            "belong to no shard")
+    out = Path(out)
+    meta = open_scan_dir(config, out)
+    t0 = time.time()
+    for c in chunks:
+        src = source[c.name] / CHUNKS / f"{c.name}.parquet"
+        dst = out / CHUNKS / f"{c.name}.parquet"
+        if src.resolve() != dst.resolve():
+            from .results import atomic_write_bytes
+            atomic_write_bytes(dst, src.read_bytes())
+    attempt = {"merged_shards": n, "sources": sorted({str(d) for d, _ in records}),
+               "shard_timings": [rec["timings"] for _, rec in sorted(records, key=lambda r: r[1]["shard"][0])],
+               "wall_seconds": round(time.time() - t0, 3), "environment": _environment()}
+    finish_scan(out, meta, chunks, attempt)
+    return {"shards": n, "chunks": len(chunks), "out": str(out)}

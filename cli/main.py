@@ -47,13 +47,16 @@ def main():
     focuslab scan   toy-landscape phase-diagram scans (numba simulator)
     focuslab plot   phase diagrams and figures from results
     focuslab merge  assemble the tables of a sharded scan
+    focuslab mnist  the MNIST batch-size study (Fig. 2c/2d)
     """
 
 
 from .merge import merge  # noqa: E402
+from .mnist import mnist  # noqa: E402
 from .plot import plot  # noqa: E402
 from .scan import scan  # noqa: E402
 
 main.add_command(scan)
 main.add_command(plot)
 main.add_command(merge)
+main.add_command(mnist)

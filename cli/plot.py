@@ -7,7 +7,7 @@ import click
 
 
 @click.command()
-@click.argument("results_dir", type=click.Path(path_type=Path))
+@click.argument("results_dir", type=click.Path(path_type=Path), nargs=-1, required=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where to write figures [RESULTS_DIR].")
 @click.option("--format", "formats", default="png", show_default=True, metavar="LIST",
@@ -17,7 +17,8 @@ import click
                    "standard errors (Welch); 0 = the paper's raw argmin.")
 @click.option("--quiet", "-q", is_flag=True, help="print nothing on success.")
 def plot(results_dir, out, formats, significance, quiet):
-    """Draw phase diagrams, margin maps and heatmaps of a `focuslab scan` result."""
+    """Draw the figures of results: phase diagrams of a `focuslab scan`, Fig. 2c/2d of a
+    `focuslab mnist` study, validation curves of one or several `focuslab gpt2` runs."""
     from focuslab.errors import FocuslabError
     from focuslab.plot.phase import plot_scan
     from focuslab.plot.style import FORMATS
@@ -29,8 +30,18 @@ def plot(results_dir, out, formats, significance, quiet):
                             f"(choose from {', '.join(FORMATS)})")
     if significance < 0:
         raise FocuslabError(f"--significance: must be >= 0, got {significance:g}")
-    result = plot_scan(results_dir, out, fmts, significance)
+    first = results_dir[0]
+    if len(results_dir) > 1 and not (first / "gpt2.json").exists():
+        raise FocuslabError("several directories are only for GPT-2 runs; plot one scan or study at a time")
+    if (first / "mnist.json").exists():
+        from focuslab.plot.mnist import plot_mnist
+        result = plot_mnist(first, out, fmts)
+    elif (first / "gpt2.json").exists():
+        from focuslab.plot.gpt2 import plot_runs
+        result = plot_runs(list(results_dir), out, fmts)
+    else:
+        result = plot_scan(first, out, fmts, significance)
     if not quiet:
         for line in result["summary"]:
             click.echo(line)
-        click.echo(f"wrote {len(result['files'])} files to {Path(out or results_dir)}")
+        click.echo(f"wrote {len(result['files'])} files to {Path(out or first)}")

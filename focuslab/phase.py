@@ -7,15 +7,15 @@ import pandas as pd
 from .config import CELL_AXES
 
 
-def best_per_cell(runs: pd.DataFrame, cell_cols=CELL_AXES) -> pd.DataFrame:
-    """One row per (optimizer, cell): the lr with the lowest ``final_loss_mean``.
+def best_per_cell(runs: pd.DataFrame, cell_cols=CELL_AXES, metric: str = "final_loss_mean") -> pd.DataFrame:
+    """One row per (optimizer, cell): the lr with the lowest ``metric`` (default final_loss_mean).
 
     Diverged runs carry +inf means, so they never win and never turn the minimum into NaN; a cell
     where every lr diverged gets ``best_lr = NaN`` and ``all_diverged = True``.  ``lr_at_edge``
     flags a best lr on the border of the lr grid (the grid may be too narrow there).
     """
     keys = ["optimizer", *cell_cols]
-    loss = runs["final_loss_mean"].to_numpy(dtype=float, copy=True)
+    loss = runs[metric].to_numpy(dtype=float, copy=True)
     loss[np.isnan(loss)] = np.inf
     work = runs.assign(_loss=loss, _pos=np.arange(len(runs)))
     groups = work.groupby(keys, sort=False, observed=True)

@@ -14,10 +14,13 @@ from torch import Tensor
 
 
 def sign_momentum_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
-                         param_avgs: list[Tensor] | None, steps: list[int], *, lr: float,
+                         param_avgs: list[Tensor] | None, steps: list[int], *, lr: float | Tensor,
                          beta1: float, beta2: float, gamma: float, weight_decay: float,
                          decay: str, maximize: bool, foreach: bool) -> None:
     """One FOCUS step (``param_avgs`` given) or Signum step (``param_avgs=None``, gamma unused).
+
+    ``lr`` may be a 1-D tensor with one learning rate per index of every tensor's first dimension
+    (stacked models trained in one batch); that runs the per-tensor path.
 
     m   <- beta1 m + (1 - beta1) g                      (as a lerp)
     avg <- beta2 avg + (1 - beta2) theta;  hat = avg / (1 - beta2^t)
@@ -28,13 +31,48 @@ def sign_momentum_update(params: list[Tensor], grads: list[Tensor], exp_avgs: li
     The three terms are applied to theta one after the other (the same maths; rounding within float
     tolerance of the one-expression form), which needs a single temporary per tensor.
     """
-    fn = _multi_tensor if foreach else _single_tensor
+    fn = _multi_tensor if foreach and not isinstance(lr, Tensor) else _single_tensor
     fn(params, grads, exp_avgs, param_avgs, steps, lr=lr, beta1=beta1, beta2=beta2, gamma=gamma,
        weight_decay=weight_decay, decay=decay, maximize=maximize)
 
 
+class _Rows:
+    """Per-row learning rates of one slice (internal marker: the slice is processed directly)."""
+
+    def __init__(self, t: Tensor):
+        self.t = t
+
+    def view(self, *shape):
+        return self.t.view(*shape)
+
+
+def _axpy_(w: Tensor, x: Tensor, lr, scale: float) -> None:
+    """w += scale * lr * x, where lr is a float or a per-slice tensor (one value per index of dim 0,
+    as for stacked models trained together)."""
+    if isinstance(lr, (Tensor, _Rows)):
+        w.addcmul_(x, lr.view(-1, *([1] * (w.dim() - 1))), value=scale)
+    else:
+        w.add_(x, alpha=lr * scale)
+
+
+SLICE = 1 << 18  # elements per cache-sized slice when stacked models carry per-slice lrs
+
+
 def _single_tensor(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta2, gamma,
                    weight_decay, decay, maximize):
+    if isinstance(lr, Tensor):
+        # Stacked models: run the whole update on cache-sized slices along dim 0, so each slice's
+        # param/grad/state stay in cache through all the passes (same ops, same bits).
+        for i, p in enumerate(params):
+            rows = max(1, SLICE // max(1, p[0].numel()))
+            for a in range(0, p.shape[0], rows):
+                sl = slice(a, a + rows)
+                _single_tensor([p[sl]], [grads[i][sl]], [exp_avgs[i][sl]],
+                               None if param_avgs is None else [param_avgs[i][sl]], [steps[i]],
+                               lr=float(lr) if lr.dim() == 0 else _Rows(lr[sl]), beta1=beta1,
+                               beta2=beta2, gamma=gamma, weight_decay=weight_decay, decay=decay,
+                               maximize=maximize)
+        return
     for i, p in enumerate(params):
         m = exp_avgs[i]
         w = p if p.dtype == m.dtype else p.to(m.dtype)  # fp32 working copy for low-precision params
@@ -47,17 +85,17 @@ def _single_tensor(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, bet
             avg.lerp_(w, 1 - beta2)
             tmp = torch.div(avg, 1 - beta2 ** steps[i])  # theta-hat (the only temporary)
             if decay == "average" and weight_decay != 0:
-                w.add_(tmp, alpha=-lr * weight_decay)  # Algorithm 1: decay toward theta-hat first
+                _axpy_(w, tmp, lr, -weight_decay)  # Algorithm 1: decay toward theta-hat first
             tmp.sub_(w).sign_()  # sign(theta-hat - theta)
             if decay == "theta" and weight_decay != 0:
-                w.add_(w, alpha=-lr * weight_decay)
-            w.add_(tmp, alpha=lr * gamma)  # the attraction
+                _axpy_(w, w, lr, -weight_decay)
+            _axpy_(w, tmp, lr, gamma)  # the attraction
             torch.sign(m, out=tmp)
         else:
             tmp = torch.sign(m)
             if weight_decay != 0:
-                w.add_(w, alpha=-lr * weight_decay)
-        w.add_(tmp, alpha=-lr)
+                _axpy_(w, w, lr, -weight_decay)
+        _axpy_(w, tmp, lr, -1.0)
         if w is not p:
             p.copy_(w)
 

@@ -1,0 +1,1 @@
+"""The MNIST batch-size study (paper Fig. 2c/2d): data, batched MLP training, the scan."""

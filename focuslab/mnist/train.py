@@ -1,0 +1,193 @@
+"""Training for the batch-size study: all lrs x replicates of one (optimizer, batch size) at once.
+
+Model k = (lr index i, replicate r), k = i * R + r.  A replicate fixes the initial weights and the
+order of minibatches (both from seeds derived from (seed, r)), so every lr of a replicate starts
+from the same point and sees the same data; the one-at-a-time trainer uses the very same draws,
+which is what makes the two comparable (tests check they agree to float tolerance).
+
+One limit of that agreement: sign-based optimizers (Signum, FOCUS) are discontinuous at 0, and a
+gradient coordinate that is mathematically zero can come out as exactly 0 in one summation order
+and as a ~1e-22 residue in another (BatchNorm over very small batches makes such cancellations
+common).  There the two trainers may take different +-lr steps; neither is more correct.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import FocuslabError
+from ..optim import FOCUS, Signum
+from ..optim._sign import SLICE, sign_momentum_update
+from .model import BatchedMLP, MLP, decays, init_params
+
+ADAMW_BETAS, ADAMW_EPS = (0.9, 0.999), 1e-8
+FOCUS_BETAS = (0.9, 0.99)
+SIGNUM_BETA = 0.9
+
+
+def optimizer_spec(name: str) -> dict:
+    """'adamw' | 'signum' | 'focus-G' (gamma G, e.g. focus-0.2) -> spec dict."""
+    if name in ("adamw", "signum"):
+        return {"name": name, "kind": name}
+    m = re.fullmatch(r"focus-([0-9.]+)", name)
+    if m:
+        try:
+            gamma = float(m.group(1))
+        except ValueError:
+            gamma = -1
+        if gamma >= 0:
+            return {"name": name, "kind": "focus", "gamma": gamma}
+    raise FocuslabError(f"--optimizers: unknown optimizer {name!r} (adamw, signum, or focus-GAMMA "
+                        "such as focus-0.2)")
+
+
+def _seed(seed: int, replicate: int, stream: int) -> int:
+    return (seed * 1_000_003 + replicate * 7919 + stream) % (2 ** 63)
+
+
+def batch_indices(n_train: int, batch_size: int, steps: int, seed: int, replicate: int) -> torch.Tensor:
+    """(steps, b) indices: shuffled epochs cut into full batches (a partial last batch is dropped);
+    a batch size >= the training set uses the whole (shuffled) set each step."""
+    g = torch.Generator().manual_seed(_seed(seed, replicate, 1))
+    b = min(batch_size, n_train)
+    per_epoch = n_train // b
+    out, have = [], 0
+    while have < steps:
+        perm = torch.randperm(n_train, generator=g)[: per_epoch * b].view(per_epoch, b)
+        out.append(perm)
+        have += per_epoch
+    return torch.cat(out)[:steps]
+
+
+def initial_params(seed: int, replicate: int, dtype) -> dict:
+    return init_params(torch.Generator().manual_seed(_seed(seed, replicate, 0)), dtype=dtype)
+
+
+def _adamw_(params, grads, exp_avgs, exp_avg_sqs, t, lr, weight_decay):
+    """AdamW as torch.optim.AdamW's single-tensor step, with one lr per stacked model."""
+    b1, b2 = ADAMW_BETAS
+    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    for P, G, M, V in zip(params, grads, exp_avgs, exp_avg_sqs):
+        rows = max(1, SLICE // max(1, P[0].numel()))  # cache-sized slices of the stacked models
+        for a in range(0, P.shape[0], rows):
+            p, g, m, v = P[a:a + rows], G[a:a + rows], M[a:a + rows], V[a:a + rows]
+            lv = lr[a:a + rows].view(-1, *([1] * (p.dim() - 1)))
+            if weight_decay:
+                p.mul_(1 - lv * weight_decay)
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v.sqrt() / math.sqrt(bc2)).add_(ADAMW_EPS)
+            p.addcdiv_(m * (lv / bc1), denom, value=-1)
+
+
+def evaluate(forward, x_test: torch.Tensor, y_test: torch.Tensor, K: int, chunk: int = 2048):
+    """Per-model mean test loss and accuracy; ``forward(x (b, 784)) -> logits (K, b, 10)``."""
+    loss = torch.zeros(K, dtype=torch.float64, device=x_test.device)
+    correct = torch.zeros(K, dtype=torch.float64, device=x_test.device)
+    with torch.no_grad():
+        for s in range(0, len(x_test), chunk):
+            xb, yb = x_test[s:s + chunk], y_test[s:s + chunk]
+            logits = forward(xb)
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.repeat(K), reduction="none")
+            loss += ce.view(K, -1).double().sum(1)
+            correct += (logits.argmax(-1) == yb).double().sum(1)
+    return (loss / len(x_test)).cpu().numpy(), (correct / len(x_test)).cpu().numpy()
+
+
+def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: int, steps: int,
+                  seed: int = 0, weight_decay: float = 1e-2, device="cpu", dtype=torch.float32,
+                  eval_every: int = 0) -> dict:
+    """Train len(lrs) * replicates models together; returns per-model arrays of shape (n_lr, R)
+    (test_loss, test_accuracy, train_loss, diverged) and, with eval_every, test curves."""
+    spec = optimizer_spec(optimizer)
+    x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    lrs = [float(v) for v in lrs]
+    n_lr, R = len(lrs), replicates
+    K = n_lr * R
+    inits = [initial_params(seed, r, dtype) for r in range(R)]
+    model = BatchedMLP([inits[k % R] for k in range(K)], R, device=device)
+    lr = torch.tensor([lrs[k // R] for k in range(K)], dtype=dtype, device=device)
+    order = torch.stack([batch_indices(len(x_train), batch_size, steps, seed, r) for r in range(R)], 1)
+    names = list(model.params)
+    groups = {True: [n for n in names if decays(n)], False: [n for n in names if not decays(n)]}
+    state = {n: [torch.zeros_like(model.params[n]) for _ in range(2)] for n in names}
+    curves = []
+    train_loss = torch.zeros(K, dtype=torch.float64)
+
+    def eval_forward(x):
+        return model(x.unsqueeze(0).expand(R, -1, -1), train=False)
+
+    for t in range(1, steps + 1):
+        idx = order[t - 1].to(device)  # (R, b)
+        xb = x_train[idx]  # (R, b, 784): the models of a replicate share its minibatch
+        yb = y_train[idx].repeat(n_lr, 1)  # (K, b), model k = i * R + r
+        logits = model(xb, train=True)
+        per_model = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1),
+                                    reduction="none").view(K, -1).mean(1)
+        grads = torch.autograd.grad(per_model.sum(), [model.params[n] for n in names])
+        grad = dict(zip(names, grads))
+        train_loss = per_model.detach().double().cpu()
+        with torch.no_grad():
+            for has_decay, members in groups.items():
+                wd = weight_decay if has_decay else 0.0
+                P = [model.params[n] for n in members]
+                G = [grad[n] for n in members]
+                if spec["kind"] == "adamw":
+                    _adamw_(P, G, [state[n][0] for n in members], [state[n][1] for n in members], t, lr, wd)
+                else:
+                    focus = spec["kind"] == "focus"
+                    sign_momentum_update(
+                        P, G, [state[n][0] for n in members],
+                        [state[n][1] for n in members] if focus else None, [t] * len(P), lr=lr,
+                        beta1=FOCUS_BETAS[0] if focus else SIGNUM_BETA, beta2=FOCUS_BETAS[1],
+                        gamma=spec.get("gamma", 0.0), weight_decay=wd, decay="average",
+                        maximize=False, foreach=False)
+        if eval_every and (t % eval_every == 0 or t == steps):
+            curves.append((t, *evaluate(eval_forward, x_test, y_test, K)))
+    test_loss, test_acc = evaluate(eval_forward, x_test, y_test, K)
+    diverged = ~np.isfinite(test_loss) | ~np.isfinite(train_loss.numpy())
+    shape = (n_lr, R)
+    return {"test_loss": np.where(diverged, np.inf, test_loss).reshape(shape),
+            "test_accuracy": test_acc.reshape(shape), "train_loss": train_loss.numpy().reshape(shape),
+            "diverged": diverged.reshape(shape), "curves": curves}
+
+
+def train_one(data: dict, optimizer: str, batch_size: int, lr: float, replicate: int, steps: int,
+              seed: int = 0, weight_decay: float = 1e-2, device="cpu", dtype=torch.float32) -> dict:
+    """One model with nn.Module + a real torch optimizer, on the same draws as train_batched."""
+    spec = optimizer_spec(optimizer)
+    model = MLP(initial_params(seed, replicate, dtype)).to(device)
+    groups = model.param_groups(weight_decay)
+    if spec["kind"] == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr, betas=ADAMW_BETAS, eps=ADAMW_EPS, foreach=False)
+    elif spec["kind"] == "signum":
+        opt = Signum(groups, lr=lr, beta=SIGNUM_BETA)
+    else:
+        opt = FOCUS(groups, lr=lr, betas=FOCUS_BETAS, gamma=spec["gamma"], decay="average")
+    order = batch_indices(len(data["x_train"]), batch_size, steps, seed, replicate)
+    for t in range(steps):
+        idx = order[t].to(device)
+        model.train()
+        opt.zero_grad()
+        loss = F.cross_entropy(model(data["x_train"][idx]), data["y_train"][idx])
+        loss.backward()
+        opt.step()
+    model.eval()
+    test_loss, test_acc = evaluate(lambda x: model(x).unsqueeze(0), data["x_test"], data["y_test"], 1)
+    return {"test_loss": float(test_loss[0]), "test_accuracy": float(test_acc[0]),
+            "train_loss": loss.item(), "model": model}
+
+
+def to_tensors(arrays: dict, device="cpu", dtype=torch.float32) -> dict:
+    """uint8 images -> one (N, 784) tensor in [0, 1] per split (the whole set lives in memory)."""
+    def images(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).reshape(len(a), -1).to(device=device, dtype=dtype) / 255
+
+    return {"x_train": images(arrays["train_images"]),
+            "y_train": torch.from_numpy(np.asarray(arrays["train_labels"], dtype=np.int64)).to(device),
+            "x_test": images(arrays["test_images"]),
+            "y_test": torch.from_numpy(np.asarray(arrays["test_labels"], dtype=np.int64)).to(device)}

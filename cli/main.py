@@ -48,9 +48,11 @@ def main():
     focuslab plot   phase diagrams and figures from results
     focuslab merge  assemble the tables of a sharded scan
     focuslab mnist  the MNIST batch-size study (Fig. 2c/2d)
+    focuslab gpt2   GPT-2 training with FOCUS/AdamW/Signum (Fig. 3), CPU to multi-node
     """
 
 
+from .gpt2 import gpt2  # noqa: E402
 from .merge import merge  # noqa: E402
 from .mnist import mnist  # noqa: E402
 from .plot import plot  # noqa: E402
@@ -60,3 +62,4 @@ main.add_command(scan)
 main.add_command(plot)
 main.add_command(merge)
 main.add_command(mnist)
+main.add_command(gpt2)

@@ -1,0 +1,234 @@
+"""The GPT-2 training loop (single process, or one rank of a torchrun/DDP job).
+
+Global batch per iteration = batch_size x block_size x gradient_accumulation_steps tokens, the same
+whatever the world size: each of W ranks runs gradient_accumulation_steps / W micro-steps, and the
+micro-step j of iteration it always draws the same batch (TokenData.batch), so 1 process and W
+processes train on exactly the same data.  Checkpoints (model, optimizer, iteration, config) are
+written atomically at each evaluation; --resume continues exactly (data order is a function of the
+iteration, the LR schedule of the iteration).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..errors import FocuslabError
+from ..results import atomic_write_bytes, write_json
+from .config import TrainConfig, lr_at, validate
+from .model import GPT
+
+def make_optimizer(cfg: TrainConfig, model: GPT):
+    from ..optim import FOCUS, Signum
+
+    groups = model.param_groups(cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        fused = {"fused": True} if cfg.device.startswith("cuda") else {}
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **fused)
+    if cfg.optimizer == "signum":
+        return Signum(groups, lr=cfg.learning_rate, beta=cfg.beta1)
+    return FOCUS(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), gamma=cfg.gamma)
+
+
+def _atomic_save(obj, path: Path):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class Metrics:
+    """metrics.csv + metrics.jsonl, appended by the master process; truncated to the resume point."""
+
+    COLS = ("iter", "tokens", "lr", "train_loss", "val_loss", "step_time", "tokens_per_s", "mfu")
+
+    def __init__(self, run: Path, start_iter: int):
+        self.csv, self.jsonl = run / "metrics.csv", run / "metrics.jsonl"
+        rows = []
+        if start_iter and self.jsonl.exists():
+            rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+            # keep what precedes the checkpoint; its evaluation row is logged again on resume
+            rows = [r for r in rows if r["iter"] < start_iter or (r["iter"] == start_iter and r["val_loss"] is None)]
+        self.csv.write_text(",".join(self.COLS) + "\n" + "".join(self._line(r) for r in rows))
+        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def _line(self, row):
+        return ",".join("" if row.get(c) is None else str(row[c]) for c in self.COLS) + "\n"
+
+    def log(self, row: dict):
+        with open(self.csv, "a") as f:
+            f.write(self._line(row))
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
+    """Train (this rank of) a run; returns a summary.  Under torchrun, RANK/WORLD_SIZE are set."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from .data import TokenData, embedded_corpus, prepare
+
+    validate(cfg)
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    rank, world, local = 0, 1, 0
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FocuslabError("--device cuda: no CUDA device available")
+    if ddp:
+        import torch.distributed as dist
+
+        rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+        if device.startswith("cuda"):
+            device = f"cuda:{local}"
+            torch.cuda.set_device(device)
+    master = rank == 0
+    if cfg.gradient_accumulation_steps % world:
+        raise FocuslabError(f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} must be a "
+                            f"multiple of the world size {world} (the global batch stays fixed)")
+    accum = cfg.gradient_accumulation_steps // world
+    run = Path(cfg.out)
+    if master:
+        run.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(cfg.data) if cfg.data else run / "data"
+    if not cfg.data and master and not (data_dir / "meta.json").exists():
+        prepare(embedded_corpus(), data_dir, "bytes", source="pydoc_data.topics (CPython)")
+    if ddp:
+        torch.distributed.barrier()
+    data = TokenData(data_dir)
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device.startswith("cuda") else "float32"
+    if dtype != "float32" and not device.startswith("cuda"):
+        raise FocuslabError(f"--dtype {dtype}: mixed precision is for CUDA; use float32 on CPU")
+    amp = contextlib.nullcontext() if dtype == "float32" else \
+        torch.autocast("cuda", dtype=getattr(torch, dtype))
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == "float16")
+
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    mcfg = cfg.model_config(data.meta["vocab_size"])
+    if data.meta["vocab_size"] > mcfg.vocab_size:
+        raise FocuslabError(f"--vocab-size {mcfg.vocab_size} is smaller than the tokenizer's {data.meta['vocab_size']}")
+    model = GPT(mcfg).to(device)
+    opt = make_optimizer(cfg, model)
+    start = 0
+    ckpt_path = run / "ckpt.pt"
+    if resume:
+        if not ckpt_path.exists():
+            raise FocuslabError(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt["model_config"] != mcfg.to_dict():
+            raise FocuslabError("--resume: the checkpoint's model differs from this config")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start = ckpt["iter"]
+    raw = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[local] if device.startswith("cuda") else None)
+    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    if master:
+        log(f"gpt2: {raw.n_params() / 1e6:.2f}M parameters (non-embedding), optimizer {cfg.optimizer}, "
+            f"{tokens_per_iter} tokens/iter (world {world} x accum {accum} x batch {cfg.batch_size} x "
+            f"block {cfg.block_size}), device {device}, {dtype}, data: {data.meta.get('tokenizer')} tokens")
+        write_json({"kind": "gpt2", "config": asdict(cfg), "model_config": mcfg.to_dict(),
+                    "world_size": world, "status": "running", "data_meta": data.meta}, run / "gpt2.json")
+        metrics = Metrics(run, start)
+        wandb_run = _wandb(cfg) if cfg.wandb else None
+
+    @torch.no_grad()
+    def evaluate(it):
+        model.eval()
+        out = {}
+        for split in ("train", "val"):
+            losses = []
+            for k in range(cfg.eval_iters):
+                x, y = data.batch(split, cfg.batch_size, cfg.block_size, cfg.seed + 1, it, k, device)
+                with amp:
+                    losses.append(raw(x, y)[1].item())
+            out[split] = sum(losses) / len(losses)
+        model.train()
+        return out
+
+    peak = _peak_flops(device)
+    t_last = time.time()
+    last = {}
+    for it in range(start, cfg.max_iters + 1):
+        lr = lr_at(cfg, it)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+            losses = evaluate(it) if master else None
+            if master:
+                row = {"iter": it, "tokens": it * tokens_per_iter, "lr": lr, "train_loss": losses["train"],
+                       "val_loss": losses["val"], "step_time": None, "tokens_per_s": None, "mfu": None}
+                metrics.log(row)
+                if wandb_run:
+                    wandb_run.log(row)
+                log(f"iter {it}: train {losses['train']:.4f}, val {losses['val']:.4f}, lr {lr:.2e}")
+                last = row
+                if it > start or not resume:
+                    _atomic_save({"model": raw.state_dict(), "optimizer": opt.state_dict(),
+                                  "scaler": scaler.state_dict(), "iter": it, "config": asdict(cfg),
+                                  "model_config": mcfg.to_dict()}, ckpt_path)
+        if it == cfg.max_iters:
+            break
+        t0 = time.time()
+        total = 0.0
+        for k in range(accum):
+            x, y = data.batch("train", cfg.batch_size, cfg.block_size, cfg.seed, it, rank * accum + k, device)
+            sync = (not ddp) or k == accum - 1
+            ctx = contextlib.nullcontext() if sync else model.no_sync()
+            with ctx, amp:
+                loss = model(x, y)[1] / accum
+            with ctx:
+                scaler.scale(loss).backward()
+            total += loss.item()
+        if cfg.grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        if master and (it + 1) % max(1, cfg.eval_interval // 5) == 0:
+            dt = time.time() - t0
+            row = {"iter": it + 1, "tokens": (it + 1) * tokens_per_iter, "lr": lr, "train_loss": total,
+                   "val_loss": None, "step_time": round(dt, 5), "tokens_per_s": round(tokens_per_iter / dt, 1),
+                   "mfu": (raw.flops_per_token() * tokens_per_iter / dt / peak) if peak else None}
+            metrics.log(row)
+    if master:
+        meta = json.loads((run / "gpt2.json").read_text())
+        meta.update(status="complete", final=last, wall_seconds=round(time.time() - t_last, 2))
+        write_json(meta, run / "gpt2.json")
+    if ddp:
+        torch.distributed.destroy_process_group()
+    return {"final": last, "params": raw.n_params(), "run": str(run)}
+
+
+def _peak_flops(device: str) -> float | None:
+    """bf16 dense peak of the GPU for MFU (None on CPU or an unknown GPU)."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("V100", 125e12), ("L40", 181e12)):
+        if key in name:
+            return flops
+    return None
+
+
+def _wandb(cfg):
+    try:
+        import wandb
+    except ImportError:
+        raise FocuslabError("--wandb: the wandb package is not installed") from None
+    return wandb.init(project="focuslab-gpt2", config=asdict(cfg))

@@ -99,3 +99,31 @@ def load_scan(directory: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
         raise FocuslabError(f"scan in {directory} is not complete (status {meta.get('status')!r}); "
                             "re-run the same `focuslab scan` command to finish it")
     return meta, read_parquet(directory / RUNS), read_parquet(directory / BEST)
+
+
+def open_results_dir(out: Path, meta_name: str, digest: str, fresh_meta: dict, work_dir: str,
+                     outputs=(), force: bool = False, what: str = "scan") -> dict:
+    """Prepare ``out`` for a run whose config has ``digest``; return its metadata.
+
+    Same digest: the existing metadata (the run resumes).  A different digest is refused in one line
+    unless ``force``, which removes the stale work units (``work_dir``) and ``outputs``.  A new
+    directory gets ``fresh_meta`` written atomically.
+    """
+    import shutil
+
+    out = prepare_out_dir(out)
+    (out / work_dir).mkdir(exist_ok=True)
+    meta_path = out / meta_name
+    if meta_path.exists():
+        old = read_json(meta_path)
+        if old.get("digest") == digest:
+            return old
+        if not force:
+            raise FocuslabError(f"--out {out} holds a {what} with a different config (digest "
+                                f"{old.get('digest')} vs {digest}); use another --out or --force to replace it")
+        shutil.rmtree(out / work_dir, ignore_errors=True)
+        (out / work_dir).mkdir()
+        for name in outputs:
+            (out / name).unlink(missing_ok=True)
+    write_json(fresh_meta, meta_path)
+    return fresh_meta

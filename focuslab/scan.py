@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from . import __version__
 from .config import CELL_AXES, ScanConfig
 from .errors import FocuslabError
 from .phase import best_per_cell
-from .results import (BEST, CHUNKS, META, RUNS, SHARDS, prepare_out_dir, read_json, read_parquet,
-                      write_json, write_parquet)
+from .results import (BEST, CHUNKS, META, RUNS, SHARDS, open_results_dir, read_json,
+                      read_parquet, write_json, write_parquet)
 
 
 @dataclass(frozen=True)
@@ -153,26 +152,10 @@ def _environment() -> dict:
 
 def open_scan_dir(config: ScanConfig, out: Path, force: bool = False) -> dict:
     """Prepare ``out`` for ``config``: refuse a different config unless ``force``; return metadata."""
-    out = prepare_out_dir(out)
-    meta_path = out / META
-    if meta_path.exists():
-        old = read_json(meta_path)
-        if old.get("digest") != config.digest():
-            if not force:
-                raise FocuslabError(f"--out {out} holds a scan with a different config "
-                                    f"(digest {old.get('digest')} vs {config.digest()}); "
-                                    "use another --out or --force to replace it")
-            shutil.rmtree(out / CHUNKS, ignore_errors=True)
-            for name in (RUNS, BEST):
-                (out / name).unlink(missing_ok=True)
-            (out / CHUNKS).mkdir()
-        else:
-            return old
-    meta = {"kind": "scan", "config": config.to_dict(), "digest": config.digest(),
-            "seed": config.seed, "version": __version__, "status": "running",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "timings": {"attempts": []}}
-    write_json(meta, meta_path)
-    return meta
+    fresh = {"kind": "scan", "config": config.to_dict(), "digest": config.digest(),
+             "seed": config.seed, "version": __version__, "status": "running",
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "timings": {"attempts": []}}
+    return open_results_dir(out, META, config.digest(), fresh, CHUNKS, (RUNS, BEST), force, "scan")
 
 
 def missing_chunks(config: ScanConfig, out: Path, chunks: list[Chunk] | None = None) -> list[Chunk]:

@@ -26,7 +26,7 @@ from .. import __version__
 from ..config import load_toml, parse_grid
 from ..errors import FocuslabError
 from ..phase import best_per_cell
-from ..results import prepare_out_dir, read_json, read_parquet, write_json, write_parquet
+from ..results import open_results_dir, read_parquet, write_json, write_parquet
 from .data import DATASETS
 
 META = "mnist.json"
@@ -169,25 +169,12 @@ def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: s
     from tqdm.auto import tqdm
 
     device = resolve_device(device)
-    out = prepare_out_dir(out)
-    (out / UNITS).mkdir(exist_ok=True)
+    fresh = {"kind": "mnist", "config": asdict(config), "digest": config.digest(),
+             "version": __version__, "status": "running", "timings": {"attempts": []}}
+    out = Path(out)
+    meta = open_results_dir(out, META, config.digest(), fresh, UNITS,
+                            ("runs.parquet", "best.parquet", "curves.parquet"), force, "MNIST study")
     meta_path = out / META
-    if meta_path.exists():
-        old = read_json(meta_path)
-        if old.get("digest") != config.digest():
-            if not force:
-                raise FocuslabError(f"--out {out} holds an MNIST study with a different config; use "
-                                    "another --out or --force to replace it")
-            for f in (out / UNITS).glob("*.parquet"):
-                f.unlink()
-            old = None
-        meta = old or {}
-    else:
-        meta = {}
-    if not meta:
-        meta = {"kind": "mnist", "config": asdict(config), "digest": config.digest(),
-                "version": __version__, "status": "running", "timings": {"attempts": []}}
-        write_json(meta, meta_path)
     _data(config.dataset, str(data_dir) if data_dir else None, device)  # fail early, fetch once
     todo = [u for u in config.units() if not (out / UNITS / f"{u[0]}-bs{u[1]}.parquet").exists()]
     jobs = 1 if device == "cuda" else (jobs or os.cpu_count() or 1)

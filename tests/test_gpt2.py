@@ -1,7 +1,6 @@
 """`focuslab gpt2`: training, data preparation, exact resume, DDP on CPU (gloo), launch scripts."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,10 +19,7 @@ def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from distributed_helpers import launch_with_retries  # noqa: E402
 
 
 def val_rows(run):
@@ -92,9 +88,13 @@ def test_two_gloo_processes_equal_one_process_same_global_batch(tmp_path):
     common = [*NANO, "--max-iters", 6, "--eval-interval", 6, "--gradient-accumulation-steps", 2,
               "--device", "cpu"]
     assert cli("gpt2", *common, "--out", tmp_path / "one").exit_code == 0
-    res = cli("gpt2", *common, "--gpus-per-node", 2, "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-              "--out", tmp_path / "two")
-    assert res.exit_code == 0, res.output
+
+    def launch(port):
+        res = cli("gpt2", *common, "--gpus-per-node", 2, "--rdzv-endpoint", f"127.0.0.1:{port}",
+                  "--out", tmp_path / "two")
+        return res.exit_code == 0, res.output
+
+    launch_with_retries(launch)
     a, b = params(tmp_path / "one"), params(tmp_path / "two")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
@@ -103,15 +103,17 @@ def test_two_gloo_processes_equal_one_process_same_global_batch(tmp_path):
 
 @pytest.mark.slow
 def test_two_torchrun_agents_form_a_two_node_rendezvous(tmp_path):
-    port = free_port()
-    args = [sys.executable, "-m", "focuslab", "gpt2", *map(str, NANO), "--max-iters", "4", "--eval-interval", "4",
-            "--gradient-accumulation-steps", "2", "--nodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}",
-            "--out", str(tmp_path / "run")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    agents = [subprocess.Popen(args + ["--node-rank", str(r)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
-    outs = [p.communicate(timeout=240)[0] for p in agents]
-    assert [p.returncode for p in agents] == [0, 0], outs
+    def launch(port):
+        args = [sys.executable, "-m", "focuslab", "gpt2", *map(str, NANO), "--max-iters", "4",
+                "--eval-interval", "4", "--gradient-accumulation-steps", "2", "--nodes", "2",
+                "--rdzv-endpoint", f"127.0.0.1:{port}", "--out", str(tmp_path / "run")]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        agents = [subprocess.Popen(args + ["--node-rank", str(r)], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+        outs = [p.communicate(timeout=240)[0] for p in agents]
+        return [p.returncode for p in agents] == [0, 0], outs
+
+    launch_with_retries(launch)
     meta = json.loads((tmp_path / "run" / "gpt2.json").read_text())
     assert meta["status"] == "complete" and meta["world_size"] == 2
     assert val_rows(tmp_path / "run")[-1][0] == 4

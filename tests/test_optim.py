@@ -297,8 +297,17 @@ def _ddp_worker(rank, world, init_file, out_file):
 
 def test_distributed_data_parallel_matches_single_process(tmp_path):
     import torch.multiprocessing as mp
+    from distributed_helpers import launch_with_retries
 
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "p.pt")), nprocs=2, join=True)
+    def launch(port):
+        init = tmp_path / f"init-{port}"  # a fresh rendezvous file per try
+        try:
+            mp.spawn(_ddp_worker, args=(2, str(init), str(tmp_path / "p.pt")), nprocs=2, join=True)
+        except mp.ProcessExitedException as err:
+            return False, str(err)
+        return True, ""
+
+    launch_with_retries(launch)
     ddp_params = torch.load(tmp_path / "p.pt")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 1)).double()

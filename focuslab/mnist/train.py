@@ -185,7 +185,7 @@ def train_one(data: dict, optimizer: str, batch_size: int, lr: float, replicate:
 def to_tensors(arrays: dict, device="cpu", dtype=torch.float32) -> dict:
     """uint8 images -> one (N, 784) tensor in [0, 1] per split (the whole set lives in memory)."""
     def images(a):
-        return torch.from_numpy(np.ascontiguousarray(a)).reshape(len(a), -1).to(device=device, dtype=dtype) / 255
+        return torch.from_numpy(np.array(a, dtype=np.uint8)).reshape(len(a), -1).to(device=device, dtype=dtype) / 255
 
     return {"x_train": images(arrays["train_images"]),
             "y_train": torch.from_numpy(np.asarray(arrays["train_labels"], dtype=np.int64)).to(device),

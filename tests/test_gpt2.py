@@ -159,3 +159,13 @@ def test_bad_options_exit_2(tmp_path, args, needle):
     res = cli("gpt2", *NANO, "--max-iters", 2, *args, "--out", tmp_path / "o")
     assert res.exit_code == 2, res.output
     assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    common = [*NANO, "--max-iters", 6, "--eval-interval", 3]
+    assert cli("gpt2", *common, "--out", tmp_path / "eager").exit_code == 0
+    res = cli("gpt2", *common, "--compile", "--out", tmp_path / "compiled")
+    assert res.exit_code == 0, res.output
+    for (i, tr, va), (j, tr2, va2) in zip(val_rows(tmp_path / "eager"), val_rows(tmp_path / "compiled")):
+        assert i == j and tr == pytest.approx(tr2, rel=1e-4) and va == pytest.approx(va2, rel=1e-4)

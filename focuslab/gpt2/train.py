@@ -184,7 +184,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         if it == cfg.max_iters:
             break
         t0 = time.time()
-        total = 0.0
+        total = torch.zeros((), device=device)  # read back only when logged: no per-step sync
         for k in range(accum):
             x, y = data.batch("train", cfg.batch_size, cfg.block_size, cfg.seed, it, rank * accum + k, device)
             sync = (not ddp) or k == accum - 1
@@ -193,7 +193,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
                 loss = model(x, y)[1] / accum
             with ctx:
                 scaler.scale(loss).backward()
-            total += loss.item()
+            total += loss.detach()
         if cfg.grad_clip:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
@@ -202,7 +202,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         opt.zero_grad(set_to_none=True)
         if master and (it + 1) % max(1, cfg.eval_interval // 5) == 0:
             dt = time.time() - t0
-            row = {"iter": it + 1, "tokens": (it + 1) * tokens_per_iter, "lr": lr, "train_loss": total,
+            row = {"iter": it + 1, "tokens": (it + 1) * tokens_per_iter, "lr": lr, "train_loss": total.item(),
                    "val_loss": None, "step_time": round(dt, 5), "tokens_per_s": round(tokens_per_iter / dt, 1),
                    "mfu": (raw.flops_per_token() * tokens_per_iter / dt / peak) if peak else None}
             metrics.log(row)

@@ -116,7 +116,7 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
     groups = {True: [n for n in names if decays(n)], False: [n for n in names if not decays(n)]}
     state = {n: [torch.zeros_like(model.params[n]) for _ in range(2)] for n in names}
     curves = []
-    train_loss = torch.zeros(K, dtype=torch.float64)
+    train_loss = torch.zeros(K, dtype=torch.float64, device=device)
 
     def eval_forward(x):
         return model(x.unsqueeze(0).expand(R, -1, -1), train=False)
@@ -130,7 +130,7 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
                                     reduction="none").view(K, -1).mean(1)
         grads = torch.autograd.grad(per_model.sum(), [model.params[n] for n in names])
         grad = dict(zip(names, grads))
-        train_loss = per_model.detach().double().cpu()
+        train_loss = per_model.detach()  # stays on the device: no per-step sync
         with torch.no_grad():
             for has_decay, members in groups.items():
                 wd = weight_decay if has_decay else 0.0
@@ -149,6 +149,7 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
         if eval_every and (t % eval_every == 0 or t == steps):
             curves.append((t, *evaluate(eval_forward, x_test, y_test, K)))
     test_loss, test_acc = evaluate(eval_forward, x_test, y_test, K)
+    train_loss = train_loss.double().cpu()
     diverged = ~np.isfinite(test_loss) | ~np.isfinite(train_loss.numpy())
     shape = (n_lr, R)
     return {"test_loss": np.where(diverged, np.inf, test_loss).reshape(shape),

@@ -58,7 +58,6 @@ def gpt2(ctx, preset, config_file, out, resume, nodes, gpus_per_node, rdzv_endpo
     torchrun (inside SLURM: srun + torchrun), `--sbatch FILE` writes the job script."""
     if ctx.invoked_subcommand is not None:
         return
-    from dataclasses import replace
 
     from focuslab.config import load_toml
     from focuslab.errors import FocuslabError

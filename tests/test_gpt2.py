@@ -10,7 +10,7 @@ from click.testing import CliRunner
 torch = pytest.importorskip("torch")
 
 from focuslab.cli.main import main  # noqa: E402
-from focuslab.gpt2.data import byte_decode, prepare  # noqa: E402
+from focuslab.gpt2.data import byte_decode  # noqa: E402
 
 NANO = ["--preset", "gpt2-nano", "--dropout", "0", "--eval-iters", "4", "-q"]
 

@@ -1,6 +1,5 @@
 """The MNIST study: IDX data, download, batched == one-by-one, end to end, errors."""
 import functools
-import gzip
 import hashlib
 import http.server
 import threading

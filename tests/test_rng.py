@@ -2,7 +2,6 @@
 import math
 
 import numpy as np
-import pytest
 from numba import njit
 
 from focuslab.toy.rng import log_pos, normal_pairs, sincos_quarter, trajectory_key, trajectory_keys

@@ -73,7 +73,7 @@ def validate(cfg: TrainConfig) -> None:
     need(0 <= cfg.dropout < 1, "--dropout must be in [0, 1)")
     need(cfg.warmup_iters >= 0 and cfg.lr_decay_iters >= 0, "--warmup-iters/--lr-decay-iters must be >= 0")
     need(cfg.device.split(":")[0] in ("cpu", "cuda", "auto"), f"--device: expected cpu, cuda or auto, got {cfg.device!r}")
-    need(cfg.dtype in ("auto", "float32", "bfloat16", "float16"), f"--dtype: expected auto, float32, bfloat16 or float16")
+    need(cfg.dtype in ("auto", "float32", "bfloat16", "float16"), "--dtype: expected auto, float32, bfloat16 or float16")
 
 
 def lr_at(cfg: TrainConfig, it: int) -> float:

@@ -81,15 +81,10 @@ def gpt2(ctx, preset, config_file, out, resume, nodes, gpus_per_node, rdzv_endpo
     elif "out" not in values:
         values["out"] = f"results/gpt2-{preset or 'run'}-{values.get('optimizer', 'focus')}"
     cfg = TrainConfig(**values)
-    validate(cfg)
     if nodes < 1 or gpus_per_node < 1:
         raise FocuslabError("--nodes and --gpus-per-node must be >= 1")
+    validate(cfg, nodes * gpus_per_node)
     distributed = nodes > 1 or gpus_per_node > 1
-    world = nodes * gpus_per_node
-    if cfg.gradient_accumulation_steps % world:
-        raise FocuslabError(f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} must be a "
-                            f"multiple of the world size {world} (nodes x gpus-per-node): the global "
-                            "batch stays the same whatever the world size")
     if sbatch_file:
         path = write_run_config(cfg) if not dry_run else str((Path(cfg.out) / "run-config.json").resolve())
         script = sbatch_script(nodes=nodes, gpus=gpus_per_node, config_path=path, out=str(Path(cfg.out).resolve()),

@@ -341,17 +341,22 @@ def _toml_value(value) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
+def scan_table(config: ScanConfig) -> dict:
+    """The resolved config as a [scan] table (the keys of TOML files and flags); build_scan_config
+    rebuilds the same config (same digest) from it."""
+    table = {name: config.axes[name].spec for name in AXES}
+    table["optimizers"] = list(config.optimizers)
+    table.update({key: getattr(config, key) for key in SCALARS})
+    table["optimizer"] = {o: dict(p) for o, p in config.opt_params.items() if p}
+    return table
+
+
 def config_to_toml(config: ScanConfig) -> str:
     """The resolved config as a [scan] TOML table that rebuilds the same config (same digest)."""
-    lines = ["[scan]"]
-    for name in AXES:
-        lines.append(f"{name} = {_toml_value(config.axes[name].spec)}")
-    lines.append(f"optimizers = {_toml_value(list(config.optimizers))}")
-    for key in SCALARS:
-        lines.append(f"{key} = {getattr(config, key)}")
-    for opt in config.optimizers:
-        params = config.opt_params.get(opt, {})
-        if params:
-            lines.append(f"\n[scan.optimizer.{opt}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in params.items())
+    table = scan_table(config)
+    per_optimizer = table.pop("optimizer")
+    lines = ["[scan]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    for opt, params in per_optimizer.items():
+        lines.append(f"\n[scan.optimizer.{opt}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in params.items())
     return "\n".join(lines) + "\n"

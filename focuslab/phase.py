@@ -17,18 +17,16 @@ def best_per_cell(runs: pd.DataFrame, cell_cols=CELL_AXES, metric: str = "final_
     keys = ["optimizer", *cell_cols]
     loss = runs[metric].to_numpy(dtype=float, copy=True)
     loss[np.isnan(loss)] = np.inf
-    work = runs.assign(_loss=loss, _pos=np.arange(len(runs)))
+    work = runs.assign(_loss=loss)
     groups = work.groupby(keys, sort=False, observed=True)
-    idx = groups["_loss"].idxmin()
-    best = runs.loc[idx.to_numpy()].reset_index(drop=True)
-    lo = groups["lr"].transform("min").loc[idx.to_numpy()].to_numpy()
-    hi = groups["lr"].transform("max").loc[idx.to_numpy()].to_numpy()
-    n_lr = groups["lr"].transform("size").loc[idx.to_numpy()].to_numpy()
-    all_div = ~np.isfinite(work["_loss"].loc[idx.to_numpy()].to_numpy())
-    best = best.rename(columns={"lr": "best_lr"})
+    idx = groups["_loss"].idxmin().to_numpy()
+    lrs = groups["lr"].agg(["min", "max", "size"])  # same group order as idx
+    all_div = ~np.isfinite(work["_loss"].loc[idx].to_numpy())
+    best = runs.loc[idx].reset_index(drop=True).rename(columns={"lr": "best_lr"})
     best["best_lr"] = np.where(all_div, np.nan, best["best_lr"].to_numpy())
     best["all_diverged"] = all_div
-    best["lr_at_edge"] = (~all_div) & (n_lr > 1) & ((best["best_lr"] == lo) | (best["best_lr"] == hi))
+    at_edge = (best["best_lr"].to_numpy() == lrs["min"].to_numpy()) | (best["best_lr"].to_numpy() == lrs["max"].to_numpy())
+    best["lr_at_edge"] = (~all_div) & (lrs["size"].to_numpy() > 1) & at_edge
     return best
 
 

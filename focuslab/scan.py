@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .config import CELL_AXES, ScanConfig
+from .config import CELL_AXES, ScanConfig, build_scan_config, scan_table
 from .errors import FocuslabError
 from .phase import best_per_cell
-from .results import (BEST, CHUNKS, META, RUNS, SHARDS, open_results_dir, read_json,
-                      read_parquet, write_json, write_parquet)
+from .results import (BEST, CHUNKS, META, RUNS, SHARDS, atomic_write_bytes, open_results_dir,
+                      read_json, read_parquet, write_json, write_parquet)
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
                "environment": _environment()}
     if shard is not None:
         record = {"kind": "shard", "shard": list(shard), "digest": config.digest(),
-                  "config": config.to_dict(), "chunks": [c.name for c in mine],
+                  "config": config.to_dict(), "scan": scan_table(config), "chunks": [c.name for c in mine],
                   "cost": sum(c.cost for c in mine), "status": "complete", "timings": attempt}
         (out / SHARDS).mkdir(exist_ok=True)
         write_json(record, out / SHARDS / f"{shard[0]}-of-{shard[1]}.json")
@@ -267,8 +267,6 @@ def merge_shards(dirs: list[Path], out: Path) -> dict:
     N shards must appear exactly once and hold all of its chunk files.  The tables are then
     assembled exactly as an unsharded run would (bit-identical contents).
     """
-    from .config import build_scan_config
-
     records = []
     for d in dirs:
         d = Path(d)
@@ -298,11 +296,7 @@ def merge_shards(dirs: list[Path], out: Path) -> dict:
     missing = [k for k in range(1, n + 1) if k not in where]
     if missing:
         raise FocuslabError(f"merge: missing shard(s) {', '.join(f'{k}/{n}' for k in missing)}")
-    cfg = first["config"]
-    scan_values = {k: cfg[k] for k in ("sharpness", "noise", "weight_decay", "theta", "c", "lr",
-                                         "optimizers", "replicates", "steps", "seed", "chunk_steps")}
-    scan_values["optimizer"] = {o: {k: v for k, v in p.items()} for o, p in cfg["optimizer"].items()}
-    config = build_scan_config(scan_values)
+    config = build_scan_config(first["scan"])
     if config.digest() != first["digest"]:
         raise FocuslabError("merge: the shards' config does not rebuild to the same digest "
                             "(different focuslab or numpy version?)")
@@ -324,7 +318,6 @@ def merge_shards(dirs: list[Path], out: Path) -> dict:
         src = source[c.name] / CHUNKS / f"{c.name}.parquet"
         dst = out / CHUNKS / f"{c.name}.parquet"
         if src.resolve() != dst.resolve():
-            from .results import atomic_write_bytes
             atomic_write_bytes(dst, src.read_bytes())
     attempt = {"merged_shards": n, "sources": sorted({str(d) for d, _ in records}),
                "shard_timings": [rec["timings"] for _, rec in sorted(records, key=lambda r: r[1]["shard"][0])],

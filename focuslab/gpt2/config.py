@@ -56,7 +56,8 @@ class TrainConfig:
         return [f.name for f in fields(cls)]
 
 
-def validate(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig, world: int = 1) -> None:
+    """One-line errors for bad settings; ``world`` = number of processes (nodes x per node)."""
     def need(cond, msg):
         if not cond:
             raise FocuslabError(msg)
@@ -65,6 +66,9 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
                 "max_iters", "eval_interval", "eval_iters"):
         need(getattr(cfg, key) >= 1, f"--{key.replace('_', '-')}: must be >= 1, got {getattr(cfg, key)}")
+    need(cfg.gradient_accumulation_steps % world == 0,
+         f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} must be a multiple of the "
+         f"world size {world} (nodes x gpus-per-node): the global batch stays the same whatever the world size")
     need(cfg.n_embd % cfg.n_head == 0, f"--n-embd {cfg.n_embd} must be a multiple of --n-head {cfg.n_head}")
     need(cfg.learning_rate > 0 and cfg.min_lr >= 0, "--learning-rate must be > 0 and --min-lr >= 0")
     need(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "--beta1/--beta2 must be in [0, 1)")

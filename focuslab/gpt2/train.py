@@ -73,8 +73,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
 
     from .data import TokenData, embedded_corpus, prepare
 
-    validate(cfg)
     ddp = int(os.environ.get("RANK", -1)) != -1
+    validate(cfg, int(os.environ.get("WORLD_SIZE", 1)) if ddp else 1)
     rank, world, local = 0, 1, 0
     device = cfg.device
     if device == "auto":
@@ -91,9 +91,6 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             device = f"cuda:{local}"
             torch.cuda.set_device(device)
     master = rank == 0
-    if cfg.gradient_accumulation_steps % world:
-        raise FocuslabError(f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} must be a "
-                            f"multiple of the world size {world} (the global batch stays fixed)")
     accum = cfg.gradient_accumulation_steps // world
     run = Path(cfg.out)
     if master:
@@ -161,7 +158,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         return out
 
     peak = _peak_flops(device)
-    t_last = time.time()
+    t_start = time.time()
     last = {}
     for it in range(start, cfg.max_iters + 1):
         lr = lr_at(cfg, it)
@@ -208,7 +205,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             metrics.log(row)
     if master:
         meta = json.loads((run / "gpt2.json").read_text())
-        meta.update(status="complete", final=last, wall_seconds=round(time.time() - t_last, 2))
+        meta.update(status="complete", final=last, wall_seconds=round(time.time() - t_start, 2))
         write_json(meta, run / "gpt2.json")
     if ddp:
         torch.distributed.destroy_process_group()

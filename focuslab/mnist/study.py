@@ -124,10 +124,14 @@ def run_unit(config: MnistConfig, optimizer: str, batch_size: int, data_dir, dev
     """Worker body: train one (optimizer, batch size) unit; returns its tables."""
     import torch
 
+    from .train import train_batched
+
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    out = _train(config, optimizer, batch_size, data_dir, device)
+    out = train_batched(_data(config.dataset, data_dir, device), optimizer, batch_size, config.lrs,
+                        config.replicates, config.steps, seed=config.seed,
+                        weight_decay=config.weight_decay, device=device, eval_every=config.eval_every)
     rows = []
     for i, lr in enumerate(config.lrs):
         for r in range(config.replicates):
@@ -140,14 +144,6 @@ def run_unit(config: MnistConfig, optimizer: str, batch_size: int, data_dir, dev
                "test_accuracy": acc[k]}
               for step, loss, acc in out["curves"] for k in range(len(loss))]
     return optimizer, batch_size, pd.DataFrame(rows), pd.DataFrame(curves), time.perf_counter() - t0
-
-
-def _train(config, optimizer, batch_size, data_dir, device):
-    from .train import train_batched
-
-    return train_batched(_data(config.dataset, data_dir, device), optimizer, batch_size, config.lrs,
-                         config.replicates, config.steps, seed=config.seed,
-                         weight_decay=config.weight_decay, device=device, eval_every=config.eval_every)
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:

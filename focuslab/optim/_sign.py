@@ -36,20 +36,10 @@ def sign_momentum_update(params: list[Tensor], grads: list[Tensor], exp_avgs: li
        weight_decay=weight_decay, decay=decay, maximize=maximize)
 
 
-class _Rows:
-    """Per-row learning rates of one slice (internal marker: the slice is processed directly)."""
-
-    def __init__(self, t: Tensor):
-        self.t = t
-
-    def view(self, *shape):
-        return self.t.view(*shape)
-
-
 def _axpy_(w: Tensor, x: Tensor, lr, scale: float) -> None:
     """w += scale * lr * x, where lr is a float or a per-slice tensor (one value per index of dim 0,
     as for stacked models trained together)."""
-    if isinstance(lr, (Tensor, _Rows)):
+    if isinstance(lr, Tensor):
         w.addcmul_(x, lr.view(-1, *([1] * (w.dim() - 1))), value=scale)
     else:
         w.add_(x, alpha=lr * scale)
@@ -58,46 +48,48 @@ def _axpy_(w: Tensor, x: Tensor, lr, scale: float) -> None:
 SLICE = 1 << 18  # elements per cache-sized slice when stacked models carry per-slice lrs
 
 
-def _single_tensor(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta2, gamma,
-                   weight_decay, decay, maximize):
-    if isinstance(lr, Tensor):
+def _single_tensor(params, grads, exp_avgs, param_avgs, steps, *, lr, **hyper):
+    if isinstance(lr, Tensor) and lr.dim() == 0:
+        lr = float(lr)
+    for i, p in enumerate(params):
+        avg = None if param_avgs is None else param_avgs[i]
+        if not isinstance(lr, Tensor):
+            _update_one(p, grads[i], exp_avgs[i], avg, steps[i], lr, **hyper)
+            continue
         # Stacked models: run the whole update on cache-sized slices along dim 0, so each slice's
         # param/grad/state stay in cache through all the passes (same ops, same bits).
-        for i, p in enumerate(params):
-            rows = max(1, SLICE // max(1, p[0].numel()))
-            for a in range(0, p.shape[0], rows):
-                sl = slice(a, a + rows)
-                _single_tensor([p[sl]], [grads[i][sl]], [exp_avgs[i][sl]],
-                               None if param_avgs is None else [param_avgs[i][sl]], [steps[i]],
-                               lr=float(lr) if lr.dim() == 0 else _Rows(lr[sl]), beta1=beta1,
-                               beta2=beta2, gamma=gamma, weight_decay=weight_decay, decay=decay,
-                               maximize=maximize)
-        return
-    for i, p in enumerate(params):
-        m = exp_avgs[i]
-        w = p if p.dtype == m.dtype else p.to(m.dtype)  # fp32 working copy for low-precision params
-        g = grads[i] if grads[i].dtype == m.dtype else grads[i].to(m.dtype)
-        if maximize:
-            g = torch.neg(g)
-        m.lerp_(g, 1 - beta1)
-        if param_avgs is not None:
-            avg = param_avgs[i]
-            avg.lerp_(w, 1 - beta2)
-            tmp = torch.div(avg, 1 - beta2 ** steps[i])  # theta-hat (the only temporary)
-            if decay == "average" and weight_decay != 0:
-                _axpy_(w, tmp, lr, -weight_decay)  # Algorithm 1: decay toward theta-hat first
-            tmp.sub_(w).sign_()  # sign(theta-hat - theta)
-            if decay == "theta" and weight_decay != 0:
-                _axpy_(w, w, lr, -weight_decay)
-            _axpy_(w, tmp, lr, gamma)  # the attraction
-            torch.sign(m, out=tmp)
-        else:
-            tmp = torch.sign(m)
-            if weight_decay != 0:
-                _axpy_(w, w, lr, -weight_decay)
-        _axpy_(w, tmp, lr, -1.0)
-        if w is not p:
-            p.copy_(w)
+        rows = max(1, SLICE // max(1, p[0].numel()))
+        for a in range(0, p.shape[0], rows):
+            sl = slice(a, a + rows)
+            _update_one(p[sl], grads[i][sl], exp_avgs[i][sl], None if avg is None else avg[sl],
+                        steps[i], lr[sl], **hyper)
+
+
+def _update_one(p, g, m, avg, t, lr, *, beta1, beta2, gamma, weight_decay, decay, maximize):
+    """The per-tensor update (lr a float or one value per index of dim 0)."""
+    w = p if p.dtype == m.dtype else p.to(m.dtype)  # fp32 working copy for low-precision params
+    if g.dtype != m.dtype:
+        g = g.to(m.dtype)
+    if maximize:
+        g = torch.neg(g)
+    m.lerp_(g, 1 - beta1)
+    if avg is not None:
+        avg.lerp_(w, 1 - beta2)
+        tmp = torch.div(avg, 1 - beta2 ** t)  # theta-hat (the only temporary)
+        if decay == "average" and weight_decay != 0:
+            _axpy_(w, tmp, lr, -weight_decay)  # Algorithm 1: decay toward theta-hat first
+        tmp.sub_(w).sign_()  # sign(theta-hat - theta)
+        if decay == "theta" and weight_decay != 0:
+            _axpy_(w, w, lr, -weight_decay)
+        _axpy_(w, tmp, lr, gamma)  # the attraction
+        torch.sign(m, out=tmp)
+    else:
+        tmp = torch.sign(m)
+        if weight_decay != 0:
+            _axpy_(w, w, lr, -weight_decay)
+    _axpy_(w, tmp, lr, -1.0)
+    if w is not p:
+        p.copy_(w)
 
 
 def _multi_tensor(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta2, gamma,

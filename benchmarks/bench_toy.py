@@ -1,61 +1,107 @@
-"""Speed of the toy simulator: ns per optimizer step, side by side with a plain-Python stepper.
+"""Speed of the toy simulator: ns per optimizer step, per CPU target, beside plain-Python steppers.
 
-    python benchmarks/bench_toy.py            # kernel vs reference, one core, every optimizer
-    python benchmarks/bench_toy.py --fig2a    # also the full-resolution fig2a preset, all cores
+    python benchmarks/bench_toy.py                                  # this CPU as numba sees it
+    python benchmarks/bench_toy.py --cpu-name haswell,x86-64        # compiled for other targets
+    python benchmarks/bench_toy.py --cpu-name haswell --shapes      # also other grid shapes
+    python benchmarks/bench_toy.py --cpu-name haswell --fig2a       # also the full fig2a preset
 
-One "step" is one optimizer update of one 2-D trajectory, including its two gradient-noise normals
-and the loss/metric bookkeeping.  The kernel runs 20,000 lanes (20 cells x 20 lrs x 50 replicates)
-for 1000 steps in one process; the reference is focuslab.toy.reference.trajectory (pure Python
-floats, one trajectory at a time, like the paper's scripts) timed on the same update rule.
+One "step" is one optimizer update of one 2-D trajectory, including its share of the gradient-noise
+normals and the loss/metric bookkeeping.  The grid is 20 cells x 20 lrs x 50 replicates for 1000
+steps (20,000 lanes), as a scan chunk of the paper's presets.  Each target is compiled once in its
+own worker process (NUMBA_CPU_NAME + NUMBA_CPU_FEATURES="", an empty numba cache); the workers
+then answer in turns, --rounds times, one timed run per rule each turn, so every target and rule is
+sampled across the whole run and a noisy spell on this shared machine hits them alike.  Each figure
+is the fastest of its samples; the hypervisor's steal time during the run is printed beside them.
+A target this host cannot execute (AVX-512 on an AVX2 machine) is compiled and its assembly
+inspected, but not timed.  The plain-Python reference (focuslab.toy.reference, one
+trajectory at a time) and a NumPy stepper written like the paper's scripts run in the same
+invocation, so the speed-ups are ratios measured side by side.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
-import statistics
+import platform
+import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
+RULES = ("adam", "signum", "focus")
+GRID = (20, 20, 50)  # cells, lrs, replicates
+SHAPES = {"20 cells x 20 lrs x 50 reps": (20, 20, 50), "1 cell x 20 lrs x 2000 reps": (1, 20, 2000),
+          "20 cells x 1 lr x 1000 reps": (20, 1, 1000)}
 
-def bench_kernel(name, repeats=5):
-    from focuslab.toy.kernel import run
+
+def grid(n_cells, n_lr, n_rep):
     from focuslab.toy.rng import trajectory_keys
-    from focuslab.toy.updates import RULES
 
-    rule = RULES[name]
-    phi = math.pi / 6
-    sharp = np.logspace(-1, 3, 20)
-    cells = np.column_stack([sharp, np.linspace(0, 3, 20), np.full(20, 0.1), np.full(20, math.cos(phi)),
-                             np.full(20, math.sin(phi)), np.full(20, 0.1)])
-    lrs = np.logspace(-3, 0, 20)
-    keys = trajectory_keys(0, cells[:, :5], np.arange(50))
-    hp = rule.vector({})
-    run(rule.code, hp, cells[:1], lrs[:1], keys[:1, :1], 2)  # load/compile outside the timing
-    steps = 1000
-    times = []
+    from focuslab.axes import cell_array
+
+    cells = cell_array(sharpness=np.logspace(-1, 3, n_cells), noise=np.linspace(0, 3, n_cells),
+                       weight_decay=0.1, phi=math.pi / 6, c=0.1)
+    return cells, np.logspace(-3, 0, n_lr), trajectory_keys(0, cells, np.arange(n_rep))
+
+
+def time_kernels(shape, repeats=1, steps=1000):
+    """ns/step of each rule on ``shape``: interleaved, fastest of ``repeats``."""
+    from focuslab.toy import kernel, updates
+
+    cells, lrs, keys = grid(*shape)
+    settings = {name: updates.get(name).resolve({}) for name in RULES}
+    best = {name: math.inf for name in RULES}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(rule.code, hp, cells, lrs, keys, steps)
-        times.append(time.perf_counter() - t0)
-    return min(times) / (cells.shape[0] * len(lrs) * keys.shape[1] * steps) * 1e9
+        for name in RULES:
+            t0 = time.perf_counter()
+            kernel.run(name, settings[name], cells, lrs, keys, steps)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    lanes = shape[0] * shape[1] * shape[2]
+    return {name: best[name] / (lanes * steps) * 1e9 for name in RULES}
+
+
+def worker(args):
+    """Runs in a process compiled for one target: reports its assembly, then answers requests
+    read from stdin ("kernel", "shapes", "fig2a JOBS"), one JSON line each."""
+    from focuslab.toy import kernel, updates
+    from focuslab.toy.asm import current_target, host_can_run, kernel_asm, packed_stats
+
+    out = {"target": current_target(), "simd": {name: packed_stats(kernel_asm(name)) for name in RULES}}
+    can, why = host_can_run(os.environ.get("NUMBA_CPU_NAME") or None)
+    if can:
+        for name in RULES:  # compiled above; load outside any timing
+            kernel.warm(name, updates.get(name).resolve({}))
+    else:
+        out["skipped"] = why
+    print(json.dumps(out), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or not can:
+            print("{}", flush=True)
+        elif cmd[0] == "kernel":
+            print(json.dumps(time_kernels(GRID)), flush=True)
+        elif cmd[0] == "shapes":
+            print(json.dumps({label: time_kernels(shape, 3) for label, shape in SHAPES.items()}), flush=True)
+        elif cmd[0] == "fig2a":
+            print(json.dumps(bench_fig2a(int(cmd[1]))), flush=True)
 
 
 def bench_reference(name, steps=2000):
+    """ns/step of the plain-Python reference stepper (fastest of 3)."""
     from focuslab.toy.reference import trajectory
     from focuslab.toy.rng import normal_pairs
-    from focuslab.toy.updates import RULES
+    from focuslab.toy.updates import get
 
-    noise = normal_pairs(np.uint64(1), 0, steps + 1).tolist()
-    hp = dict(RULES[name].defaults)
+    normals = normal_pairs(np.uint64(1), 0, steps + 1).tolist()
+    settings = get(name).resolve({})
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        trajectory(name, hp, a=10.0, noise_std=1.0, weight_decay=0.1, theta=math.pi / 6, c=0.1,
-                   lr=0.01, noise=noise, steps=steps)
+        trajectory(name, settings, sharpness=10.0, noise=1.0, weight_decay=0.1, phi=math.pi / 6, c=0.1,
+                   lr=0.01, normals=normals, steps=steps)
         times.append(time.perf_counter() - t0)
     return min(times) / steps * 1e9
 
@@ -66,21 +112,24 @@ def bench_numpy_style(steps=2000):
     rng = np.random.default_rng(0)
     phi = math.pi / 6
     R = np.array([[math.cos(phi), -math.sin(phi)], [math.sin(phi), math.cos(phi)]])
-    a, c, lr, wd, b1, b2, eps, sigma = 10.0, 0.1, 0.01, 0.1, 0.9, 0.999, 1e-8, 1.0
-    p = rng.normal(size=2) * 1e-4
-    m = np.zeros(2)
-    v = np.zeros(2)
-    best = math.inf
-    t0 = time.perf_counter()
-    for t in range(1, steps + 1):
-        u, w = p @ R
-        g = (np.array([a * u * w ** 2 - c, a * u ** 2 * w]) @ R.T) * rng.normal(1.0, sigma, 2)
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g ** 2
-        p = p - lr * ((m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps) + wd * p)
-        u, w = p @ R
-        best = min(best, 0.5 * a * u ** 2 * w ** 2 - c * u)
-    return (time.perf_counter() - t0) / steps * 1e9
+    a, c, lr, wd, b1, b2, eps, noise = 10.0, 0.1, 0.01, 0.1, 0.9, 0.999, 1e-8, 1.0
+    times = []
+    for _ in range(3):
+        p = rng.normal(size=2) * 1e-4
+        m = np.zeros(2)
+        v = np.zeros(2)
+        best = math.inf
+        t0 = time.perf_counter()
+        for t in range(1, steps + 1):
+            u, w = p @ R
+            g = (np.array([a * u * w ** 2 - c, a * u ** 2 * w]) @ R.T) * rng.normal(1.0, noise, 2)
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g ** 2
+            p = p - lr * ((m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps) + wd * p)
+            u, w = p @ R
+            best = min(best, 0.5 * a * u ** 2 * w ** 2 - c * u)
+        times.append(time.perf_counter() - t0)
+    return min(times) / steps * 1e9
 
 
 def bench_fig2a(jobs):
@@ -90,34 +139,124 @@ def bench_fig2a(jobs):
     cfg = build_scan_config(load_toml("fig2a", "scan"))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        summary = run_scan(cfg, tmp, jobs=jobs, progress=sys.stderr.isatty())
+        summary = run_scan(cfg, tmp, jobs=jobs, progress=False)
         wall = time.perf_counter() - t0
-    return cfg.total_steps(), wall, summary
+    return {"steps": cfg.total_steps(), "wall_s": wall, "jobs": jobs,
+            "ns_per_step_per_worker": summary["ns_per_step_per_worker"]}
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_line() -> str:
+    import llvmlite.binding as ll
+
+    f = ll.get_host_cpu_features()
+    flags = ", ".join(f"{k} {'yes' if f.get(k) else 'no'}" for k in ("avx2", "fma", "avx512f"))
+    return f"CPU: {cpu_model()} (LLVM: {ll.get_host_cpu_name()}; {flags}), {os.cpu_count()} cores"
+
+
+def steal_ticks() -> int | None:
+    """The hypervisor's steal time so far (clock ticks, all CPUs), from /proc/stat (Linux)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+        return int(fields[8])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Worker:
+    def __init__(self, target, cache):
+        from focuslab.toy.asm import target_env
+
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], env=target_env(target, cache),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = self._read(target or "host")
+
+    def _read(self, what):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"worker for {what} failed (see its error above)")
+        return json.loads(line)
+
+    def ask(self, request: str):
+        self.proc.stdin.write(request + "\n")
+        self.proc.stdin.flush()
+        return self._read(request)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fig2a", action="store_true", help="also time the full fig2a preset")
+    ap.add_argument("--cpu-name", default="", help="comma list of numba/LLVM CPU targets (haswell = AVX2, "
+                    "x86-64 = SSE2, skylake-avx512); default: this host")
+    ap.add_argument("--rounds", type=int, default=9, help="timed runs per target and rule (fastest kept)")
+    ap.add_argument("--shapes", action="store_true", help="also time other grid shapes")
+    ap.add_argument("--fig2a", action="store_true", help="also time the full fig2a preset (per target)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from focuslab.toy.updates import RULES
-
-    print(f"{'optimizer':<10}{'kernel ns/step':>16}{'reference ns/step':>20}{'speed-up':>12}")
-    rows = []
-    for name in RULES:
-        k = bench_kernel(name)
-        r = bench_reference(name)
-        rows.append((name, k, r))
-        print(f"{name:<10}{k:>16.2f}{r:>20.0f}{r / k:>11.0f}x")
-    med = statistics.median(k for _, k, _ in rows)
-    npy = bench_numpy_style()
-    print(f"median kernel: {med:.2f} ns/step on one core (target <= 15, aim <= 10)")
-    print(f"paper-style NumPy stepper (adam): {npy:.0f} ns/step -> kernel is {npy / rows[0][1]:.0f}x "
-          f"faster on adam (target >= 1000x)")
-    if args.fig2a:
-        total, wall, summary = bench_fig2a(args.jobs)
-        print(f"fig2a preset: {total:.3g} steps in {wall:.1f} s wall with {args.jobs} jobs "
-              f"({summary['ns_per_step_per_worker']:.2f} ns/step per worker; target < 900 s)")
+    if args.worker:
+        return worker(args)
+    targets = [t.strip() for t in args.cpu_name.split(",") if t.strip()] or [None]
+    print(host_line())
+    print(f"kernel grid: {GRID[0]} cells x {GRID[1]} lrs x {GRID[2]} replicates x 1000 steps, one core; "
+          f"fastest of {args.rounds} rounds, targets and rules interleaved")
+    caches = [tempfile.TemporaryDirectory() for _ in targets]
+    workers = [Worker(t, c.name) for t, c in zip(targets, caches)]
+    steal0, t0 = steal_ticks(), time.time()
+    best = [{name: math.inf for name in RULES} for _ in workers]
+    reference = {name: math.inf for name in RULES}
+    numpy_ns = math.inf
+    for _ in range(args.rounds):
+        for w, b in zip(workers, best):
+            for name, ns in w.ask("kernel").items():
+                b[name] = min(b[name], ns)
+        for name in RULES:
+            reference[name] = min(reference[name], bench_reference(name, steps=500))
+        numpy_ns = min(numpy_ns, bench_numpy_style(steps=500))
+    extra = [{**({"shapes": w.ask("shapes")} if args.shapes else {}),
+              **({"fig2a": w.ask(f"fig2a {args.jobs}")} if args.fig2a else {})} for w in workers]
+    for w in workers:
+        w.close()
+    steal1, wall = steal_ticks(), time.time() - t0
+    print(f"\n{'target':<16}{'SIMD':>6}" + "".join(f"{n + ' ns/step':>16}" for n in RULES) + f"{'adam vs NumPy':>15}")
+    for w, b in zip(workers, best):
+        r = w.info
+        width = max(s["width"] for s in r["simd"].values())
+        avx512 = " +AVX-512 registers" if any(s["avx512_regs"] for s in r["simd"].values()) else ""
+        if "skipped" in r:
+            print(f"{r['target']:<16}{width:>6}  not timed: {r['skipped']} (compiled: {width}-bit{avx512})")
+            continue
+        print(f"{r['target']:<16}{width:>6}" + "".join(f"{b[n]:>16.2f}" for n in RULES)
+              + f"{numpy_ns / b['adam']:>14.0f}x")
+    print("\nplain-Python reference stepper (ns/step): " + ", ".join(f"{n} {reference[n]:.0f}" for n in RULES))
+    print(f"paper-style NumPy stepper (adam): {numpy_ns:.0f} ns/step")
+    if steal0 is not None and steal1 is not None:
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        print(f"hypervisor steal during the timed rounds: {(steal1 - steal0) / hz:.2f} CPU-s of {wall:.0f} s wall")
+    for w, e in zip(workers, extra):
+        if "shapes" in e and e["shapes"]:
+            print(f"\n{w.info['target']}: ns/step by grid shape")
+            for label, ns in e["shapes"].items():
+                print(f"  {label:<30}" + "  ".join(f"{n} {ns[n]:5.2f}" for n in RULES))
+        if "fig2a" in e and e["fig2a"]:
+            f = e["fig2a"]
+            print(f"\n{w.info['target']}: fig2a preset, {f['steps']:.3g} steps in {f['wall_s']:.1f} s wall with "
+                  f"{f['jobs']} jobs ({f['ns_per_step_per_worker']:.2f} ns/step per worker)")
+    for c in caches:
+        c.cleanup()
 
 
 if __name__ == "__main__":

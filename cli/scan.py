@@ -13,14 +13,17 @@ AXIS_HELP = "grid: START:STOP:NUM, START:STOP:NUM:log, a comma list, or one valu
               help="TOML file or preset name (default, fig2a, fig2a-quick, fig2b, fig2b-quick); "
                    "flags override it.")
 @click.option("--sharpness", metavar="GRID", help=f"valley sharpness a; {AXIS_HELP}.")
-@click.option("--noise", metavar="GRID", help=f"gradient noise std sigma; {AXIS_HELP}.")
+@click.option("--noise", metavar="GRID", help=f"gradient noise: std of the N(1, noise^2) factors; {AXIS_HELP}.")
 @click.option("--weight-decay", metavar="GRID", help=f"weight decay omega; {AXIS_HELP}.")
 @click.option("--lr", metavar="GRID", help=f"learning rates (best one is kept); {AXIS_HELP}.")
-@click.option("--theta", metavar="GRID", help=f"valley angle phi (may use pi); {AXIS_HELP}.")
+@click.option("--phi", metavar="GRID", help=f"valley angle phi in radians (may use pi); {AXIS_HELP}.")
+@click.option("--theta", "old_theta", metavar="GRID", hidden=True)
 @click.option("--c", "c", metavar="GRID", help=f"slope along the valley; {AXIS_HELP}.")
-@click.option("--optimizers", metavar="LIST", help="comma list of adam, signum, focus, sgd, lion.")
+@click.option("--optimizers", metavar="LIST",
+              help="comma list of adam (= adamw), signum, focus, sgd, lion; settings after colons, "
+                   "e.g. focus:gamma=0.4.")
 @click.option("--opt-param", "opt_param", multiple=True, metavar="OPT.NAME=VALUE",
-              help="optimizer hyperparameter, e.g. focus.gamma=0.4 (repeatable).")
+              help="optimizer setting for every entry of OPT, e.g. focus.gamma=0.4 (repeatable).")
 @click.option("--replicates", type=int, help="trajectories per (cell, optimizer, lr).")
 @click.option("--steps", type=int, help="optimizer steps per trajectory.")
 @click.option("--seed", type=int, help="base seed of all random streams.")
@@ -41,7 +44,7 @@ AXIS_HELP = "grid: START:STOP:NUM, START:STOP:NUM:log, a comma list, or one valu
 @click.option("--sbatch-option", multiple=True, metavar="NAME=VALUE",
               help="extra #SBATCH line for --sbatch, e.g. partition=cpu or time=01:00:00.")
 @click.option("--dry-run", is_flag=True, help="with --sbatch: print the script, write nothing.")
-def scan(config_file, sharpness, noise, weight_decay, lr, theta, c, optimizers, opt_param,
+def scan(config_file, sharpness, noise, weight_decay, lr, phi, old_theta, c, optimizers, opt_param,
          replicates, steps, seed, chunk_steps, jobs, out, force, quiet, shard, backend, scheduler,
          sbatch_file, shards, sbatch_option, dry_run):
     """Scan the narrowing-valley toy model over a grid; write runs/best tables and scan.json.
@@ -49,17 +52,19 @@ def scan(config_file, sharpness, noise, weight_decay, lr, theta, c, optimizers, 
     Without options it runs the `default` preset: a quick Fig. 2a-style sharpness x noise phase
     diagram.  Re-running the same command resumes an interrupted scan.
     """
-    from focuslab.config import build_scan_config, load_toml, parse_opt_param
+    from focuslab.config import build_scan_config, load_toml, parse_opt_params
     from focuslab.errors import FocuslabError
     from focuslab.scan import parse_shard, run_scan
 
+    if old_theta is not None:
+        raise FocuslabError("--theta was renamed --phi (the valley angle; theta is the parameter vector)")
     if jobs is not None and jobs < 1:
         raise FocuslabError(f"--jobs: must be >= 1, got {jobs}")
     file_values = load_toml(config_file, "scan") if config_file else None
     flags = {"sharpness": sharpness, "noise": noise, "weight_decay": weight_decay, "lr": lr,
-             "theta": theta, "c": c, "optimizers": optimizers, "replicates": replicates,
+             "phi": phi, "c": c, "optimizers": optimizers, "replicates": replicates,
              "steps": steps, "seed": seed, "chunk_steps": chunk_steps,
-             "optimizer": parse_opt_param(opt_param)}
+             "optimizer": parse_opt_params(opt_param)}
     config = build_scan_config(file_values, {k: v for k, v in flags.items() if v is not None})
     if out is None:
         out = Path("results") / (Path(config_file).stem if config_file else "default")

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .config import CELL_AXES
+from .axes import CELL_NAMES
 
 
-def best_per_cell(runs: pd.DataFrame, cell_cols=CELL_AXES, metric: str = "final_loss_mean") -> pd.DataFrame:
+def best_per_cell(runs: pd.DataFrame, cell_cols=CELL_NAMES, metric: str = "final_loss_mean") -> pd.DataFrame:
     """One row per (optimizer, cell): the lr with the lowest ``metric`` (default final_loss_mean).
 
     Diverged runs carry +inf means, so they never win and never turn the minimum into NaN; a cell

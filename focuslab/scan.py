@@ -1,8 +1,9 @@
 """Scan orchestration: grid -> chunks -> joblib workers -> results store.
 
-The scan knows nothing about update rules (it asks the registry for a code and a hyperparameter
-vector) and the kernel knows nothing about grids or files.  A chunk is one optimizer on a contiguous
-run of grid cells with all of their learning rates and replicates; its table is written atomically
+The scan knows nothing about update rules (it hands an optimizer's name and resolved settings to
+the kernel) and the kernel knows nothing about grids or files.  A chunk is one optimizer on a
+contiguous run of grid cells with all of their replicates and all of their learning rates (a
+single cell too large for a chunk is split by learning rate); its table is written atomically
 by the worker that computed it, so an interrupted scan (Ctrl-C, kill -9) loses at most the chunks
 in flight and the same command resumes.  The chunk layout depends only on the config, and every
 trajectory's noise only on (seed, cell coordinates, replicate), so the tables are bit-identical
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .config import CELL_AXES, ScanConfig, build_scan_config, scan_table
+from .axes import CELL_NAMES
+from .config import ScanConfig, build_scan_config, scan_table
 from .errors import FocuslabError
 from .phase import best_per_cell
 from .results import (BEST, CHUNKS, META, RUNS, SHARDS, atomic_write_bytes, open_results_dir,
@@ -31,32 +34,55 @@ from .results import (BEST, CHUNKS, META, RUNS, SHARDS, atomic_write_bytes, open
 
 @dataclass(frozen=True)
 class Chunk:
-    optimizer: str
+    optimizer: str  # label
     index: int
     cell_start: int
     cell_stop: int
+    lr_start: int
+    lr_stop: int
     cost: int  # optimizer steps (lanes x steps)
+    slug: str  # the label as a file-name-safe string
 
     @property
     def name(self) -> str:
-        return f"{self.optimizer}-{self.index:05d}"
+        return f"{self.slug}-{self.index:05d}"
 
 
 def cell_values(config: ScanConfig) -> np.ndarray:
     """(n_cells, 5) array of cell coordinates in CELL_AXES order, first axis slowest."""
-    grids = np.meshgrid(*[np.asarray(config.axes[a].values) for a in CELL_AXES], indexing="ij")
+    grids = np.meshgrid(*[np.asarray(config.axes[a].values) for a in CELL_NAMES], indexing="ij")
     return np.column_stack([g.ravel() for g in grids])
 
 
+def _slugs(labels) -> list[str]:
+    slugs = [re.sub(r"[^A-Za-z0-9._=-]", "_", label).replace("=", "-") for label in labels]
+    if len(set(slugs)) != len(slugs):  # labels that differ only in odd characters
+        slugs = [f"{s}-{k}" for k, s in enumerate(slugs)]
+    return slugs
+
+
 def plan_chunks(config: ScanConfig) -> list[Chunk]:
-    """Deterministic chunk layout: optimizers in order, each split into runs of whole cells."""
-    per_cell = len(config.axes["lr"]) * config.replicates * config.steps
-    cells_per_chunk = max(1, config.chunk_steps // per_cell)
+    """Deterministic chunk layout: optimizers in order, each split into runs of whole cells of about
+    ``chunk_steps`` optimizer steps; a cell larger than that is split into runs of learning rates."""
+    n_lr = len(config.axes["lr"])
+    per_lr = config.replicates * config.steps
+    per_cell = n_lr * per_lr
     chunks = []
-    for opt in config.optimizers:
-        for index, start in enumerate(range(0, config.n_cells, cells_per_chunk)):
-            stop = min(start + cells_per_chunk, config.n_cells)
-            chunks.append(Chunk(opt, index, start, stop, (stop - start) * per_cell))
+    for label, slug in zip(config.optimizers, _slugs(config.optimizers)):
+        index = 0
+        if per_cell <= config.chunk_steps:
+            cells_per_chunk = max(1, config.chunk_steps // per_cell)
+            for start in range(0, config.n_cells, cells_per_chunk):
+                stop = min(start + cells_per_chunk, config.n_cells)
+                chunks.append(Chunk(label, index, start, stop, 0, n_lr, (stop - start) * per_cell, slug))
+                index += 1
+        else:
+            lrs_per_chunk = max(1, config.chunk_steps // per_lr)
+            for cell in range(config.n_cells):
+                for lo in range(0, n_lr, lrs_per_chunk):
+                    hi = min(lo + lrs_per_chunk, n_lr)
+                    chunks.append(Chunk(label, index, cell, cell + 1, lo, hi, (hi - lo) * per_lr, slug))
+                    index += 1
     return chunks
 
 
@@ -64,16 +90,12 @@ def compute_chunk(config: ScanConfig, chunk: Chunk) -> pd.DataFrame:
     """Simulate one chunk and summarise it into runs-table rows."""
     from .toy.kernel import run
     from .toy.rng import trajectory_keys
-    from .toy.updates import RULES
 
     cells = cell_values(config)[chunk.cell_start:chunk.cell_stop]
-    lrs = np.asarray(config.axes["lr"].values)
-    rule = RULES[chunk.optimizer]
-    sharp, noise, wd, theta, c = cells.T
-    kernel_cells = np.column_stack([sharp, noise, wd, np.cos(theta), np.sin(theta), c])
+    lrs = np.asarray(config.axes["lr"].values)[chunk.lr_start:chunk.lr_stop]
+    entry = config.entry(chunk.optimizer)
     keys = trajectory_keys(config.seed, cells, np.arange(config.replicates))
-    out = run(rule.code, rule.vector(config.hyperparameters(chunk.optimizer)), kernel_cells, lrs,
-              keys, config.steps)
+    out = run(entry.name, entry.settings, cells, lrs, keys, config.steps)
     return summarise(chunk.optimizer, cells, lrs, out)
 
 
@@ -94,7 +116,7 @@ def summarise(optimizer: str, cells: np.ndarray, lrs: np.ndarray, out: dict) -> 
     diverged = out["diverged"].astype(bool)
     final = np.where(diverged, np.inf, out["final_loss"])  # diverged counts as +inf, never NaN
     cols = {"optimizer": np.full(n_cells * n_lr, optimizer, dtype=object)}
-    for j, axis in enumerate(CELL_AXES):
+    for j, axis in enumerate(CELL_NAMES):
         cols[axis] = np.repeat(cells[:, j], n_lr)
     cols["lr"] = np.tile(lrs, n_cells)
     cols["replicates"] = np.full(n_cells * n_lr, n_rep, dtype=np.int64)
@@ -214,6 +236,12 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
     work = sum(c.cost for c in todo)
     compute_s = 0.0
     with stack:
+        if todo and backend != "dask":  # compile (or load) each kernel once, before the workers start
+            from .toy.kernel import warm
+
+            for label in dict.fromkeys(c.optimizer for c in todo):
+                entry = config.entry(label)
+                warm(entry.name, entry.settings)
         if todo:
             bar = tqdm(total=work, unit="step", unit_scale=True, dynamic_ncols=True,
                        disable=not progress or not sys.stderr.isatty(),

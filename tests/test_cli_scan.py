@@ -33,7 +33,7 @@ def test_config_file_then_flags_override(tmp_path):
     meta = json.loads((tmp_path / "o" / "scan.json").read_text())["config"]
     assert meta["steps"] == 9 and meta["replicates"] == 2 and meta["sharpness"] == "2,3"
     assert meta["optimizer"]["focus"] == {"beta1": 0.9, "beta2": 0.8, "gamma": 0.3, "decay": "theta"}
-    assert meta["theta"] == "pi/6"  # untouched keys come from the default preset
+    assert meta["phi"] == "pi/6"  # untouched keys come from the default preset
 
 
 def test_presets_parse_with_paper_resolution():
@@ -68,7 +68,7 @@ def test_grid_syntax():
     (["--opt-param", "focus.decay=sideways"], "focus.decay must be one of"),
     (["--opt-param", "gamma"], "expected OPTIMIZER.NAME=VALUE"),
     (["--config", "/no/such/file.toml"], "config file not found"),
-    (["--config", "nosuchpreset"], "no preset named"),
+    (["--config", "nosuchpreset"], "no scan preset named 'nosuchpreset' (available: default, fig2a-quick, fig2a,"),
     (["--jobs", "0"], "--jobs"),
     (["--steps", "many"], "'many' is not a valid integer"),
     (["--frobnicate"], "No such option"),
@@ -79,6 +79,7 @@ def test_bad_input_gives_one_line_and_exit_2(args, needle, tmp_path):
     assert needle in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert "Traceback" not in res.output
+    assert "gpt2" not in res.stderr and "mnist" not in res.stderr  # only this command's presets
 
 
 def test_unreadable_config_and_unwritable_out(tmp_path):
@@ -89,7 +90,7 @@ def test_unreadable_config_and_unwritable_out(tmp_path):
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("[scan]\nstepz = 3\n")
     res = invoke("scan", "--config", str(unknown))
-    assert res.exit_code == 2 and "unknown config key(s): stepz" in res.stderr
+    assert res.exit_code == 2 and "unknown scan config key(s): stepz (known: c, chunk_steps," in res.stderr
     blocker = tmp_path / "file"
     blocker.write_text("")
     res = invoke("scan", *FAST, "--out", str(blocker / "sub"))

@@ -152,7 +152,7 @@ def test_plot_of_several_runs(tmp_path):
     (["--optimizer", "sgd"], "unknown optimizer"), (["--n-embd", "65"], "multiple of --n-head"),
     (["--gpus-per-node", "2"], "multiple of the world size"), (["--dtype", "bfloat16"], "mixed precision"),
     (["--resume"], "no checkpoint"), (["--data", "/no/such/dir"], "not a prepared token directory"),
-    (["--preset", "gpt2-huge"], "no preset"), (["--learning-rate", "-1"], "--learning-rate"),
+    (["--preset", "gpt2-huge"], "no gpt2 preset named 'gpt2-huge' (available: gpt2-mini"), (["--learning-rate", "-1"], "--learning-rate"),
     (["--nodes", "2", "--gradient-accumulation-steps", "2"], "--rdzv-endpoint"), (["--device", "tpu"], "--device"),
 ])
 def test_bad_options_exit_2(tmp_path, args, needle):

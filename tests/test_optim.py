@@ -165,24 +165,26 @@ def test_toy_landscape_trajectory_equals_simulator_rule():
     from focuslab.toy import kernel
     from focuslab.toy.landscape import grad_theta, loss_uv, rotate
     from focuslab.toy.rng import normal_pairs, trajectory_keys
-    from focuslab.toy.updates import RULES
+    from focuslab.toy.updates import get
 
-    a, sigma, wd, phi, c, lr, steps = 10.0, 1.5, 0.1, math.pi / 6, 0.1, 0.01, 200
+    from focuslab.axes import cell_array
+
+    a, noise, wd, phi, c, lr, steps = 10.0, 1.5, 0.1, math.pi / 6, 0.1, 0.01, 200
+    cell = cell_array(sharpness=a, noise=noise, weight_decay=wd, phi=phi, c=c)
     cp, sp = math.cos(phi), math.sin(phi)
     for decay in ("theta", "average"):
-        key = trajectory_keys(0, np.array([[a, sigma, wd, phi, c]]), np.arange(1))
+        key = trajectory_keys(0, cell, np.arange(1))
         z = normal_pairs(key[0, 0], 0, steps + 1)
         theta = torch.tensor(1e-4 * z[0], dtype=torch.float64, requires_grad=True)
         opt = FOCUS([theta], lr=lr, betas=(0.9, 0.9), gamma=0.2, weight_decay=wd, decay=decay)
         losses = []
         for t in range(1, steps + 1):
             u, v = rotate(*theta.detach().tolist(), cp, sp)
-            g = np.array(grad_theta(u, v, a, c, cp, sp)) * (1.0 + sigma * z[t])
+            g = np.array(grad_theta(u, v, a, c, cp, sp)) * (1.0 + noise * z[t])
             theta.grad = torch.from_numpy(g)
             opt.step()
             losses.append(loss_uv(*rotate(*theta.detach().tolist(), cp, sp), a, c))
-        rule = RULES["focus"]
-        out = kernel.run(rule.code, rule.vector({"decay": decay}), np.array([[a, sigma, wd, cp, sp, c]]),
+        out = kernel.run("focus", get("focus").resolve({"decay": decay}), cell,
                          np.array([lr]), key, steps)
         assert losses[-1] == pytest.approx(out["final_loss"][0, 0, 0], rel=1e-10)
         assert min(losses) == pytest.approx(out["min_loss"][0, 0, 0], rel=1e-10)

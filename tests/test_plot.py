@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from focuslab.cli.main import main
-from focuslab.config import CELL_AXES
+from focuslab.axes import CELL_NAMES
 from focuslab.phase import winners
 from focuslab.plot.phase import Geometry, phase_figure
 from focuslab.plot.style import PAPER_COLOURS, TIE_COLOUR
@@ -31,7 +31,7 @@ def make_results(path, sharp=SHARP, noise=NOISE, scales=("log", "linear")):
                 mean = best if opt == winner else (second if opt == OPTS[(OPTS.index(winner) + 1) % 3]
                                                    else second + 0.3)
                 rows.append({"optimizer": opt, "sharpness": a, "noise": s, "weight_decay": 0.1,
-                             "theta": 0.5, "c": 0.1, "best_lr": 0.01, "replicates": 10,
+                             "phi": 0.5, "c": 0.1, "best_lr": 0.01, "replicates": 10,
                              "final_loss_mean": mean, "final_loss_std": 0.01 * math.sqrt(10),
                              "final_loss_sem": 0.01, "min_loss_mean": mean, "progress_mean": 1.0,
                              "diverged": 0, "all_diverged": False, "lr_at_edge": False})
@@ -39,9 +39,9 @@ def make_results(path, sharp=SHARP, noise=NOISE, scales=("log", "linear")):
     path.mkdir(parents=True, exist_ok=True)
     best.to_parquet(path / "best.parquet")
     best.rename(columns={"best_lr": "lr"}).to_parquet(path / "runs.parquet")
-    values = {"sharpness": list(sharp), "noise": list(noise), "weight_decay": [0.1], "theta": [0.5],
+    values = {"sharpness": list(sharp), "noise": list(noise), "weight_decay": [0.1], "phi": [0.5],
               "c": [0.1], "lr": [0.01]}
-    sc = {"sharpness": scales[0], "noise": scales[1], "weight_decay": "single", "theta": "single",
+    sc = {"sharpness": scales[0], "noise": scales[1], "weight_decay": "single", "phi": "single",
           "c": "single", "lr": "single"}
     meta = {"kind": "scan", "status": "complete", "digest": "x", "seed": 0, "version": "test",
             "config": {"values": values, "scales": sc, "optimizers": OPTS}}
@@ -73,7 +73,7 @@ def test_phase_png_colours_ties_labels_and_extents(tmp_path):
     assert res.exit_code == 0, res.output
     img = imread(tmp_path / "f" / "phase.png")
     geo = Geometry(meta)
-    table = winners(best, OPTS, CELL_AXES, 2.0)
+    table = winners(best, OPTS, CELL_NAMES, 2.0)
     fig, ax = phase_figure(table, OPTS, geo, "Best optimizer at best lr (ties: margin ≤ 2 SE)")
     fig.canvas.draw()
     assert img.shape[:2] == (int(fig.bbox.height), int(fig.bbox.width))
@@ -83,7 +83,7 @@ def test_phase_png_colours_ties_labels_and_extents(tmp_path):
               (100.0, 3.0): PAPER_COLOURS["focus"], (1.0, 3.0): TIE_COLOUR}
     for (a, s), rgb in expect.items():
         got = _pixel(img, ax, s, math.log10(a))
-        np.testing.assert_allclose(got * 255, rgb, atol=1.5, err_msg=f"cell a={a}, sigma={s}")
+        np.testing.assert_allclose(got * 255, rgb, atol=1.5, err_msg=f"cell sharpness={a}, noise={s}")
     # the raw argmin (significance 0) colours the near-tie with its winner
     CliRunner().invoke(main, ["plot", str(tmp_path / "r"), "--out", str(tmp_path / "raw"),
                               "--significance", "0"])
@@ -107,7 +107,7 @@ def test_every_format_and_every_figure_is_written(tmp_path):
 def test_linear_axes_extents_follow_cell_centres(tmp_path):
     best, meta = make_results(tmp_path, scales=("linear", "linear"))
     geo = Geometry(meta)
-    fig, ax = phase_figure(winners(best, OPTS, CELL_AXES, 2.0), OPTS, geo, "t")
+    fig, ax = phase_figure(winners(best, OPTS, CELL_NAMES, 2.0), OPTS, geo, "t")
     assert ax.get_ylabel() == "Sharpness, a"
     assert ax.get_ylim() == pytest.approx((1.0 - 4.5, 100.0 + 45.0))  # half spacing beyond ends
 

@@ -32,7 +32,7 @@ def test_tables_have_the_promised_columns(tmp_path):
     cfg = build_scan_config(None, SMALL)
     run_scan(cfg, tmp_path, jobs=1, progress=False)
     runs, best = _tables(tmp_path)
-    for col in ["optimizer", "sharpness", "noise", "weight_decay", "theta", "c", "lr", "replicates",
+    for col in ["optimizer", "sharpness", "noise", "weight_decay", "phi", "c", "lr", "replicates",
                 "final_loss_mean", "final_loss_std", "final_loss_sem", "min_loss_mean",
                 "progress_mean", "diverged"]:
         assert col in runs.columns
@@ -124,7 +124,7 @@ def test_different_config_in_existing_out_is_refused_unless_forced(tmp_path):
 
 def test_diverged_runs_never_win_and_never_give_nan():
     runs = pd.DataFrame({"optimizer": ["sgd"] * 3 + ["adam"] * 3, "sharpness": 1.0, "noise": 0.0,
-                         "weight_decay": 0.1, "theta": 0.5, "c": 0.1,
+                         "weight_decay": 0.1, "phi": 0.5, "c": 0.1,
                          "lr": [0.01, 0.1, 1.0] * 2,
                          "final_loss_mean": [np.inf, np.inf, np.inf, -0.5, np.inf, -0.7]})
     best = best_per_cell(runs)

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import CELL_AXES
+from ..axes import CELL_NAMES
 from ..errors import FocuslabError
 from ..phase import win_fractions, winners
 from ..results import load_scan
 from .style import (TIE_COLOUR, axis_label, colour, coords, display_name, edges, save)
 
-REQUIRED_BEST = {"optimizer", *CELL_AXES, "best_lr", "final_loss_mean", "final_loss_sem"}
+REQUIRED_BEST = {"optimizer", *CELL_NAMES, "best_lr", "final_loss_mean", "final_loss_sem"}
 
 
 class Geometry:
@@ -22,12 +22,12 @@ class Geometry:
     def __init__(self, meta: dict):
         cfg = meta["config"]
         try:
-            self.values = {a: list(cfg["values"][a]) for a in CELL_AXES}
-            self.log = {a: cfg["scales"][a] == "log" for a in CELL_AXES}
+            self.values = {a: list(cfg["values"][a]) for a in CELL_NAMES}
+            self.log = {a: cfg["scales"][a] == "log" for a in CELL_NAMES}
             self.optimizers = list(cfg["optimizers"])
         except (KeyError, TypeError):
             raise FocuslabError("scan.json lacks the grid description (config.values/scales/optimizers)") from None
-        self.scanned = [a for a in CELL_AXES if len(self.values[a]) > 1]
+        self.scanned = [a for a in CELL_NAMES if len(self.values[a]) > 1]
         # noise on x when scanned (the paper's layout), the other axis on y
         if len(self.scanned) == 2:
             x = "noise" if "noise" in self.scanned else self.scanned[1]
@@ -147,8 +147,8 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0) 
     out = Path(out) if out is not None else directory
     out.mkdir(parents=True, exist_ok=True)
     files, summary = [], []
-    table = winners(best, opts, CELL_AXES, significance)
-    raw = winners(best, opts, CELL_AXES, 0.0)
+    table = winners(best, opts, CELL_NAMES, significance)
+    raw = winners(best, opts, CELL_NAMES, 0.0)
 
     def frac_line(t, what):
         f = win_fractions(t, opts)
@@ -175,7 +175,7 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0) 
             emit(margin_figure(table, geo, significance, "Winner's margin over the runner-up")[0],
                  "margin")
         for a, b in combinations(opts, 2):
-            pair = winners(best, [a, b], CELL_AXES, significance)
+            pair = winners(best, [a, b], CELL_NAMES, significance)
             emit(phase_figure(pair, [a, b], geo,
                               f"{display_name(a)} vs {display_name(b)} ({sig_note})")[0],
                  f"phase_{a}_vs_{b}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import AXIS_LABELS
+from ..axes import axis_label as _axis_label
 from ..results import atomic_write_bytes
 
 # The paper's colours (Fig. 2): Adam orange, Signum yellow, FOCUS blue.
@@ -33,8 +33,7 @@ def display_name(name: str) -> str:
 
 
 def axis_label(axis: str, log: bool) -> str:
-    words, symbol = AXIS_LABELS.get(axis, (axis, axis))
-    return f"{words}, log10 {symbol}" if log else f"{words}, {symbol}"
+    return _axis_label(axis, log)
 
 
 def coords(values, log: bool) -> np.ndarray:

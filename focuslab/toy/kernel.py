@@ -1,13 +1,24 @@
-"""The lockstep trajectory kernel: many independent trajectories advanced step by step together.
+"""The lockstep trajectory kernel: many independent trajectories advanced step by step together,
+compiled once per update rule (and option values) with the rule as a compile-time constant.
 
-Lanes are processed in blocks small enough for their state to stay in L1 cache; within a block the
-inner loop runs over lanes, so the compiler vectorises across trajectories.  The kernel knows
-nothing of grids, files or optimizers beyond the compile-time rule code it is specialised for.
+Work layout.  A kernel call gets cells x lrs x replicates.  A *block* holds one cell, a tile of
+its learning rates and a tile of its replicates, flattened into at most LANES lanes (lr-major,
+replicate fastest).  Every lr and optimizer of a cell sees the same noise realisations (common
+random numbers: a lane's random key depends on (cell, replicate) only), so each step draws ONE
+normal pair per replicate and copies it to that replicate's lanes for every lr; with 20 lrs the
+generator costs 1/20 of what a per-lane draw would.  Cell parameters are loop invariants of a
+block, and per-step scalars (bias corrections) are tabulated once per call.
 
-Lane layout of a call: cells x lrs x replicates (replicate fastest).  Cell parameters are rows
-``[a, sigma, wd, cos phi, sin phi, c]``; the random key of a lane depends on (cell, replicate) only,
-so all learning rates and optimizers of a cell see the same noise realisations (common random
-numbers: paired comparisons are sharper).
+Why it vectorises.  The lane loop is long and flat; all per-lane data of a block lives in ONE
+locally allocated (NROW, LANES) array whose shape is a compile-time constant, so LLVM knows rows
+never overlap and vectorises across lanes without run-time alias checks (with a run-time row
+length, or one array per quantity, it exceeds its alias-check budget and emits scalar code).  The
+rule is bound at compile time (a template cloned per rule with ``prep``/``update`` as globals), so
+there is no switch on a rule code inside the lane loop: on AVX2 such a switch alone made LLVM emit
+scalar code (tests/test_kernel_asm.py checks the packed instructions for named CPU targets).
+
+Exact arithmetic: no fast-math, so no FMA contraction, and the generator uses polynomials instead of
+libm; results are the same bits on every CPU target (tested across NUMBA_CPU_NAME targets).
 
 Per trajectory:
   * initial theta = 1e-4 * (z1, z2) from pair 0 of its stream; step t uses pair t;
@@ -16,95 +27,164 @@ Per trajectory:
 """
 from __future__ import annotations
 
+import hashlib
+import math
+import types
+from functools import lru_cache
+from pathlib import Path
+
 import numpy as np
 from numba import njit
 
-from .landscape import grad_theta, loss_uv, rotate
-from .rng import normal_pair
-from .updates import prepare, update
+from ..axes import COLUMN, cell_array
+from . import landscape, updates
+from .rng import normal_pair  # noqa: F401  (a global of the template)
 
-BLOCK = 256
+LANES = 256
 INIT_SCALE = 1e-4
-# Rows of the block state array.  All per-lane data of a block lives in ONE locally allocated
-# (NROW, BLOCK) array with compile-time shape: LLVM then knows that rows never overlap and
-# vectorises the lane loop without runtime alias checks (with one array per quantity it exceeds its
-# alias-check budget and falls back to scalar code, ~5x slower).
-A, SIG, WD, CP, SP, C, LR, X1, X2, S10, S11, S20, S21, U, V, LMIN, UMAX, OK = range(18)
-NROW = 18
+# Rows of the block state: the mutable state of every lane, its noise pair and its learning rate.
+X1, X2, S10, S11, S20, S21, U, V, LMIN, UMAX, OK, Z1, Z2, LR = range(14)
+NROW = 14
+# Columns of the cell-coordinate array (focuslab.axes.CELL_AXES order).
+SHARPNESS, NOISE, WEIGHT_DECAY, PHI, C = (COLUMN[n] for n in ("sharpness", "noise", "weight_decay", "phi", "c"))
+
+# The landscape, compiled inline (globals of the template).
+rotate = njit(inline="always")(landscape.rotate)
+loss_uv = njit(inline="always")(landscape.loss_uv)
+grad_theta = njit(inline="always")(landscape.grad_theta)
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
-def simulate(code, hp, cells, lrs, keys, steps, final_loss, min_loss, progress, diverged):
-    """Run every (cell, lr, replicate) lane for ``steps`` steps, writing the four metric arrays.
+def _simulate(hp, cells, lrs, keys, steps, final_loss, min_loss, progress, diverged):
+    """Template: run every (cell, lr, replicate) lane for ``steps`` steps, writing the four metric
+    arrays (cells, lrs, replicates).  ``prep`` and ``update`` are the rule's, bound per kernel."""
+    n_cells, n_lr, n_rep = cells.shape[0], lrs.shape[0], keys.shape[1]
+    first = prep(1, hp)  # noqa: F821
+    n_ctx = len(first)
+    ctx = np.empty((steps + 1, n_ctx))
+    for t in range(1, steps + 1):
+        c_t = prep(t, hp)  # noqa: F821
+        for q in range(n_ctx):
+            ctx[t, q] = c_t[q]
+    lr_tile = min(n_lr, LANES)
+    rep_tile = max(1, min(n_rep, LANES // lr_tile))
+    rep_tile = -(-n_rep // -(-n_rep // rep_tile))  # equal tiles: 50 replicates as 5 x 10, not 4 x 12 + 2
+    S = np.empty((NROW, LANES))
+    z1 = np.empty(LANES)
+    z2 = np.empty(LANES)
+    key = np.empty(LANES, dtype=np.uint64)
+    for i in range(n_cells):
+        sharpness, noise, wd, c = cells[i, SHARPNESS], cells[i, NOISE], cells[i, WEIGHT_DECAY], cells[i, C]
+        cos_phi, sin_phi = math.cos(cells[i, PHI]), math.sin(cells[i, PHI])
+        for r0 in range(0, n_rep, rep_tile):
+            nr = min(rep_tile, n_rep - r0)
+            for r in range(nr):
+                key[r] = keys[i, r0 + r]
+            for l0 in range(0, n_lr, lr_tile):
+                nl = min(lr_tile, n_lr - l0)
+                n = nl * nr
+                for r in range(nr):
+                    z1[r], z2[r] = normal_pair(key[r], 0)
+                for l in range(nl):
+                    for r in range(nr):
+                        j = l * nr + r
+                        S[LR, j] = lrs[l0 + l]
+                        S[X1, j] = INIT_SCALE * z1[r]
+                        S[X2, j] = INIT_SCALE * z2[r]
+                        S[U, j], S[V, j] = rotate(S[X1, j], S[X2, j], cos_phi, sin_phi)
+                        S[S10, j] = 0.0
+                        S[S11, j] = 0.0
+                        S[S20, j] = 0.0
+                        S[S21, j] = 0.0
+                        S[LMIN, j] = np.inf
+                        S[UMAX, j] = -np.inf
+                        S[OK, j] = 1.0
+                for t in range(1, steps + 1):
+                    cx = ctx[t]
+                    for r in range(nr):  # one normal pair per replicate ...
+                        z1[r], z2[r] = normal_pair(key[r], t)
+                    for l in range(nl):  # ... shared by all of its lanes
+                        for r in range(nr):
+                            S[Z1, l * nr + r] = z1[r]
+                            S[Z2, l * nr + r] = z2[r]
+                    for j in range(n):
+                        g1, g2 = grad_theta(S[U, j], S[V, j], sharpness, c, cos_phi, sin_phi)
+                        g1 = g1 * (1.0 + noise * S[Z1, j])
+                        g2 = g2 * (1.0 + noise * S[Z2, j])
+                        lr = S[LR, j]
+                        y1, S[S10, j], S[S11, j] = update(cx, S[X1, j], g1, S[S10, j], S[S11, j], lr, wd, hp)  # noqa: F821
+                        y2, S[S20, j], S[S21, j] = update(cx, S[X2, j], g2, S[S20, j], S[S21, j], lr, wd, hp)  # noqa: F821
+                        S[X1, j] = y1
+                        S[X2, j] = y2
+                        u, v = rotate(y1, y2, cos_phi, sin_phi)
+                        S[U, j] = u
+                        S[V, j] = v
+                        L = loss_uv(u, v, sharpness, c)
+                        S[LMIN, j] = min(L, S[LMIN, j])
+                        S[UMAX, j] = max(u, S[UMAX, j])
+                        S[OK, j] = S[OK, j] if L - L == 0.0 else 0.0  # NaN/inf loss marks divergence
+                for l in range(nl):
+                    for r in range(nr):
+                        j = l * nr + r
+                        state = S[X1, j] + S[X2, j] + S[S10, j] + S[S11, j] + S[S20, j] + S[S21, j]
+                        final_loss[i, l0 + l, r0 + r] = loss_uv(S[U, j], S[V, j], sharpness, c)
+                        min_loss[i, l0 + l, r0 + r] = S[LMIN, j]
+                        progress[i, l0 + l, r0 + r] = S[UMAX, j]
+                        diverged[i, l0 + l, r0 + r] = 0 if (S[OK, j] == 1.0 and np.isfinite(state)) else 1
 
-    code: rule code (updates.RULES); hp: the rule's hyperparameter vector;
-    cells: (n_cells, 6) float64 rows [a, sigma, wd, cos phi, sin phi, c]; lrs: (n_lr,);
-    keys: (n_cells, n_rep) uint64; outputs: (n_cells, n_lr, n_rep) float64 (diverged: uint8).
+
+def _fingerprint() -> str:
+    """Hash of the sources the compiled code comes from.  numba's disk cache checks only the
+    template's own file; naming each kernel after this hash makes an edit to a rule (updates.py),
+    the landscape or the generator compile afresh instead of loading stale machine code."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in ("updates.py", "landscape.py", "rng.py", "kernel.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:10]
+
+
+FINGERPRINT = _fingerprint()
+
+
+@lru_cache(maxsize=None)
+def kernel_for(name: str, options: tuple = ()):
+    """The compiled kernel of optimizer ``name`` with compile-time ``options`` ((name, value), ...).
+
+    The template is cloned with the rule's ``prep``/``update`` bound as globals (numba freezes
+    globals at compile time) and given its own name, so each rule has its own on-disk cache entry
+    and a second process loads it instead of compiling.
     """
-    n_lr, n_rep = lrs.shape[0], keys.shape[1]
-    n_lanes = cells.shape[0] * n_lr * n_rep
-    S = np.empty((NROW, BLOCK))
-    key = np.empty(BLOCK, dtype=np.uint64)
-    for start in range(0, n_lanes, BLOCK):
-        n = min(BLOCK, n_lanes - start)
-        for j in range(n):
-            k, r = divmod(start + j, n_rep)
-            i, li = divmod(k, n_lr)
-            for q in range(6):
-                S[A + q, j] = cells[i, q]
-            S[LR, j] = lrs[li]
-            key[j] = keys[i, r]
-            z1, z2 = normal_pair(key[j], 0)
-            S[X1, j] = INIT_SCALE * z1
-            S[X2, j] = INIT_SCALE * z2
-            S[U, j], S[V, j] = rotate(S[X1, j], S[X2, j], S[CP, j], S[SP, j])
-            S[S10, j] = 0.0
-            S[S11, j] = 0.0
-            S[S20, j] = 0.0
-            S[S21, j] = 0.0
-            S[LMIN, j] = np.inf
-            S[UMAX, j] = -np.inf
-            S[OK, j] = 1.0
-        for t in range(1, steps + 1):
-            ctx = prepare(code, t, hp)  # per-step scalars (bias corrections), once for all lanes
-            for j in range(n):
-                z1, z2 = normal_pair(key[j], t)
-                g1, g2 = grad_theta(S[U, j], S[V, j], S[A, j], S[C, j], S[CP, j], S[SP, j])
-                g1 = g1 * (1.0 + S[SIG, j] * z1)
-                g2 = g2 * (1.0 + S[SIG, j] * z2)
-                lr, wd = S[LR, j], S[WD, j]
-                y1, S[S10, j], S[S11, j] = update(code, ctx, S[X1, j], g1, S[S10, j], S[S11, j],
-                                                  lr, wd, hp)
-                y2, S[S20, j], S[S21, j] = update(code, ctx, S[X2, j], g2, S[S20, j], S[S21, j],
-                                                  lr, wd, hp)
-                S[X1, j] = y1
-                S[X2, j] = y2
-                u, v = rotate(y1, y2, S[CP, j], S[SP, j])
-                S[U, j] = u
-                S[V, j] = v
-                L = loss_uv(u, v, S[A, j], S[C, j])
-                S[LMIN, j] = min(L, S[LMIN, j])
-                S[UMAX, j] = max(u, S[UMAX, j])
-                S[OK, j] = S[OK, j] if L - L == 0.0 else 0.0  # NaN/inf loss marks divergence
-        for j in range(n):
-            k, r = divmod(start + j, n_rep)
-            i, li = divmod(k, n_lr)
-            state = S[X1, j] + S[X2, j] + S[S10, j] + S[S11, j] + S[S20, j] + S[S21, j]
-            final_loss[i, li, r] = loss_uv(S[U, j], S[V, j], S[A, j], S[C, j])
-            min_loss[i, li, r] = S[LMIN, j]
-            progress[i, li, r] = S[UMAX, j]
-            diverged[i, li, r] = 0 if (S[OK, j] == 1.0 and np.isfinite(state)) else 1
+    opt = updates.get(name)
+    scope = dict(globals())
+    scope["prep"] = njit(inline="always")(opt.prep)
+    scope["update"] = njit(inline="always")(opt.update_function(options))
+    tag = "_".join([opt.name, *(f"{k}_{v}" for k, v in options)])
+    qualname = f"simulate_{tag}_{FINGERPRINT}"
+    fn = types.FunctionType(_simulate.__code__, scope, qualname)
+    fn.__qualname__ = qualname
+    fn.__doc__ = f"{_simulate.__doc__}\n\nBuilt for: {opt.name} {dict(options)}"
+    return njit(cache=True, error_model="numpy", nogil=True)(fn)
 
 
-def run(code: int, hp: np.ndarray, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
+def run(optimizer: str, settings: dict, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
         steps: int) -> dict[str, np.ndarray]:
-    """Allocate outputs and run the kernel; returns the per-lane metrics, shape (cells, lrs, reps)."""
+    """Run the kernel of ``optimizer`` with ``settings`` (its resolved hyperparameters and options,
+    see ToyOptimizer.resolve).  cells: (n_cells, 5) coordinates in CELL_AXES order (phi in radians);
+    lrs: (n_lr,); keys: (n_cells, n_rep) uint64.  Returns the per-lane metrics, shape
+    (cells, lrs, replicates)."""
+    opt = updates.get(optimizer)
+    kernel = kernel_for(opt.name, opt.option_values(settings))
     shape = (cells.shape[0], lrs.shape[0], keys.shape[1])
     out = {name: np.empty(shape) for name in ("final_loss", "min_loss", "progress")}
     out["diverged"] = np.empty(shape, dtype=np.uint8)
-    simulate(int(code), np.ascontiguousarray(hp, dtype=np.float64),
-             np.ascontiguousarray(cells, dtype=np.float64),
-             np.ascontiguousarray(lrs, dtype=np.float64),
-             np.ascontiguousarray(keys, dtype=np.uint64), int(steps),
-             out["final_loss"], out["min_loss"], out["progress"], out["diverged"])
+    kernel(opt.hyper_values(settings), np.ascontiguousarray(cells, dtype=np.float64),
+           np.ascontiguousarray(lrs, dtype=np.float64), np.ascontiguousarray(keys, dtype=np.uint64),
+           int(steps), out["final_loss"], out["min_loss"], out["progress"], out["diverged"])
     return out
+
+
+def warm(optimizer: str, settings: dict) -> None:
+    """Compile (or load from the disk cache) the kernel for these settings, e.g. before starting
+    worker processes, which then load it instead of each compiling it."""
+    cell = cell_array(sharpness=1.0, noise=0.0, weight_decay=0.0, phi=0.0, c=0.0)
+    run(optimizer, settings, cell, np.ones(1), np.zeros((1, 1), np.uint64), 1)

@@ -4,36 +4,34 @@
     R(phi)   = [[cos phi, -sin phi], [sin phi, cos phi]]   (theta a row vector)
 
 so u = theta1 cos phi + theta2 sin phi runs along the valley floor and v across it; the valley
-narrows as u grows (curvature a u^2 across it).  The stochastic gradient is the true gradient in
-theta coordinates multiplied element-wise by independent N(1, sigma^2) factors.
+narrows as u grows (curvature a u^2 across it).  a is the sharpness.  The stochastic gradient is
+the true gradient in theta coordinates multiplied element-wise by independent N(1, noise^2) factors.
+
+Plain Python over arithmetic only: ``kernel.py`` compiles these functions into the numba kernel and
+the torch path evaluates them on tensors, so both run the same formulas in the same order.
 """
 from __future__ import annotations
 
 import math
 
-from numba import njit
+
+def rotate(theta1, theta2, cos_phi, sin_phi):
+    """(u, v) = (theta1, theta2) . R(phi)."""
+    return theta1 * cos_phi + theta2 * sin_phi, theta2 * cos_phi - theta1 * sin_phi
 
 
-@njit(cache=True, inline="always")
-def rotate(x1, x2, cphi, sphi):
-    """(u, v) = (x1, x2) . R(phi)."""
-    return x1 * cphi + x2 * sphi, x2 * cphi - x1 * sphi
+def loss_uv(u, v, sharpness, c):
+    return 0.5 * sharpness * u * u * v * v - c * u
 
 
-@njit(cache=True, inline="always")
-def loss_uv(u, v, a, c):
-    return 0.5 * a * u * u * v * v - c * u
-
-
-@njit(cache=True, inline="always")
-def grad_theta(u, v, a, c, cphi, sphi):
+def grad_theta(u, v, sharpness, c, cos_phi, sin_phi):
     """dL/dtheta = R(phi) . (dL/du, dL/dv)."""
-    gu = a * u * v * v - c
-    gv = a * u * u * v
-    return gu * cphi - gv * sphi, gu * sphi + gv * cphi
+    gu = sharpness * u * v * v - c
+    gv = sharpness * u * u * v
+    return gu * cos_phi - gv * sin_phi, gu * sin_phi + gv * cos_phi
 
 
-def loss(theta1: float, theta2: float, a: float, c: float, phi: float) -> float:
-    """Plain-Python loss (for tests, the reference stepper and plots)."""
+def loss(theta1: float, theta2: float, sharpness: float, c: float, phi: float) -> float:
+    """The loss at a parameter point (for tests, the reference stepper and plots)."""
     u, v = rotate(theta1, theta2, math.cos(phi), math.sin(phi))
-    return loss_uv(u, v, a, c)
+    return loss_uv(u, v, sharpness, c)

@@ -1,10 +1,11 @@
 """Plain-Python, one-trajectory reference stepper: the executable specification of the simulator.
 
 Written directly from the paper's equations (arXiv 2501.12243, Sec. 2 and Algorithm 1), sharing no
-code with the numba rules in ``updates.py``; the tests compare the two trajectory by trajectory,
+code with the rules in ``updates.py``; the tests compare the two trajectory by trajectory,
 and ``benchmarks/bench_toy.py`` times this as the "reference code" baseline.  It consumes noise
-given to it (``noise[t]`` is the N(0, 1) pair of step t, ``noise[0]`` the initial point), so it can
-be fed exactly the draws the kernel uses.
+given to it (``normals[t]`` is the N(0, 1) pair of step t, ``normals[0]`` the initial point), so it
+can be fed exactly the draws the kernel uses.  Keywords follow focuslab.axes (sharpness, noise,
+weight_decay, phi, c, lr); ``theta`` is the parameter vector.
 """
 from __future__ import annotations
 
@@ -19,31 +20,31 @@ def _sign(x: float) -> float:
     return x  # 0.0 or NaN, as numpy.sign
 
 
-def trajectory(optimizer: str, params: dict, *, a: float, noise_std: float, weight_decay: float,
-               theta: float, c: float, lr: float, noise, steps: int) -> dict:
+def trajectory(optimizer: str, params: dict, *, sharpness: float, noise: float, weight_decay: float,
+               phi: float, c: float, lr: float, normals, steps: int) -> dict:
     """Run one trajectory; return the path of theta and the paper's metrics."""
-    noise = [(float(z1), float(z2)) for z1, z2 in noise]
-    co, si = math.cos(theta), math.sin(theta)
+    normals = [(float(z1), float(z2)) for z1, z2 in normals]
+    co, si = math.cos(phi), math.sin(phi)
     R = [[co, -si], [si, co]]
-    p = [1e-4 * noise[0][0], 1e-4 * noise[0][1]]
+    theta = [1e-4 * normals[0][0], 1e-4 * normals[0][1]]
     state = [[0.0, 0.0], [0.0, 0.0]]  # per coordinate: two slots
-    path = [tuple(p)]
+    path = [tuple(theta)]
     losses = []
     us = []
     for t in range(1, steps + 1):
-        u = p[0] * R[0][0] + p[1] * R[1][0]
-        v = p[0] * R[0][1] + p[1] * R[1][1]
-        du = a * u * v * v - c
-        dv = a * u * u * v
-        g = [(du * R[0][0] + dv * R[0][1]) * (1.0 + noise_std * noise[t][0]),
-             (du * R[1][0] + dv * R[1][1]) * (1.0 + noise_std * noise[t][1])]
+        u = theta[0] * R[0][0] + theta[1] * R[1][0]
+        v = theta[0] * R[0][1] + theta[1] * R[1][1]
+        du = sharpness * u * v * v - c
+        dv = sharpness * u * u * v
+        g = [(du * R[0][0] + dv * R[0][1]) * (1.0 + noise * normals[t][0]),
+             (du * R[1][0] + dv * R[1][1]) * (1.0 + noise * normals[t][1])]
         for k in range(2):
-            p[k], state[k] = _step(optimizer, params, t, p[k], g[k], state[k], lr, weight_decay)
-        u = p[0] * R[0][0] + p[1] * R[1][0]
-        v = p[0] * R[0][1] + p[1] * R[1][1]
-        losses.append(0.5 * a * u * u * v * v - c * u)
+            theta[k], state[k] = _step(optimizer, params, t, theta[k], g[k], state[k], lr, weight_decay)
+        u = theta[0] * R[0][0] + theta[1] * R[1][0]
+        v = theta[0] * R[0][1] + theta[1] * R[1][1]
+        losses.append(0.5 * sharpness * u * u * v * v - c * u)
         us.append(u)
-        path.append(tuple(p))
+        path.append(tuple(theta))
     finite = all(math.isfinite(x) for x in losses)
     return {"path": path, "losses": losses, "final_loss": losses[-1],
             "min_loss": min((x for x in losses if x == x), default=math.inf),

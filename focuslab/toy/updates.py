@@ -1,145 +1,237 @@
-"""Update rules of the simulator: one small pure function per optimizer.
+"""Update rules of the toy simulator: one definition per optimizer, the only place one is described.
 
-All rules here are element-wise, so each is written for one coordinate: it takes the parameter x,
-its (noisy) gradient g and two state slots (s0, s1), and returns the new (x, s0, s1).  ``prep``
-functions compute per-step scalars shared by all lanes (bias corrections) once per step instead of
-once per lane.  Weight decay is decoupled: theta <- theta - lr * (direction + wd * theta).
+A ``ToyOptimizer`` carries the optimizer's name, its hyperparameters (default, valid interval,
+meaning), its compile-time options, the names of its two state slots and two plain functions:
 
-Adding an optimizer: write ``prep_x``/``update_x``, add a line to ``prepare`` and ``update``, and a
-``Rule`` entry in ``RULES``.  Reference: Liu, Liu & Gore, "FOCUS: First Order Concentrated Updating
-Scheme", arXiv 2501.12243.
+    prep(t, hp) -> tuple                             per-step scalars shared by every lane (bias
+                                                     corrections), computed once per step
+    update(ctx, x, g, s0, s1, lr, wd, hp) -> (x, s0, s1)
+                                                     one coordinate's step: parameter x, noisy
+                                                     gradient g, state slots, learning rate,
+                                                     weight decay; ctx = prep(t, hp)
+
+``hp`` is a named tuple (``hp.beta1``).  The functions are plain Python over ``np.sign``,
+``np.sqrt`` and arithmetic: ``kernel.py`` compiles them with numba into a kernel built for that
+one rule (the rule is a compile-time constant, never a run-time switch), and ``focuslab.toy.torch``
+evaluates the very same functions on whole tensors.  Weight decay is decoupled:
+theta <- theta - lr * (direction + wd * theta).  An option (FOCUS's ``decay``) selects code at
+compile time: ``update`` is then a factory called with the options.
+
+Adding an optimizer = one new ``ToyOptimizer`` below; the CLI, scans, plots and the
+registry-parameterised tests pick it up.  This module imports neither numba nor torch.
+
+Reference: Liu, Liu & Gore, "FOCUS: First Order Concentrated Updating Scheme", arXiv 2501.12243.
 """
 from __future__ import annotations
 
+import collections
+import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
-from numba import njit
 
-_NONE = (0.0, 0.0)
+from ..errors import FocuslabError
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """A numeric hyperparameter: name, default, valid interval (e.g. "[0, 1)") and meaning."""
+
+    name: str
+    default: float
+    interval: str
+    doc: str
+
+    def bounds(self) -> tuple[float, float, bool, bool]:
+        m = re.fullmatch(r"\s*([\[(])\s*([^,]+),\s*([^\])]+)\s*([\])])\s*", self.interval)
+        if not m:
+            raise ValueError(f"bad interval {self.interval!r} for {self.name}")
+        low, high = float(m.group(2)), float(m.group(3))
+        return low, high, m.group(1) == "[", m.group(4) == "]"
+
+    def check(self, value: float) -> bool:
+        low, high, low_in, high_in = self.bounds()
+        return (value > low or (low_in and value == low)) and (value < high or (high_in and value == high))
+
+
+@dataclass(frozen=True)
+class Option:
+    """A compile-time choice (selects code, so each value is its own compiled kernel)."""
+
+    name: str
+    choices: tuple[str, ...]
+    doc: str
+
+    @property
+    def default(self) -> str:
+        return self.choices[0]
+
+
+def _hyper_class(optimizer: str, names: tuple[str, ...]):
+    """A named tuple for one optimizer's hyperparameters, importable from this module by name
+    (numba's on-disk cache pickles argument types by reference)."""
+    cls_name = f"{optimizer.capitalize()}Hyper"
+    cls = collections.namedtuple(cls_name, names)
+    cls.__module__ = __name__
+    globals()[cls_name] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class ToyOptimizer:
+    name: str
+    title: str  # display name in legends
+    doc: str
+    hyper: tuple[Hyper, ...]
+    state: tuple[str, str]  # what the two state slots hold
+    prep: Callable
+    update: Callable  # update function, or (with options) a factory: update(**options) -> function
+    options: tuple[Option, ...] = ()
+    aliases: tuple[str, ...] = ()
+    Hyper: type = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "Hyper", _hyper_class(self.name, tuple(h.name for h in self.hyper)))
+
+    @property
+    def defaults(self) -> dict:
+        """Every setting (hyperparameters and options) at its default."""
+        return {**{h.name: h.default for h in self.hyper}, **{o.name: o.default for o in self.options}}
+
+    def resolve(self, params: dict | None = None, where: str | None = None) -> dict:
+        """Defaults overlaid with ``params``, validated; errors name ``where`` (default: the optimizer)."""
+        where = where or self.name
+        out = self.defaults
+        hyper = {h.name: h for h in self.hyper}
+        options = {o.name: o for o in self.options}
+        for key, value in (params or {}).items():
+            if key in options:
+                if value not in options[key].choices:
+                    raise FocuslabError(f"{where}.{key} must be one of {', '.join(options[key].choices)}, "
+                                        f"got {value!r}")
+                out[key] = value
+            elif key in hyper:
+                from ..config import parse_number
+
+                v = parse_number(value, f"{where}.{key}")
+                if not hyper[key].check(v):
+                    raise FocuslabError(f"{where}.{key} must be in {hyper[key].interval}, got {v:g}")
+                out[key] = v
+            else:
+                raise FocuslabError(f"unknown parameter {where}.{key} (known: "
+                                    f"{', '.join(where + '.' + k for k in self.defaults)})")
+        return out
+
+    def hyper_values(self, settings: dict):
+        """The named tuple of numeric hyperparameters the compiled code reads."""
+        return self.Hyper(*(float(settings[h.name]) for h in self.hyper))
+
+    def option_values(self, settings: dict) -> tuple[tuple[str, str], ...]:
+        return tuple((o.name, settings[o.name]) for o in self.options)
+
+    def update_function(self, options: tuple[tuple[str, str], ...] = ()) -> Callable:
+        """The plain update function for these compile-time options."""
+        return self.update(**dict(options)) if self.options else self.update
 
 
 # --- adam -------------------------------------------------------------------------------------
-# m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  x <- x - lr * (m^ / (sqrt(v^) + eps) + wd x)
-@njit(cache=True, inline="always")
-def prep_adam(t, hp):
-    return 1.0 - hp[0] ** t, 1.0 - hp[1] ** t
+def adam_prep(t, hp):
+    return 1.0 - hp.beta1 ** t, 1.0 - hp.beta2 ** t
 
 
-@njit(cache=True, inline="always")
-def update_adam(ctx, x, g, m, v, lr, wd, hp):
-    m = hp[0] * m + (1.0 - hp[0]) * g
-    v = hp[1] * v + (1.0 - hp[1]) * g * g
-    step = (m / ctx[0]) / (np.sqrt(v / ctx[1]) + hp[2])
+def adam_update(ctx, x, g, m, v, lr, wd, hp):
+    """m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  x <- x - lr (m^ / (sqrt(v^) + eps) + wd x)."""
+    m = hp.beta1 * m + (1.0 - hp.beta1) * g
+    v = hp.beta2 * v + (1.0 - hp.beta2) * g * g
+    step = (m / ctx[0]) / (np.sqrt(v / ctx[1]) + hp.eps)
     return x - lr * (step + wd * x), m, v
 
 
 # --- signum -----------------------------------------------------------------------------------
-# m <- b1 m + (1-b1) g;  x <- x - lr * (sign(m) + wd x)   (bias correction cannot change a sign)
-@njit(cache=True, inline="always")
-def prep_none(t, hp):
-    return _NONE
+def no_prep(t, hp):
+    return (0.0,)
 
 
-@njit(cache=True, inline="always")
-def update_signum(ctx, x, g, m, unused, lr, wd, hp):
-    m = hp[0] * m + (1.0 - hp[0]) * g
+def signum_update(ctx, x, g, m, unused, lr, wd, hp):
+    """m <- b1 m + (1-b1) g;  x <- x - lr (sign(m) + wd x)  (bias correction cannot change a sign)."""
+    m = hp.beta1 * m + (1.0 - hp.beta1) * g
     return x - lr * (np.sign(m) + wd * x), m, unused
 
 
 # --- focus ------------------------------------------------------------------------------------
-# Signum plus an attraction gamma * sign(x - x^) toward the bias-corrected EMA x^ of the parameter.
-#   xbar <- b2 xbar + (1-b2) x   (with the current x, before the step);  x^ = xbar / (1 - b2^t)
-#   decay on theta (toy experiments, default): x <- x - lr * (sign(m) + gamma sign(x - x^) + wd x)
-#   decay on average (Algorithm 1):           x <- x - lr wd x^;  x <- x - lr (sign(m) + gamma sign(x - x^))
-@njit(cache=True, inline="always")
-def prep_focus(t, hp):
-    return 1.0 - hp[1] ** t, 0.0
+def focus_prep(t, hp):
+    return (1.0 - hp.beta2 ** t,)
 
 
-@njit(cache=True, inline="always")
-def update_focus(ctx, x, g, m, xbar, lr, wd, hp):
-    m = hp[0] * m + (1.0 - hp[0]) * g
-    xbar = hp[1] * xbar + (1.0 - hp[1]) * x
-    xhat = xbar / ctx[0]
-    if hp[3] != 0.0:  # Algorithm 1: decay toward the average first
-        x = x - lr * wd * xhat
-        return x - lr * (np.sign(m) + hp[2] * np.sign(x - xhat)), m, xbar
-    return x - lr * (np.sign(m) + hp[2] * np.sign(x - xhat) + wd * x), m, xbar
+def focus_update(decay):
+    """Signum plus one attraction term gamma * sign(x - x^) toward the bias-corrected EMA x^ of the
+    parameter:  xbar <- b2 xbar + (1-b2) x (the current x, before the step);  x^ = xbar / (1 - b2^t).
+    decay "theta" (the paper's toy scripts): x <- x - lr (sign(m) + attraction + wd x)
+    decay "average" (Algorithm 1):          x <- x - lr wd x^;  x <- x - lr (sign(m) + attraction)"""
+    average = decay == "average"  # a compile-time constant: the other branch is not compiled
+
+    def update(ctx, x, g, m, xbar, lr, wd, hp):
+        m = hp.beta1 * m + (1.0 - hp.beta1) * g  # Signum's momentum
+        xbar = hp.beta2 * xbar + (1.0 - hp.beta2) * x
+        xhat = xbar / ctx[0]
+        if average:
+            x = x - lr * wd * xhat
+            return x - lr * (np.sign(m) + hp.gamma * np.sign(x - xhat)), m, xbar
+        attraction = hp.gamma * np.sign(x - xhat)  # FOCUS's one new term
+        return x - lr * (np.sign(m) + attraction + wd * x), m, xbar
+
+    return update
 
 
 # --- sgd (heavy-ball momentum) ----------------------------------------------------------------
-# b <- mu b + g;  x <- x - lr * (b + wd x)
-@njit(cache=True, inline="always")
-def update_sgd(ctx, x, g, buf, unused, lr, wd, hp):
-    buf = hp[0] * buf + g
+def sgd_update(ctx, x, g, buf, unused, lr, wd, hp):
+    """b <- mu b + g;  x <- x - lr (b + wd x)."""
+    buf = hp.momentum * buf + g
     return x - lr * (buf + wd * x), buf, unused
 
 
-# --- lion (Chen et al. 2023) ------------------------------------------------------------------
-# x <- x - lr * (sign(b1 m + (1-b1) g) + wd x);  m <- b2 m + (1-b2) g
-@njit(cache=True, inline="always")
-def update_lion(ctx, x, g, m, unused, lr, wd, hp):
-    direction = np.sign(hp[0] * m + (1.0 - hp[0]) * g)
-    m = hp[1] * m + (1.0 - hp[1]) * g
+# --- lion (Chen et al. 2023, arXiv 2302.06675) ------------------------------------------------
+def lion_update(ctx, x, g, m, unused, lr, wd, hp):
+    """x <- x - lr (sign(b1 m + (1-b1) g) + wd x);  m <- b2 m + (1-b2) g."""
+    direction = np.sign(hp.beta1 * m + (1.0 - hp.beta1) * g)
+    m = hp.beta2 * m + (1.0 - hp.beta2) * g
     return x - lr * (direction + wd * x), m, unused
 
 
-# --- dispatch on a compile-time rule code (the kernel is specialised per code) -----------------
-ADAM, SIGNUM, FOCUS, SGD, LION = 0, 1, 2, 3, 4
+_UNIT = "[0, 1)"
+OPTIMIZERS: dict[str, ToyOptimizer] = {o.name: o for o in (
+    ToyOptimizer("adam", "Adam", "Adam with decoupled weight decay (AdamW)",
+                 (Hyper("beta1", 0.9, _UNIT, "EMA rate of the gradient"),
+                  Hyper("beta2", 0.999, _UNIT, "EMA rate of the squared gradient"),
+                  Hyper("eps", 1e-8, "(0, inf)", "added to the root of the second moment")),
+                 ("exp_avg", "exp_avg_sq"), adam_prep, adam_update, aliases=("adamw",)),
+    ToyOptimizer("signum", "Signum", "sign of the gradient EMA (Bernstein et al. 2018)",
+                 (Hyper("beta1", 0.9, _UNIT, "EMA rate of the gradient"),),
+                 ("exp_avg", "unused"), no_prep, signum_update),
+    ToyOptimizer("focus", "FOCUS", "Signum + gamma * sign(theta - EMA(theta)) (arXiv 2501.12243)",
+                 (Hyper("beta1", 0.9, _UNIT, "EMA rate of the gradient"),
+                  Hyper("beta2", 0.9, _UNIT, "EMA rate of the parameter average"),
+                  Hyper("gamma", 0.2, "[0, inf)", "strength of the attraction to the average")),
+                 ("exp_avg", "param_avg"), focus_prep, focus_update,
+                 options=(Option("decay", ("theta", "average"),
+                                 "weight decay on theta (toy scripts) or toward the average (Algorithm 1)"),)),
+    ToyOptimizer("sgd", "SGD", "heavy-ball momentum SGD",
+                 (Hyper("momentum", 0.9, _UNIT, "momentum coefficient"),),
+                 ("momentum_buffer", "unused"), no_prep, sgd_update),
+    ToyOptimizer("lion", "Lion", "Lion (Chen et al. 2023)",
+                 (Hyper("beta1", 0.9, _UNIT, "interpolation for the update direction"),
+                  Hyper("beta2", 0.99, _UNIT, "EMA rate of the momentum")),
+                 ("exp_avg", "unused"), no_prep, lion_update),
+)}
+ALIASES: dict[str, str] = {alias: o.name for o in OPTIMIZERS.values() for alias in o.aliases}
 
 
-@njit(cache=True, inline="always")
-def prepare(code, t, hp):
-    if code == ADAM:
-        return prep_adam(t, hp)
-    if code == FOCUS:
-        return prep_focus(t, hp)
-    return prep_none(t, hp)
+def get(name: str) -> ToyOptimizer:
+    """The optimizer called ``name`` (or one of its aliases), with a one-line error otherwise."""
+    name = ALIASES.get(name, name)
+    if name not in OPTIMIZERS:
+        known = ", ".join([*OPTIMIZERS, *ALIASES])
+        raise FocuslabError(f"unknown optimizer {name!r} (known: {known})")
+    return OPTIMIZERS[name]
 
-
-@njit(cache=True, inline="always")
-def update(code, ctx, x, g, s0, s1, lr, wd, hp):
-    if code == ADAM:
-        return update_adam(ctx, x, g, s0, s1, lr, wd, hp)
-    if code == SIGNUM:
-        return update_signum(ctx, x, g, s0, s1, lr, wd, hp)
-    if code == FOCUS:
-        return update_focus(ctx, x, g, s0, s1, lr, wd, hp)
-    if code == SGD:
-        return update_sgd(ctx, x, g, s0, s1, lr, wd, hp)
-    return update_lion(ctx, x, g, s0, s1, lr, wd, hp)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Registry entry: the rule code and its hyperparameters (name -> default), in kernel order."""
-
-    name: str
-    code: int
-    defaults: dict = field(default_factory=dict)
-    doc: str = ""
-    choices: dict = field(default_factory=dict)  # string-valued options -> numeric encoding
-
-    def vector(self, params: dict) -> np.ndarray:
-        """Hyperparameters as the float64 vector the kernel reads (validated elsewhere)."""
-        values = []
-        for key, default in self.defaults.items():
-            value = params.get(key, default)
-            if key in self.choices:
-                value = self.choices[key][value]
-            values.append(float(value))
-        return np.asarray(values, dtype=np.float64)
-
-
-RULES: dict[str, Rule] = {
-    "adam": Rule("adam", ADAM, {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
-                 "Adam with decoupled weight decay"),
-    "signum": Rule("signum", SIGNUM, {"beta1": 0.9}, "sign of the gradient EMA"),
-    "focus": Rule("focus", FOCUS,
-                  {"beta1": 0.9, "beta2": 0.9, "gamma": 0.2, "decay": "theta"},
-                  "Signum + gamma * sign(theta - EMA(theta))",
-                  {"decay": {"theta": 0.0, "average": 1.0}}),
-    "sgd": Rule("sgd", SGD, {"momentum": 0.9}, "heavy-ball momentum SGD"),
-    "lion": Rule("lion", LION, {"beta1": 0.9, "beta2": 0.99}, "Lion"),
-}

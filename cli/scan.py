@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from .common import default_out, opt_param_option, say
+
 AXIS_HELP = "grid: START:STOP:NUM, START:STOP:NUM:log, a comma list, or one value"
 
 
@@ -22,15 +24,15 @@ AXIS_HELP = "grid: START:STOP:NUM, START:STOP:NUM:log, a comma list, or one valu
 @click.option("--optimizers", metavar="LIST",
               help="comma list of adam (= adamw), signum, focus, sgd, lion; settings after colons, "
                    "e.g. focus:gamma=0.4.")
-@click.option("--opt-param", "opt_param", multiple=True, metavar="OPT.NAME=VALUE",
-              help="optimizer setting for every entry of OPT, e.g. focus.gamma=0.4 (repeatable).")
+@opt_param_option
 @click.option("--replicates", type=int, help="trajectories per (cell, optimizer, lr).")
 @click.option("--steps", type=int, help="optimizer steps per trajectory.")
 @click.option("--seed", type=int, help="base seed of all random streams.")
 @click.option("--chunk-steps", type=int, help="work per resumable chunk (fixes the chunk layout).")
 @click.option("--jobs", "-j", type=int, default=None, help="worker processes [all cores].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="output directory [results/<config name>].")
+              help="output directory [results/PRESET for a preset as it is (results/default without "
+                   "--config), else results/NAME-DIGEST].")
 @click.option("--force", is_flag=True, help="replace a scan with a different config in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar or summary.")
 @click.option("--shard", metavar="K/N", help="compute only shard K of N (balanced by cost); "
@@ -66,25 +68,30 @@ def scan(config_file, sharpness, noise, weight_decay, lr, phi, old_theta, c, opt
              "steps": steps, "seed": seed, "chunk_steps": chunk_steps,
              "optimizer": parse_opt_params(opt_param)}
     config = build_scan_config(file_values, {k: v for k, v in flags.items() if v is not None})
-    if out is None:
-        out = Path("results") / (Path(config_file).stem if config_file else "default")
+    if out is None:  # results/default, results/fig2a, ... or results/scan-DIGEST for an ad-hoc grid
+        preset = Path(config_file).stem if config_file else "default"
+        out = default_out(preset, config.digest(), build_scan_config(file_values).digest(),
+                          adhoc=preset if config_file else "scan")
     if sbatch_file or dry_run or shards is not None:
         return _write_sbatch(config, out, sbatch_file, shards, jobs, sbatch_option, dry_run)
     shard_kn = parse_shard(shard) if shard else None
+    say(f"focuslab scan: results in {out} ({config.total_steps():.3g} optimizer steps)", quiet)
     summary = run_scan(config, out, jobs=jobs, force=force, progress=not quiet, backend=backend,
                        scheduler=scheduler, shard=shard_kn)
-    if shard_kn and not quiet:
-        click.echo(f"{out}: shard {shard_kn[0]}/{shard_kn[1]} done ({summary['chunks_computed']}/"
-                   f"{summary['chunks_total']} chunks computed); `focuslab merge` assembles the tables")
-    elif not quiet:
+    if summary.get("already_complete"):
+        say(f"{out}: this scan is already complete ({summary['chunks_total']} chunks); nothing to do "
+            f"(`focuslab plot {out}` draws it)", quiet)
+    elif shard_kn:
+        say(f"{out}: shard {shard_kn[0]}/{shard_kn[1]} done ({summary['chunks_computed']}/"
+            f"{summary['chunks_total']} chunks computed); `focuslab merge` assembles the tables", quiet)
+    else:
         done = summary["chunks_computed"]
         speed = summary["ns_per_step_per_worker"]
-        click.echo(f"{out}: runs.parquet, best.parquet, scan.json "
-                   f"({config.n_cells} cells x {len(config.optimizers)} optimizers x "
-                   f"{len(config.axes['lr'])} lrs x {config.replicates} replicates; "
-                   f"{done}/{summary['chunks_total']} chunks computed in "
-                   f"{summary['wall_seconds']:.1f} s"
-                   + (f", {speed:.1f} ns/step per worker)" if speed else ")"))
+        say(f"{out}: runs.parquet, best.parquet, scan.json "
+            f"({config.n_cells} cells x {len(config.optimizers)} optimizers x "
+            f"{len(config.axes['lr'])} lrs x {config.replicates} replicates; "
+            f"{done}/{summary['chunks_total']} chunks computed in {summary['wall_seconds']:.1f} s"
+            + (f", {speed:.1f} ns/step per worker)" if speed else ")"), quiet)
 
 
 def _write_sbatch(config, out, sbatch_file, shards, jobs, sbatch_option, dry_run):

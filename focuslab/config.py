@@ -244,6 +244,13 @@ def split_entry(entry: str) -> tuple[str, dict]:
     return name, params
 
 
+def file_slug(label: str) -> str:
+    """An optimizer label as a file-name-safe string ('focus:gamma=0.4' -> 'focus_gamma-0.4')."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._=-]", "_", label).replace("=", "-")
+
+
 def format_value(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 

@@ -26,14 +26,27 @@ CHUNKS = "chunks"
 SHARDS = "shards"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file (0644 under umask 022)."""
+    return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename over it."""
+    """Write to a temporary file beside ``path``, fsync, then rename over it.  The file gets the
+    mode the umask allows (mkstemp's own 0600 would hide results on shared cluster filesystems)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            os.fchmod(fh.fileno(), new_file_mode())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

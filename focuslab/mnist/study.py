@@ -1,4 +1,4 @@
-"""The batch-size study: (optimizer, batch size) units -> joblib -> tidy tables, resumable.
+"""The batch-size study: (optimizer, batch size) units -> the unit runner -> tidy tables, resumable.
 
 Output directory:
   mnist.json      config, digest, versions, timings, status
@@ -9,13 +9,11 @@ Output directory:
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,22 +21,28 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..config import load_toml, parse_grid
+from ..config import (config_digest, file_slug, layered, load_toml, parse_grid, parse_int, parse_number,
+                      parse_optimizers)
 from ..errors import FocuslabError
 from ..phase import best_per_cell
 from ..results import open_results_dir, read_parquet, write_json, write_parquet
+from ..runner import InflightReporter, Progress, Unit, pending, run_units, unit_path
 from .data import DATASETS
 
 META = "mnist.json"
 UNITS = "units"
-KEYS = ("dataset", "optimizers", "batch_size", "lr", "replicates", "steps", "seed", "weight_decay",
-        "eval_every")
+PRESET = "mnist-fig2cd"
+KEYS = ("dataset", "optimizers", "optimizer", "batch_size", "lr", "replicates", "steps", "seed",
+        "weight_decay", "eval_every")
+#: Per-step work of a unit beyond its samples, in sample-equivalents (optimizer update, BatchNorm
+#: statistics, Python overhead); weighs units for the ETA so that small batches are not free.
+STEP_OVERHEAD = 32
 
 
 @dataclass(frozen=True)
 class MnistConfig:
     dataset: str
-    optimizers: tuple
+    entries: tuple  # OptimizerEntry (focuslab.config), torch registry
     batch_sizes: tuple
     lrs: tuple
     replicates: int
@@ -47,32 +51,48 @@ class MnistConfig:
     weight_decay: float
     eval_every: int
 
+    @property
+    def optimizers(self) -> tuple[str, ...]:
+        return tuple(e.label for e in self.entries)
+
+    def entry(self, label: str):
+        return next(e for e in self.entries if e.label == label)
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "optimizers": list(self.optimizers),
+                "optimizer": {e.label: dict(e.settings) for e in self.entries},
+                "batch_sizes": list(self.batch_sizes), "lrs": list(self.lrs), "replicates": self.replicates,
+                "steps": self.steps, "seed": self.seed, "weight_decay": self.weight_decay,
+                "eval_every": self.eval_every}
+
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return config_digest(self.to_dict())
+
+    @property
+    def models_per_unit(self) -> int:
+        return len(self.lrs) * self.replicates
 
     def units(self):
-        """(optimizer, batch size), most expensive first (better load balance)."""
+        """(optimizer label, batch size), most expensive first (better load balance)."""
         return sorted(((o, b) for o in self.optimizers for b in self.batch_sizes), key=lambda u: -u[1])
+
+    def model_steps(self) -> int:
+        return len(self.entries) * len(self.batch_sizes) * self.models_per_unit * self.steps
 
 
 def build_mnist_config(file_values: dict | None = None, overrides: dict | None = None) -> MnistConfig:
-    merged = dict(load_toml("mnist-fig2cd", "mnist"))
-    for source in (file_values or {}, overrides or {}):
-        unknown = set(source) - set(KEYS)
-        if unknown:
-            raise FocuslabError(f"unknown mnist config key(s): {', '.join(sorted(unknown))} "
-                                f"(known: {', '.join(KEYS)})")
-        merged.update({k: v for k, v in source.items() if v is not None})
-    from .train import optimizer_spec
+    """Preset ``mnist-fig2cd`` < file values < overrides (same keys as the [mnist] table), validated."""
+    from ..optim.registry import TORCH_OPTIMIZERS
 
+    layers = [load_toml(PRESET, "mnist"), file_values or {}, overrides or {}]
+    merged = layered(KEYS, *layers, what="mnist config")
+    opt_params: dict = {}
+    for layer in layers:
+        for opt, params in ((layer or {}).get("optimizer") or {}).items():
+            opt_params.setdefault(opt, {}).update(params)
     if merged["dataset"] not in DATASETS:
         raise FocuslabError(f"--dataset: unknown dataset {merged['dataset']!r} (choose from {', '.join(DATASETS)})")
-    opts = merged["optimizers"]
-    opts = tuple(o.strip() for o in opts.split(",") if o.strip()) if isinstance(opts, str) else tuple(opts)
-    if not opts or len(set(opts)) != len(opts):
-        raise FocuslabError("--optimizers: give distinct optimizers, e.g. adamw,signum,focus-0.2")
-    for o in opts:
-        optimizer_spec(o)
+    entries = parse_optimizers(merged["optimizers"], opt_params, TORCH_OPTIMIZERS)
     bs = []
     for v in parse_grid(merged["batch_size"], "batch_size").values:
         if abs(v - round(v)) > 1e-6 * max(1.0, v) or round(v) < 2:
@@ -83,18 +103,12 @@ def build_mnist_config(file_values: dict | None = None, overrides: dict | None =
     lrs = parse_grid(merged["lr"], "lr").values
     if any(not (v > 0 and math.isfinite(v)) for v in lrs):
         raise FocuslabError("--lr: learning rates must be > 0")
-    ints = {}
-    for key, low in (("replicates", 1), ("steps", 1), ("seed", 0), ("eval_every", 0)):
-        try:
-            ints[key] = int(merged[key])
-        except (TypeError, ValueError):
-            raise FocuslabError(f"--{key.replace('_', '-')}: expected an integer, got {merged[key]!r}") from None
-        if ints[key] < low:
-            raise FocuslabError(f"--{key.replace('_', '-')}: must be >= {low}, got {ints[key]}")
-    wd = float(merged["weight_decay"])
-    if wd < 0:
+    ints = {key: parse_int(merged[key], key, low)
+            for key, low in (("replicates", 1), ("steps", 1), ("seed", 0), ("eval_every", 0))}
+    wd = parse_number(merged["weight_decay"], "--weight-decay")
+    if not wd >= 0:
         raise FocuslabError("--weight-decay: must be >= 0")
-    return MnistConfig(merged["dataset"], opts, tuple(bs), tuple(lrs), weight_decay=wd, **ints)
+    return MnistConfig(merged["dataset"], entries, tuple(bs), tuple(lrs), weight_decay=wd, **ints)
 
 
 @lru_cache(maxsize=2)
@@ -113,14 +127,20 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise FocuslabError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise FocuslabError(f"--device cuda: no CUDA device is available (torch {torch.__version__} is {build}); "
+                            "use --device cpu or auto")
     if device not in ("cpu", "cuda"):
         raise FocuslabError(f"--device: expected cpu, cuda or auto, got {device!r}")
     return device
 
 
-def run_unit(config: MnistConfig, optimizer: str, batch_size: int, data_dir, device: str,
-             threads: int | None) -> tuple:
+def unit_name(label: str, batch_size: int) -> str:
+    return f"{file_slug(label)}-bs{batch_size}"
+
+
+def run_unit(config: MnistConfig, label: str, batch_size: int, data_dir, device: str, threads: int | None,
+             inflight: str | None = None) -> dict:
     """Worker body: train one (optimizer, batch size) unit; returns its tables."""
     import torch
 
@@ -128,22 +148,23 @@ def run_unit(config: MnistConfig, optimizer: str, batch_size: int, data_dir, dev
 
     if threads:
         torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    out = train_batched(_data(config.dataset, data_dir, device), optimizer, batch_size, config.lrs,
+    report = InflightReporter(Path(inflight) if inflight else None)
+    out = train_batched(_data(config.dataset, data_dir, device), config.entry(label), batch_size, config.lrs,
                         config.replicates, config.steps, seed=config.seed,
-                        weight_decay=config.weight_decay, device=device, eval_every=config.eval_every)
+                        weight_decay=config.weight_decay, device=device, eval_every=config.eval_every,
+                        on_step=lambda t: report(t / config.steps))
     rows = []
     for i, lr in enumerate(config.lrs):
         for r in range(config.replicates):
-            rows.append({"optimizer": optimizer, "batch_size": batch_size, "lr": lr, "replicate": r,
+            rows.append({"optimizer": label, "batch_size": batch_size, "lr": lr, "replicate": r,
                          "test_loss": out["test_loss"][i, r], "test_accuracy": out["test_accuracy"][i, r],
                          "train_loss": out["train_loss"][i, r], "diverged": bool(out["diverged"][i, r]),
                          "steps": config.steps})
-    curves = [{"optimizer": optimizer, "batch_size": batch_size, "lr": config.lrs[k // config.replicates],
+    curves = [{"optimizer": label, "batch_size": batch_size, "lr": config.lrs[k // config.replicates],
                "replicate": k % config.replicates, "step": step, "test_loss": loss[k],
                "test_accuracy": acc[k]}
               for step, loss, acc in out["curves"] for k in range(len(loss))]
-    return optimizer, batch_size, pd.DataFrame(rows), pd.DataFrame(curves), time.perf_counter() - t0
+    return {"": pd.DataFrame(rows), "curves": pd.DataFrame(curves) if curves else None}
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -159,50 +180,90 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     return best_per_cell(agg, ["batch_size"], metric="test_loss_mean")
 
 
-def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: str = "cpu",
-              data_dir=None, force: bool = False, progress: bool = True) -> dict:
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
+def _unit_cost(config: MnistConfig, batch_size: int) -> float:
+    return config.models_per_unit * config.steps * (batch_size + STEP_OVERHEAD)
 
+
+def estimate_seconds(config: MnistConfig, units, data, device: str, jobs: int, threads: int) -> float:
+    """Wall time of ``units`` on this machine: a few timed training steps of a full unit's stack of
+    models at the smallest and the largest batch size, a line through them (time per step grows
+    linearly with the batch), summed over units and spread over ``jobs`` processes."""
+    import torch
+
+    from .train import train_batched
+
+    sizes = sorted({b for _, b in units})
+    torch.set_num_threads(threads)
+    per_step = {}
+    for b in {sizes[0], sizes[-1]}:
+        entry = config.entries[0]
+        train_batched(data, entry, b, config.lrs, config.replicates, 1, seed=config.seed, device=device)  # warm
+        t0 = time.perf_counter()
+        train_batched(data, entry, b, config.lrs, config.replicates, 3, seed=config.seed, device=device)
+        per_step[b] = (time.perf_counter() - t0) / 3
+    lo, hi = sizes[0], sizes[-1]
+    slope = (per_step[hi] - per_step[lo]) / (hi - lo) if hi > lo else 0.0
+    total = sum(config.steps * (per_step[lo] + slope * (b - lo)) for _, b in units)
+    return total / max(1, jobs)
+
+
+def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: str = "auto",
+              data_dir=None, force: bool = False, progress: bool = True, log=None) -> dict:
+    """Train every missing unit of ``config`` in ``out`` and write the tables; a study that is
+    already complete is left as it is (``already_complete`` in the summary)."""
+    from ..runner import _duration
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
     device = resolve_device(device)
-    fresh = {"kind": "mnist", "config": asdict(config), "digest": config.digest(),
+    fresh = {"kind": "mnist", "config": config.to_dict(), "digest": config.digest(),
              "version": __version__, "status": "running", "timings": {"attempts": []}}
     out = Path(out)
     meta = open_results_dir(out, META, config.digest(), fresh, UNITS,
                             ("runs.parquet", "best.parquet", "curves.parquet"), force, "MNIST study")
-    meta_path = out / META
-    _data(config.dataset, str(data_dir) if data_dir else None, device)  # fail early, fetch once
-    todo = [u for u in config.units() if not (out / UNITS / f"{u[0]}-bs{u[1]}.parquet").exists()]
+    data_key = str(data_dir) if data_dir else None
+    data = _data(config.dataset, data_key, device)  # fail early, fetch once
+    n_train = len(data["x_train"])
+    too_big = [b for b in config.batch_sizes if b > n_train]
+    if too_big:
+        raise FocuslabError(f"--batch-size {too_big[0]} exceeds the {n_train} training images of "
+                            f"{config.dataset} (largest possible batch: {n_train})")
+    units = [Unit(unit_name(o, b), _unit_cost(config, b), (config, o, b, data_key, device))
+             for o, b in config.units()]
+    todo = pending(out / UNITS, units, log)
+    outputs = ("runs.parquet", "best.parquet") + (("curves.parquet",) if config.eval_every else ())
+    if not todo and meta.get("status") == "complete" and all((out / f).exists() for f in outputs):
+        return {"already_complete": True, "units_computed": 0, "units_total": len(units),
+                "wall_seconds": 0.0, "device": device}
     jobs = 1 if device == "cuda" else (jobs or os.cpu_count() or 1)
     jobs = max(1, min(jobs, len(todo) or 1))
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    model_steps = {u.name: config.models_per_unit * config.steps for u in todo}
+    if progress and sum(model_steps.values()) >= 200_000:  # worth a few seconds of timing
+        est = estimate_seconds(config, [(u.args[1], u.args[2]) for u in todo], data, device, jobs, threads)
+        log(f"mnist: {len(todo)} units, {sum(model_steps.values()):.3g} model-steps; estimated "
+            f"~{_duration(est)} on this machine ({jobs} job(s) x {threads} thread(s)); units run largest "
+            "batch first and each is saved as it finishes, so an interrupted study resumes")
+    inflight = out / UNITS / ".inflight"
+    todo = [Unit(u.name, u.cost, (*u.args, threads, str(inflight / f"{u.name}.json"))) for u in todo]
     t0 = time.time()
-    seconds = {}
-    with tqdm(total=len(todo), unit="unit", disable=not progress or not sys.stderr.isatty(),
-              desc="mnist") as bar:
-        results = Parallel(n_jobs=jobs, return_as="generator_unordered")(
-            delayed(run_unit)(config, o, b, str(data_dir) if data_dir else None, device, threads)
-            for o, b in todo)
-        for opt, bs, rows, curves, secs in results:
-            if len(curves):
-                write_parquet(curves, out / UNITS / f"{opt}-bs{bs}.curves.parquet")
-            write_parquet(rows, out / UNITS / f"{opt}-bs{bs}.parquet")
-            seconds[f"{opt}-bs{bs}"] = round(secs, 3)
-            bar.update()
-    units = config.units()
-    order = {u: i for i, u in enumerate((o, b) for o in config.optimizers for b in config.batch_sizes)}
-    runs = pd.concat([read_parquet(out / UNITS / f"{o}-bs{b}.parquet")
-                      for o, b in sorted(units, key=order.get)], ignore_index=True)
+    bar = Progress(sum(u.cost for u in todo), "work", f"mnist {out}", enabled=progress,
+                   unit_total=len(todo), count_total=sum(model_steps.values()), count_what="model-steps")
+    seconds = run_units(out / UNITS, todo, run_unit, jobs=jobs, progress=bar, inflight=inflight,
+                        counts=model_steps)
+    bar.close()
+    order = {(o, b): i for i, (o, b) in enumerate((o, b) for o in config.optimizers for b in config.batch_sizes)}
+    ordered = [unit_name(o, b) for o, b in sorted(config.units(), key=order.get)]
+    runs = pd.concat([read_parquet(unit_path(out / UNITS, n)) for n in ordered], ignore_index=True)
     write_parquet(runs, out / "runs.parquet")
     write_parquet(summarise(runs), out / "best.parquet")
     if config.eval_every:
-        curves = [out / UNITS / f"{o}-bs{b}.curves.parquet" for o, b in sorted(units, key=order.get)]
+        curves = [unit_path(out / UNITS, n, "curves") for n in ordered]
         write_parquet(pd.concat([read_parquet(c) for c in curves if c.exists()], ignore_index=True),
                       out / "curves.parquet")
     attempt = {"wall_seconds": round(time.time() - t0, 3), "units_computed": len(todo),
-               "units_total": len(units), "unit_seconds": seconds, "jobs": jobs, "device": device,
-               "threads_per_job": threads}
+               "units_total": len(units), "unit_seconds": {k: round(v, 3) for k, v in seconds.items()},
+               "jobs": jobs, "device": device, "threads_per_job": threads}
     meta["status"] = "complete"
     meta["timings"]["attempts"].append(attempt)
-    write_json(meta, meta_path)
+    write_json(meta, out / META)
     return attempt

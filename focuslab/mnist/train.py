@@ -19,30 +19,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import FocuslabError
-from ..optim import FOCUS, Signum
 from ..optim._sign import SLICE, sign_momentum_update
+from ..optim.registry import TORCH_OPTIMIZERS
 from .model import BatchedMLP, MLP, decays, init_params
 
-ADAMW_BETAS, ADAMW_EPS = (0.9, 0.999), 1e-8
-FOCUS_BETAS = (0.9, 0.99)
-SIGNUM_BETA = 0.9
+def resolve_optimizer(spec) -> tuple[str, dict]:
+    """'adamw' | 'signum' | 'focus' | 'focus:gamma=0.4' ... (or an OptimizerEntry) -> (name, settings),
+    with the paper's defaults from focuslab.optim.registry."""
+    from ..config import split_entry
 
-
-def optimizer_spec(name: str) -> dict:
-    """'adamw' | 'signum' | 'focus-G' (gamma G, e.g. focus-0.2) -> spec dict."""
-    if name in ("adamw", "signum"):
-        return {"name": name, "kind": name}
-    m = re.fullmatch(r"focus-([0-9.]+)", name)
-    if m:
-        try:
-            gamma = float(m.group(1))
-        except ValueError:
-            gamma = -1
-        if gamma >= 0:
-            return {"name": name, "kind": "focus", "gamma": gamma}
-    raise FocuslabError(f"--optimizers: unknown optimizer {name!r} (adamw, signum, or focus-GAMMA "
-                        "such as focus-0.2)")
+    if hasattr(spec, "settings"):
+        return spec.name, dict(spec.settings)
+    name, params = split_entry(spec)
+    opt = TORCH_OPTIMIZERS.get(name)
+    return opt.name, opt.resolve(params)
 
 
 def _seed(seed: int, replicate: int, stream: int) -> int:
@@ -67,9 +57,9 @@ def initial_params(seed: int, replicate: int, dtype) -> dict:
     return init_params(torch.Generator().manual_seed(_seed(seed, replicate, 0)), dtype=dtype)
 
 
-def _adamw_(params, grads, exp_avgs, exp_avg_sqs, t, lr, weight_decay):
+def _adamw_(params, grads, exp_avgs, exp_avg_sqs, t, lr, weight_decay, betas, eps):
     """AdamW as torch.optim.AdamW's single-tensor step, with one lr per stacked model."""
-    b1, b2 = ADAMW_BETAS
+    b1, b2 = betas
     bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
     for P, G, M, V in zip(params, grads, exp_avgs, exp_avg_sqs):
         rows = max(1, SLICE // max(1, P[0].numel()))  # cache-sized slices of the stacked models
@@ -80,7 +70,7 @@ def _adamw_(params, grads, exp_avgs, exp_avg_sqs, t, lr, weight_decay):
                 p.mul_(1 - lv * weight_decay)
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v.sqrt() / math.sqrt(bc2)).add_(ADAMW_EPS)
+            denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
             p.addcdiv_(m * (lv / bc1), denom, value=-1)
 
 
@@ -100,10 +90,11 @@ def evaluate(forward, x_test: torch.Tensor, y_test: torch.Tensor, K: int, chunk:
 
 def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: int, steps: int,
                   seed: int = 0, weight_decay: float = 1e-2, device="cpu", dtype=torch.float32,
-                  eval_every: int = 0) -> dict:
+                  eval_every: int = 0, on_step=None) -> dict:
     """Train len(lrs) * replicates models together; returns per-model arrays of shape (n_lr, R)
-    (test_loss, test_accuracy, train_loss, diverged) and, with eval_every, test curves."""
-    spec = optimizer_spec(optimizer)
+    (test_loss, test_accuracy, train_loss, diverged) and, with eval_every, test curves.
+    ``on_step(t)`` is called after every step (progress reporting)."""
+    kind, opt = resolve_optimizer(optimizer)
     x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     lrs = [float(v) for v in lrs]
     n_lr, R = len(lrs), replicates
@@ -136,18 +127,20 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
                 wd = weight_decay if has_decay else 0.0
                 P = [model.params[n] for n in members]
                 G = [grad[n] for n in members]
-                if spec["kind"] == "adamw":
-                    _adamw_(P, G, [state[n][0] for n in members], [state[n][1] for n in members], t, lr, wd)
+                if kind == "adamw":
+                    _adamw_(P, G, [state[n][0] for n in members], [state[n][1] for n in members], t, lr, wd,
+                            (opt["beta1"], opt["beta2"]), opt["eps"])
                 else:
-                    focus = spec["kind"] == "focus"
+                    focus = kind == "focus"
                     sign_momentum_update(
                         P, G, [state[n][0] for n in members],
                         [state[n][1] for n in members] if focus else None, [t] * len(P), lr=lr,
-                        beta1=FOCUS_BETAS[0] if focus else SIGNUM_BETA, beta2=FOCUS_BETAS[1],
-                        gamma=spec.get("gamma", 0.0), weight_decay=wd, decay="average",
-                        maximize=False, foreach=False)
+                        beta1=opt["beta1"], beta2=opt.get("beta2", 0.0), gamma=opt.get("gamma", 0.0),
+                        weight_decay=wd, decay=opt.get("decay", "average"), maximize=False, foreach=False)
         if eval_every and (t % eval_every == 0 or t == steps):
             curves.append((t, *evaluate(eval_forward, x_test, y_test, K)))
+        if on_step is not None:
+            on_step(t)
     test_loss, test_acc = evaluate(eval_forward, x_test, y_test, K)
     train_loss = train_loss.double().cpu()
     diverged = ~np.isfinite(test_loss) | ~np.isfinite(train_loss.numpy())
@@ -159,16 +152,11 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
 
 def train_one(data: dict, optimizer: str, batch_size: int, lr: float, replicate: int, steps: int,
               seed: int = 0, weight_decay: float = 1e-2, device="cpu", dtype=torch.float32) -> dict:
-    """One model with nn.Module + a real torch optimizer, on the same draws as train_batched."""
-    spec = optimizer_spec(optimizer)
+    """One model with nn.Module + the real torch optimizer (focuslab.optim.registry), on the same
+    draws as train_batched."""
+    kind, settings = resolve_optimizer(optimizer)
     model = MLP(initial_params(seed, replicate, dtype)).to(device)
-    groups = model.param_groups(weight_decay)
-    if spec["kind"] == "adamw":
-        opt = torch.optim.AdamW(groups, lr=lr, betas=ADAMW_BETAS, eps=ADAMW_EPS, foreach=False)
-    elif spec["kind"] == "signum":
-        opt = Signum(groups, lr=lr, beta=SIGNUM_BETA)
-    else:
-        opt = FOCUS(groups, lr=lr, betas=FOCUS_BETAS, gamma=spec["gamma"], decay="average")
+    opt = TORCH_OPTIMIZERS[kind].build(model.param_groups(weight_decay), lr, settings, "cpu")
     order = batch_indices(len(data["x_train"]), batch_size, steps, seed, replicate)
     for t in range(steps):
         idx = order[t].to(device)

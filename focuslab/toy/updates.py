@@ -1,7 +1,7 @@
 """Update rules of the toy simulator: one definition per optimizer, the only place one is described.
 
 A ``ToyOptimizer`` carries the optimizer's name, its hyperparameters (default, valid interval,
-meaning), its compile-time options, the names of its two state slots and two plain functions:
+meaning; focuslab.hyper), its compile-time options, the names of its two state slots and two plain functions:
 
     prep(t, hp) -> tuple                             per-step scalars shared by every lane (bias
                                                      corrections), computed once per step
@@ -25,47 +25,12 @@ Reference: Liu, Liu & Gore, "FOCUS: First Order Concentrated Updating Scheme", a
 from __future__ import annotations
 
 import collections
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from ..errors import FocuslabError
-
-
-@dataclass(frozen=True)
-class Hyper:
-    """A numeric hyperparameter: name, default, valid interval (e.g. "[0, 1)") and meaning."""
-
-    name: str
-    default: float
-    interval: str
-    doc: str
-
-    def bounds(self) -> tuple[float, float, bool, bool]:
-        m = re.fullmatch(r"\s*([\[(])\s*([^,]+),\s*([^\])]+)\s*([\])])\s*", self.interval)
-        if not m:
-            raise ValueError(f"bad interval {self.interval!r} for {self.name}")
-        low, high = float(m.group(2)), float(m.group(3))
-        return low, high, m.group(1) == "[", m.group(4) == "]"
-
-    def check(self, value: float) -> bool:
-        low, high, low_in, high_in = self.bounds()
-        return (value > low or (low_in and value == low)) and (value < high or (high_in and value == high))
-
-
-@dataclass(frozen=True)
-class Option:
-    """A compile-time choice (selects code, so each value is its own compiled kernel)."""
-
-    name: str
-    choices: tuple[str, ...]
-    doc: str
-
-    @property
-    def default(self) -> str:
-        return self.choices[0]
+from ..hyper import Hyper, OptimizerSpec, Option, Registry
 
 
 def _hyper_class(optimizer: str, names: tuple[str, ...]):
@@ -79,49 +44,16 @@ def _hyper_class(optimizer: str, names: tuple[str, ...]):
 
 
 @dataclass(frozen=True)
-class ToyOptimizer:
-    name: str
-    title: str  # display name in legends
-    doc: str
-    hyper: tuple[Hyper, ...]
-    state: tuple[str, str]  # what the two state slots hold
-    prep: Callable
-    update: Callable  # update function, or (with options) a factory: update(**options) -> function
-    options: tuple[Option, ...] = ()
-    aliases: tuple[str, ...] = ()
+class ToyOptimizer(OptimizerSpec):
+    """A simulator optimizer: its settings (OptimizerSpec) plus state names and rule functions."""
+
+    state: tuple[str, str] = ("", "")  # what the two state slots hold
+    prep: Callable = None
+    update: Callable = None  # update function, or (with options) a factory: update(**options) -> function
     Hyper: type = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "Hyper", _hyper_class(self.name, tuple(h.name for h in self.hyper)))
-
-    @property
-    def defaults(self) -> dict:
-        """Every setting (hyperparameters and options) at its default."""
-        return {**{h.name: h.default for h in self.hyper}, **{o.name: o.default for o in self.options}}
-
-    def resolve(self, params: dict | None = None, where: str | None = None) -> dict:
-        """Defaults overlaid with ``params``, validated; errors name ``where`` (default: the optimizer)."""
-        where = where or self.name
-        out = self.defaults
-        hyper = {h.name: h for h in self.hyper}
-        options = {o.name: o for o in self.options}
-        for key, value in (params or {}).items():
-            if key in options:
-                if value not in options[key].choices:
-                    raise FocuslabError(f"{where}.{key} must be one of {', '.join(options[key].choices)}, "
-                                        f"got {value!r}")
-                out[key] = value
-            elif key in hyper:
-                from ..config import parse_number
-
-                v = parse_number(value, f"{where}.{key}")
-                if not hyper[key].check(v):
-                    raise FocuslabError(f"{where}.{key} must be in {hyper[key].interval}, got {v:g}")
-                out[key] = v
-            else:
-                raise FocuslabError(f"unknown parameter {where}.{key} (known: "
-                                    f"{', '.join(where + '.' + k for k in self.defaults)})")
-        return out
 
     def hyper_values(self, settings: dict):
         """The named tuple of numeric hyperparameters the compiled code reads."""
@@ -200,38 +132,28 @@ def lion_update(ctx, x, g, m, unused, lr, wd, hp):
 
 
 _UNIT = "[0, 1)"
-OPTIMIZERS: dict[str, ToyOptimizer] = {o.name: o for o in (
+OPTIMIZERS = Registry([
     ToyOptimizer("adam", "Adam", "Adam with decoupled weight decay (AdamW)",
                  (Hyper("beta1", 0.9, _UNIT, "EMA rate of the gradient"),
                   Hyper("beta2", 0.999, _UNIT, "EMA rate of the squared gradient"),
                   Hyper("eps", 1e-8, "(0, inf)", "added to the root of the second moment")),
-                 ("exp_avg", "exp_avg_sq"), adam_prep, adam_update, aliases=("adamw",)),
+                 (), ("adamw",), ("exp_avg", "exp_avg_sq"), adam_prep, adam_update),
     ToyOptimizer("signum", "Signum", "sign of the gradient EMA (Bernstein et al. 2018)",
                  (Hyper("beta1", 0.9, _UNIT, "EMA rate of the gradient"),),
-                 ("exp_avg", "unused"), no_prep, signum_update),
+                 (), (), ("exp_avg", "unused"), no_prep, signum_update),
     ToyOptimizer("focus", "FOCUS", "Signum + gamma * sign(theta - EMA(theta)) (arXiv 2501.12243)",
                  (Hyper("beta1", 0.9, _UNIT, "EMA rate of the gradient"),
                   Hyper("beta2", 0.9, _UNIT, "EMA rate of the parameter average"),
                   Hyper("gamma", 0.2, "[0, inf)", "strength of the attraction to the average")),
-                 ("exp_avg", "param_avg"), focus_prep, focus_update,
-                 options=(Option("decay", ("theta", "average"),
-                                 "weight decay on theta (toy scripts) or toward the average (Algorithm 1)"),)),
+                 (Option("decay", ("theta", "average"),
+                         "weight decay on theta (toy scripts) or toward the average (Algorithm 1)"),),
+                 (), ("exp_avg", "param_avg"), focus_prep, focus_update),
     ToyOptimizer("sgd", "SGD", "heavy-ball momentum SGD",
                  (Hyper("momentum", 0.9, _UNIT, "momentum coefficient"),),
-                 ("momentum_buffer", "unused"), no_prep, sgd_update),
+                 (), (), ("momentum_buffer", "unused"), no_prep, sgd_update),
     ToyOptimizer("lion", "Lion", "Lion (Chen et al. 2023)",
                  (Hyper("beta1", 0.9, _UNIT, "interpolation for the update direction"),
                   Hyper("beta2", 0.99, _UNIT, "EMA rate of the momentum")),
-                 ("exp_avg", "unused"), no_prep, lion_update),
-)}
-ALIASES: dict[str, str] = {alias: o.name for o in OPTIMIZERS.values() for alias in o.aliases}
-
-
-def get(name: str) -> ToyOptimizer:
-    """The optimizer called ``name`` (or one of its aliases), with a one-line error otherwise."""
-    name = ALIASES.get(name, name)
-    if name not in OPTIMIZERS:
-        known = ", ".join([*OPTIMIZERS, *ALIASES])
-        raise FocuslabError(f"unknown optimizer {name!r} (known: {known})")
-    return OPTIMIZERS[name]
-
+                 (), (), ("exp_avg", "unused"), no_prep, lion_update),
+])
+get = OPTIMIZERS.get

@@ -4,7 +4,7 @@
 
 CPU: the nano preset (override with --preset gpt2-mini).  Where a GPU is present it also times
 gpt2-small (bf16, batch 12 x 1024) and reports tokens/s and MFU against the GPU's bf16 peak.
-Each optimizer trains the same model on the same batches; iterations are interleaved
+Each optimizer (with the preset's settings for it) trains the same model on the same batches; iterations are interleaved
 (adamw, focus, signum, adamw, ...) so machine noise falls on all three alike; medians reported.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import time
 import torch
 
 
-def bench(preset_values: dict, iters: int, device: str, dtype):
-    from focuslab.gpt2.config import TrainConfig
+def bench(preset: str, iters: int, device: str, dtype):
+    from focuslab.gpt2.config import build_train_config
     from focuslab.gpt2.data import TokenData, embedded_corpus, prepare
     from focuslab.gpt2.model import GPT
     from focuslab.gpt2.train import make_optimizer
@@ -28,10 +28,10 @@ def bench(preset_values: dict, iters: int, device: str, dtype):
     data = TokenData(tmp)
     runs = {}
     for opt in ("adamw", "focus", "signum"):
-        cfg = TrainConfig(**{**preset_values, "optimizer": opt, "device": device})
+        cfg = build_train_config(preset, flags={"optimizer": opt, "device": device, "compile": False})
         torch.manual_seed(0)
         model = GPT(cfg.model_config(50304 if cfg.n_embd >= 768 else 256)).to(device)
-        runs[opt] = (cfg, model, make_optimizer(cfg, model))
+        runs[opt] = (cfg, model, make_optimizer(cfg, model, device))
     amp = torch.autocast("cuda", dtype=dtype) if device == "cuda" else torch.autocast("cpu", enabled=False)
     times = {k: [] for k in runs}
     opt_times = {k: [] for k in runs}
@@ -79,13 +79,9 @@ def main():
     ap.add_argument("--preset", default="gpt2-nano")
     ap.add_argument("--iters", type=int, default=30)
     args = ap.parse_args()
-    from focuslab.config import load_toml
-
-    bench(load_toml(args.preset, "gpt2"), args.iters, "cpu", None)
+    bench(args.preset, args.iters, "cpu", None)
     if torch.cuda.is_available():
-        small = load_toml("gpt2-small-focus", "gpt2")
-        small.update(compile=False)
-        bench(small, args.iters, "cuda", torch.bfloat16)
+        bench("gpt2-small", args.iters, "cuda", torch.bfloat16)
 
 
 if __name__ == "__main__":

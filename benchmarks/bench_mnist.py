@@ -31,7 +31,7 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(lrs) * R} models, "
           f"{args.steps} steps")
     print(f"{'optimizer':<10}{'batch':>6}{'batched model-steps/s':>24}{'one-at-a-time':>16}{'speed-up':>10}")
-    for opt in ("adamw", "focus-0.2"):
+    for opt in ("adamw", "focus"):
         for bs in (8, 512):
             train_batched(data, opt, bs, lrs[:2], 1, 2)  # warm-up both paths
             train_one(data, opt, bs, 1e-3, 0, 2)

@@ -4,119 +4,194 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import click
 
-# TrainConfig fields exposed as flags spelled like nanoGPT's config keys (--batch-size, ...)
-_FLAG_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "bias", "data",
-                "optimizer", "batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval",
-                "eval_iters", "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "weight_decay",
-                "beta1", "beta2", "gamma", "grad_clip", "device", "dtype", "compile", "seed", "wandb")
+from .common import default_out, opt_param_option, say
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def _training_options(fn):
-    from focuslab.gpt2.config import TrainConfig  # torch-free
+    """One flag per TrainConfig field (focuslab.gpt2.config holds their help and choices)."""
+    from focuslab.gpt2.config import FLAG_FIELDS
 
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    for name in reversed(_FLAG_FIELDS):
-        flag = "--" + name.replace("_", "-")
-        kind = types[name] if not isinstance(types[name], str) else {"int": int, "float": float, "str": str,
-                                                                      "bool": bool}[types[name]]
+    for f in reversed(FLAG_FIELDS):
+        kind = _TYPES.get(f.type, f.type) if isinstance(f.type, str) else f.type
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [default: the preset's]"
         if kind is bool:
-            fn = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None,
-                              help=f"[{getattr(TrainConfig, name)}]")(fn)
+            fn = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=help_text)(fn)
         else:
-            fn = click.option(flag, name, type=kind, default=None,
-                              help=f"[{getattr(TrainConfig, name)!r}]")(fn)
+            choices = f.metadata.get("choices")
+            fn = click.option(flag, f.name, type=click.Choice(choices) if choices else kind, default=None,
+                              help=help_text,
+                              metavar=None if choices else (f.metadata.get("metavar") or kind.__name__.upper()))(fn)
     return fn
 
 
+def _moved(ctx, param, value):
+    if value is not None:
+        from focuslab.errors import FocuslabError
+
+        name = param.name
+        raise FocuslabError(f"--{name} is an optimizer setting now: --opt-param OPTIMIZER.{name}=VALUE "
+                            f"(e.g. --opt-param adamw.{name}={value}) or --optimizer NAME:{name}={value}")
+    return value
+
+
 @click.group(invoke_without_command=True)
-@click.option("--preset", help="model/training preset: gpt2-nano, gpt2-mini, gpt2-small-focus, gpt2-small-adamw.")
+@click.option("--preset", default=None, metavar="NAME",
+              help="model preset: gpt2-nano (the default: CPU, seconds), gpt2-mini (CPU, minutes), gpt2-small "
+                   "(the paper's model; GPUs); each holds the paper's settings for every optimizer.")
 @click.option("--config", "config_file", metavar="FILE", help="TOML with a [gpt2] table (flags override it).")
 @_training_options
+@opt_param_option
+@click.option("--beta1", callback=_moved, expose_value=False, hidden=True)
+@click.option("--beta2", callback=_moved, expose_value=False, hidden=True)
+@click.option("--gamma", callback=_moved, expose_value=False, hidden=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="run directory [results/gpt2-<preset>-<optimizer>].")
-@click.option("--resume", is_flag=True, help="continue from the run directory's checkpoint.")
-@click.option("--nodes", type=int, default=1, show_default=True, help="machines (torchrun agents).")
+              help="run directory [results/gpt2-PRESET-OPTIMIZER, plus -DIGEST when other flags are set].")
+@click.option("--force", is_flag=True, help="start over in --out when it holds a run with a different config.")
+@click.option("--nodes", type=int, default=1, show_default=True, help="machines (one torchrun agent each).")
 @click.option("--gpus-per-node", type=int, default=1, show_default=True,
               help="processes per node (GPUs; on CPU, gloo processes).")
-@click.option("--rdzv-endpoint", metavar="HOST:PORT", default=None, help="c10d rendezvous [127.0.0.1:29500 on one node].")
+@click.option("--rdzv-endpoint", metavar="HOST:PORT", default=None,
+              help="c10d rendezvous, the same on every node [127.0.0.1:29500 on one node].")
+@click.option("--rdzv-timeout", type=int, default=300, show_default=True, metavar="SECONDS",
+              help="how long to wait for all nodes to join before giving up.")
 @click.option("--node-rank", type=int, default=None, help="this node's rank (optional with c10d).")
 @click.option("--sbatch", "sbatch_file", type=click.Path(dir_okay=False, path_type=Path),
               help="write a SLURM job script (srun + torchrun) instead of running.")
 @click.option("--sbatch-option", multiple=True, metavar="NAME=VALUE", help="extra #SBATCH line (repeatable).")
-@click.option("--dry-run", is_flag=True, help="print the exact launch command and exit.")
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--dry-run", is_flag=True, help="print the launch command (or the --sbatch script) and exit.")
+@click.option("--quiet", "-q", is_flag=True, help="print nothing but errors.")
 @click.pass_context
-def gpt2(ctx, preset, config_file, out, resume, nodes, gpus_per_node, rdzv_endpoint, node_rank,
-         sbatch_file, sbatch_option, dry_run, quiet, **flags):
-    """Train GPT-2 with FOCUS, AdamW or Signum.  `focuslab gpt2 --preset gpt2-nano` trains a tiny model
-    on an embedded corpus on CPU; `--nodes N --gpus-per-node G` runs DistributedDataParallel through
-    torchrun (inside SLURM: srun + torchrun), `--sbatch FILE` writes the job script."""
+def gpt2(ctx, preset, config_file, opt_param, out, force, nodes, gpus_per_node, rdzv_endpoint, rdzv_timeout,
+         node_rank, sbatch_file, sbatch_option, dry_run, quiet, **flags):
+    """Train GPT-2 with FOCUS, AdamW or Signum.
+
+    `focuslab gpt2` trains a tiny model (preset gpt2-nano) on an embedded corpus on CPU;
+    `--preset gpt2-small --optimizer adamw` is the paper's run.  `--nodes N --gpus-per-node G` runs
+    DistributedDataParallel through torchrun (inside SLURM: srun + torchrun); `--sbatch FILE`
+    writes the job script.  Re-running the same command resumes from the run's checkpoint; a
+    finished run is left as it is.
+    """
     if ctx.invoked_subcommand is not None:
         return
-
-    from focuslab.config import load_toml
+    from focuslab.config import load_toml, parse_opt_params
     from focuslab.errors import FocuslabError
-    from focuslab.gpt2.launch import (in_slurm, sbatch_script, slurm_command, torchrun_args,
+    from focuslab.gpt2.config import DEFAULT_PRESET, build_train_config, validate
+    from focuslab.gpt2.launch import (in_slurm, run_config_path, sbatch_script, slurm_command, torchrun_args,
                                       write_run_config)
-    from focuslab.gpt2.config import TrainConfig, validate
-    from focuslab.gpt2.train import train
     from focuslab.slurm import parse_sbatch_options
 
-    values = {}
-    for source in (preset, config_file):
-        if source:
-            table = load_toml(source, "gpt2")
-            unknown = set(table) - set(TrainConfig.keys())
-            if unknown:
-                raise FocuslabError(f"unknown gpt2 config key(s): {', '.join(sorted(unknown))}")
-            values.update(table)
-    values.update({k: v for k, v in flags.items() if v is not None})
-    if out is not None:
-        values["out"] = str(out)
-    elif "out" not in values:
-        values["out"] = f"results/gpt2-{preset or 'run'}-{values.get('optimizer', 'focus')}"
-    cfg = TrainConfig(**values)
     if nodes < 1 or gpus_per_node < 1:
         raise FocuslabError("--nodes and --gpus-per-node must be >= 1")
-    validate(cfg, nodes * gpus_per_node)
     distributed = nodes > 1 or gpus_per_node > 1
-    if sbatch_file:
-        path = write_run_config(cfg) if not dry_run else str((Path(cfg.out) / "run-config.json").resolve())
-        script = sbatch_script(nodes=nodes, gpus=gpus_per_node, config_path=path, out=str(Path(cfg.out).resolve()),
-                               resume=resume, extra=parse_sbatch_options(sbatch_option))
-        if dry_run:
-            click.echo(script, nl=False)
-            return
-        sbatch_file.write_text(script)
-        click.echo(f"wrote {sbatch_file}: {nodes} node(s) x {gpus_per_node}; submit with `sbatch {sbatch_file}`")
+    if nodes > 1 and not (rdzv_endpoint or in_slurm() or sbatch_file or dry_run):
+        raise FocuslabError(f"--nodes {nodes} needs the other machines: give --rdzv-endpoint HOST:PORT (the same on "
+                            "every node, each running this command), run inside a SLURM allocation, or write a "
+                            "job script with --sbatch FILE")
+    if rdzv_timeout < 1:
+        raise FocuslabError("--rdzv-timeout: must be >= 1 second")
+    file_values = load_toml(config_file, "gpt2") if config_file else None
+    given = {k: v for k, v in flags.items() if v is not None}
+    opt_params = parse_opt_params(opt_param)
+    cfg = build_train_config(preset, file_values, given, opt_params)
+    preset_name = preset or DEFAULT_PRESET
+    if out is None:
+        from focuslab.config import file_slug
+
+        plain = build_train_config(preset, file_values, {"optimizer": cfg.optimizer.split(":", 1)[0]})
+        base = Path(config_file).stem if config_file else preset_name
+        base = base if base.startswith("gpt2") else f"gpt2-{base}"
+        out = default_out(f"{base}-{file_slug(cfg.optimizer)}", cfg.digest(), plain.digest())
+    cfg = build_train_config(preset, file_values, given, opt_params, out=str(out))
+    validate(cfg, nodes * gpus_per_node)
+    if sbatch_file or dry_run:
+        return _emit(cfg, nodes, gpus_per_node, rdzv_endpoint, rdzv_timeout, node_rank, sbatch_file,
+                     parse_sbatch_options(sbatch_option), dry_run, distributed)
+    _prepare_run_dir(cfg, force)
+    say(f"focuslab gpt2: results in {out}", quiet)
+    if not distributed:
+        from focuslab.gpt2.train import train
+
+        info = train(cfg, log=(lambda *_: None) if quiet else click.echo, progress=not quiet)
+        if info.get("already_complete"):
+            say(f"{out}: this run is already complete ({info['iter']} iterations); nothing to do "
+                f"(`focuslab plot {out}` draws it; raise --max-iters with --lr-decay-iters set to extend it)", quiet)
+        else:
+            say(f"{out}: metrics.csv, metrics.jsonl, ckpt.pt, gpt2.json", quiet)
         return
-    if not distributed and not dry_run:
-        train(cfg, resume=resume, log=(lambda *_: None) if quiet else click.echo)
-        return
-    path = str((Path(cfg.out) / "run-config.json").resolve()) if dry_run else write_run_config(cfg)
+    path = write_run_config(cfg)
     if in_slurm() and nodes > 1:
-        command = slurm_command(procs=gpus_per_node, config_path=path, resume=resume)
-        if dry_run:
-            click.echo(command, nl=False)
-            return
-        sys.exit(subprocess.run(["bash", "-c", command]).returncode)
-    if nodes > 1 and not rdzv_endpoint:
-        raise FocuslabError("--nodes > 1 needs --rdzv-endpoint HOST:PORT (the same on every node), "
-                            "or run inside a SLURM allocation")
-    args = torchrun_args(nodes=nodes, procs=gpus_per_node, endpoint=rdzv_endpoint or "127.0.0.1:29500",
-                         node_rank=node_rank, run_id=f"focuslab-{Path(cfg.out).name}", config_path=path,
-                         resume=resume)
-    if dry_run:
-        click.echo(shlex.join(args))
-        return
+        sys.exit(subprocess.run(["bash", "-c", slurm_command(procs=gpus_per_node, config_path=path,
+                                                            timeout=rdzv_timeout)]).returncode)
+    endpoint = rdzv_endpoint or "127.0.0.1:29500"
+    args = torchrun_args(nodes=nodes, procs=gpus_per_node, endpoint=endpoint, node_rank=node_rank,
+                         run_id=f"focuslab-{Path(cfg.out).name}", config_path=path, timeout=rdzv_timeout)
+    if nodes > 1:
+        say(f"waiting for {nodes} nodes at {endpoint} (timeout {rdzv_timeout} s; start the same command on "
+            "every node)", quiet)
     code = subprocess.run(args).returncode
     if code:
-        raise FocuslabError(f"torchrun exited with status {code}")
+        hint = (f"; if the other nodes never joined, check that each runs this command with --rdzv-endpoint "
+                f"{endpoint}" if nodes > 1 else "")
+        raise FocuslabError(f"torchrun exited with status {code}{hint}")
+    say(f"{out}: metrics.csv, metrics.jsonl, ckpt.pt, gpt2.json", quiet)
+
+
+def _prepare_run_dir(cfg, force):
+    """Resume (same config), refuse (different config) or, with --force, clear the run directory."""
+    import shutil
+
+    from focuslab.errors import FocuslabError
+    from focuslab.gpt2.train import run_state
+
+    run = Path(cfg.out)
+    try:
+        run_state(run, cfg)
+    except FocuslabError:
+        if not force:
+            raise
+        for name in ("ckpt.pt", "gpt2.json", "metrics.csv", "metrics.jsonl", "run-config.json"):
+            (run / name).unlink(missing_ok=True)
+        shutil.rmtree(run / "data", ignore_errors=True)
+
+
+def _emit(cfg, nodes, gpus, endpoint, timeout, node_rank, sbatch_file, extra, dry_run, distributed):
+    """--sbatch / --dry-run: write or print what would run; run-config.json is written only when the
+    script is written (a dry run writes nothing and says how to get it)."""
+    from focuslab.gpt2.launch import run_config_path, sbatch_script, torchrun_args, write_run_config
+
+    path = run_config_path(cfg)
+    note = (f"# {path} does not exist yet: running this command without --dry-run writes it "
+            "(the run's full config)")
+    if sbatch_file:
+        script = sbatch_script(nodes=nodes, gpus=gpus, config_path=path, out=str(Path(cfg.out).resolve()),
+                               timeout=timeout, extra=extra)
+        if dry_run:
+            click.echo(script, nl=False)
+            if not Path(path).exists():
+                click.echo(note)
+            return
+        write_run_config(cfg)
+        from focuslab.results import atomic_write_bytes
+
+        atomic_write_bytes(Path(sbatch_file), script.encode())
+        Path(sbatch_file).chmod(0o755)
+        click.echo(f"wrote {sbatch_file} and {path}: {nodes} node(s) x {gpus}; submit with `sbatch {sbatch_file}`")
+        return
+    if not distributed:
+        click.echo(shlex.join([sys.executable, "-m", "focuslab.gpt2.worker", path]))
+    else:
+        click.echo(shlex.join(torchrun_args(nodes=nodes, procs=gpus, endpoint=endpoint or "127.0.0.1:29500",
+                                            node_rank=node_rank, run_id=f"focuslab-{Path(cfg.out).name}",
+                                            config_path=path, timeout=timeout)))
+    if not Path(path).exists():
+        click.echo(note)
 
 
 @gpt2.command()

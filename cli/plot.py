@@ -31,6 +31,11 @@ def plot(results_dir, out, formats, significance, quiet):
     if significance < 0:
         raise FocuslabError(f"--significance: must be >= 0, got {significance:g}")
     first = results_dir[0]
+    if not first.is_dir():
+        raise FocuslabError(f"results directory not found: {first}")
+    if not any((first / name).exists() for name in ("scan.json", "mnist.json", "gpt2.json")):
+        raise FocuslabError(f"{first} holds no focuslab results (no scan.json, mnist.json or gpt2.json): give the "
+                            "directory a `focuslab scan`, `mnist` or `gpt2` run wrote (the path it printed)")
     if len(results_dir) > 1 and not (first / "gpt2.json").exists():
         raise FocuslabError("several directories are only for GPT-2 runs; plot one scan or study at a time")
     if (first / "mnist.json").exists():

@@ -57,14 +57,15 @@ class Progress:
     """Done/total with rate and ETA: a tqdm bar on a terminal, else a line every ``interval`` s.
 
     ``total`` is the work in the unit named by ``what`` (e.g. optimizer steps) and drives rate and
-    ETA.  Optionally ``count_total`` counts something more meaningful to show (model-steps) when
+    ETA.  ``bar=False`` prints lines even on a terminal (for commands that print their own log).  Optionally ``count_total`` counts something more meaningful to show (model-steps) when
     ``total`` is a cost estimate, and ``unit_total`` the pieces (chunks, units).  In-flight work
     reported by workers is added with ``set_partial``.  ``enabled=False`` prints nothing.
     """
 
     def __init__(self, total: float, what: str = "steps", desc: str = "", enabled: bool = True,
                  stream=None, interval: float | None = None, unit_total: int | None = None,
-                 unit_name: str = "units", count_total: float | None = None, count_what: str = ""):
+                 unit_name: str = "units", count_total: float | None = None, count_what: str = "",
+                 bar: bool = True):
         self.total, self.what, self.desc = float(total), what, desc
         self.stream = stream or sys.stderr
         self.enabled = enabled and total > 0
@@ -76,11 +77,16 @@ class Progress:
         self.units = 0
         self.start = self.last = time.time()
         self.bar = None
-        if self.enabled and getattr(self.stream, "isatty", lambda: False)():
+        if bar and self.enabled and getattr(self.stream, "isatty", lambda: False)():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=self.total, unit=" " + what, unit_scale=True, dynamic_ncols=True,
                             desc=desc, file=self.stream)
+
+    def eta(self) -> str:
+        elapsed = time.time() - self.start
+        done = self.done + self.partial
+        return _duration((self.total - done) * elapsed / done) if done > 0 else "?"
 
     def line(self) -> str:
         elapsed = time.time() - self.start
@@ -232,10 +238,13 @@ def run_units(work: Path, todo: list[Unit], compute: Callable, *, jobs: int, pro
     return seconds
 
 
+WATCH_EVERY = 2.0  # seconds between reads of the in-flight reports
+
+
 def _watch(inflight: Path, units: dict, counts: dict, progress: Progress, stop) -> None:
     import json
 
-    while not stop.wait(2.0):
+    while not stop.wait(WATCH_EVERY):
         cost = count = 0.0
         for f in inflight.glob("*.json"):
             try:

@@ -72,6 +72,12 @@ def test_grid_syntax():
     (["--jobs", "0"], "--jobs"),
     (["--steps", "many"], "'many' is not a valid integer"),
     (["--frobnicate"], "No such option"),
+    (["--sharpness", "abc"], "--sharpness: not a number: 'abc'"),
+    (["--sharpness", "0.1:1000:0:log"], "--sharpness: in '0.1:1000:0:log', NUM must be >= 1, got 0"),
+    (["--optimizers", "adam", "--opt-param", "focus.gamma=0.4"], "focus is not among the optimizers (adam)"),
+    (["--optimizers", "focus,focus:gamma=0.2"], "repeats 'focus' (same settings)"),
+    (["--optimizers", "focus:gamma"], "expected NAME:KEY=VALUE"),
+    (["--theta", "0.5"], "--theta was renamed --phi"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(args, needle, tmp_path):
     res = invoke("scan", *args, "--out", str(tmp_path / "x"))

@@ -76,8 +76,10 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     common = [*NANO, "--eval-interval", 10, "--lr-decay-iters", 40, "--warmup-iters", 5]
     assert cli("gpt2", *common, "--max-iters", 40, "--out", tmp_path / "full").exit_code == 0
     assert cli("gpt2", *common, "--max-iters", 20, "--out", tmp_path / "part").exit_code == 0
-    res = cli("gpt2", *common, "--max-iters", 40, "--out", tmp_path / "part", "--resume")
+    loud = [a for a in common if a != "-q"]
+    res = cli("gpt2", *loud, "--max-iters", 40, "--out", tmp_path / "part")  # a rerun continues
     assert res.exit_code == 0, res.output
+    assert "resuming at iter 20" in res.output
     assert val_rows(tmp_path / "full") == val_rows(tmp_path / "part")
     for k, v in params(tmp_path / "full").items():
         assert torch.equal(v, params(tmp_path / "part")[k]), k
@@ -119,13 +121,28 @@ def test_two_torchrun_agents_form_a_two_node_rendezvous(tmp_path):
     assert val_rows(tmp_path / "run")[-1][0] == 4
 
 
+def test_prepare_names_tiktoken_when_it_is_missing(tmp_path):
+    try:
+        import tiktoken  # noqa: F401
+        pytest.skip("tiktoken is installed")
+    except ImportError:
+        pass
+    (tmp_path / "a.txt").write_text("some text " * 50)
+    res = cli("gpt2", "prepare", "--input", tmp_path / "a.txt", "--out", tmp_path / "tok", "--tokenizer", "gpt2")
+    assert res.exit_code == 2 and "tiktoken is not installed (pip install tiktoken)" in res.stderr
+    res = cli("gpt2", "prepare", "--input", tmp_path / "a.txt", "--out", tmp_path / "tok")
+    assert res.exit_code == 0 and "tiktoken is not installed" in res.output
+
+
 def test_sbatch_and_dry_run(tmp_path):
-    res = cli("gpt2", "--config", "gpt2-small-focus", "--nodes", 4, "--gpus-per-node", 2, "--out", tmp_path / "r",
+    res = cli("gpt2", "--preset", "gpt2-small", "--optimizer", "focus", "--nodes", 4, "--gpus-per-node", 2,
+              "--out", tmp_path / "r",
               "--sbatch", tmp_path / "job.sh", "--sbatch-option", "partition=gpu")
     assert res.exit_code == 0, res.output
     text = (tmp_path / "job.sh").read_text()
     for needle in ("#SBATCH --nodes=4", "#SBATCH --gpus-per-node=2", "#SBATCH --ntasks-per-node=1",
-                   "#SBATCH --partition=gpu", "srun", "torchrun", "--nproc-per-node=2", "--rdzv-backend=c10d",
+                   "#SBATCH --partition=gpu", "srun", "-m torch.distributed.run", "--nproc-per-node=2",
+                   "--rdzv-backend=c10d", "join_timeout=300", sys.executable,
                    "--rdzv-id=\"$SLURM_JOB_ID\"", "-m focuslab.gpt2.worker"):
         assert needle in text, needle
     assert subprocess.run(["bash", "-n", str(tmp_path / "job.sh")]).returncode == 0
@@ -151,11 +168,17 @@ def test_plot_of_several_runs(tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--optimizer", "sgd"], "unknown optimizer"), (["--n-embd", "65"], "multiple of --n-head"),
     (["--gpus-per-node", "2"], "multiple of the world size"), (["--dtype", "bfloat16"], "mixed precision"),
-    (["--resume"], "no checkpoint"), (["--data", "/no/such/dir"], "not a prepared token directory"),
+    (["--gamma", "0.4"], "--opt-param OPTIMIZER.gamma=VALUE"), (["--data", "/no/such/dir"], "not a prepared token directory"),
     (["--preset", "gpt2-huge"], "no gpt2 preset named 'gpt2-huge' (available: gpt2-mini"), (["--learning-rate", "-1"], "--learning-rate"),
     (["--nodes", "2", "--gradient-accumulation-steps", "2"], "--rdzv-endpoint"), (["--device", "tpu"], "--device"),
+    (["--nodes", "4"], "--nodes 4 needs the other machines"),  # before any batch arithmetic
+    (["--device", "cuda"], "no CUDA device is available (torch"),
+    (["--optimizer", "adamw,focus"], "one optimizer per run"),
+    (["--opt-param", "adamw.beta2=0.9"], "this run trains focus, not adamw"),
 ])
 def test_bad_options_exit_2(tmp_path, args, needle):
+    if args == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
     res = cli("gpt2", *NANO, "--max-iters", 2, *args, "--out", tmp_path / "o")
     assert res.exit_code == 2, res.output
     assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
@@ -167,5 +190,112 @@ def test_compiled_training_matches_eager(tmp_path):
     assert cli("gpt2", *common, "--out", tmp_path / "eager").exit_code == 0
     res = cli("gpt2", *common, "--compile", "--out", tmp_path / "compiled")
     assert res.exit_code == 0, res.output
-    for (i, tr, va), (j, tr2, va2) in zip(val_rows(tmp_path / "eager"), val_rows(tmp_path / "compiled")):
-        assert i == j and tr == pytest.approx(tr2, rel=1e-4) and va == pytest.approx(va2, rel=1e-4)
+    eager, compiled = val_rows(tmp_path / "eager"), val_rows(tmp_path / "compiled")
+    assert [r[0] for r in eager] == [r[0] for r in compiled] == [0, 3, 6]
+    for (i, tr, va), (j, tr2, va2) in zip(eager, compiled):
+        assert tr == pytest.approx(tr2, rel=1e-4) and va == pytest.approx(va2, rel=1e-4)
+
+
+def _nano_cmd(out, *extra):
+    return [sys.executable, "-m", "focuslab", "gpt2", "--preset", "gpt2-nano", "--dropout", "0", "--eval-iters", "2",
+            "--eval-interval", "50", "--max-iters", "300", "--out", str(out), *map(str, extra)]
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_a_plain_rerun_resumes_exactly(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_nano_cmd(run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    while time.time() < deadline and sum(1 for _ in open(run / "metrics.jsonl")) < 4:
+        time.sleep(0.02)  # past the first evaluation, mid-interval
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "completed work is saved, re-run the same command to resume" in err
+    meta = json.loads((run / "gpt2.json").read_text())
+    stopped = torch.load(run / "ckpt.pt", weights_only=False)["iter"]
+    assert meta["status"] == "interrupted" and 0 < stopped < 300 and stopped % 50 != 0, (meta, stopped)
+    again = subprocess.run(_nano_cmd(run), capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr
+    assert f"resuming at iter {stopped}" in again.stdout
+    clean = subprocess.run(_nano_cmd(tmp_path / "clean"), capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+    a, b = params(run), params(tmp_path / "clean")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert val_rows(run) == val_rows(tmp_path / "clean")
+
+
+def test_rerun_of_a_finished_run_is_a_no_op_and_another_config_is_refused(tmp_path):
+    loud = [a for a in NANO if a != "-q"]
+    args = [*loud, "--max-iters", 10, "--eval-interval", 5, "--out", tmp_path]
+    assert cli("gpt2", *args).exit_code == 0
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    res = cli("gpt2", *args)
+    assert res.exit_code == 0 and "already complete" in res.output and "nothing to do" in res.output
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+    res = cli("gpt2", *args, "--learning-rate", "1e-3")
+    assert res.exit_code == 2 and "different config" in res.stderr and "--force" in res.stderr
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+    res = cli("gpt2", *args, "--learning-rate", "1e-3", "--force")
+    assert res.exit_code == 0 and "resuming" not in res.output
+    assert json.loads((tmp_path / "gpt2.json").read_text())["config"]["learning_rate"] == 1e-3
+
+
+def test_default_run_directories_follow_preset_optimizer_and_flags():
+    res = cli("gpt2", "--optimizer", "adamw", "--max-iters", 2, "--eval-interval", 2, "--eval-iters", 1, "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "results/gpt2-nano-adamw-" in res.output  # --max-iters differs from the preset: a digest
+    res = cli("gpt2", "--optimizer", "adamw", "--dry-run")
+    assert "results/gpt2-nano-adamw/run-config.json" in res.output
+    assert "does not exist yet: running this command without --dry-run writes it" in res.output
+
+
+def test_optimizer_settings_come_from_the_preset_then_opt_param_then_inline():
+    from focuslab.gpt2.config import build_train_config
+
+    small = build_train_config("gpt2-small", flags={"optimizer": "adamw"})
+    assert small.optimizer_settings == {"beta1": 0.9, "beta2": 0.95, "eps": 1e-8}
+    c = build_train_config("gpt2-small", flags={"optimizer": "focus:gamma=0.4"}, opt_params={"focus": {"beta2": "0.9"}})
+    assert c.optimizer == "focus:gamma=0.4" and c.optimizer_settings["beta2"] == 0.9 and c.optimizer_settings["gamma"] == 0.4
+    from focuslab.errors import FocuslabError
+
+    with pytest.raises(FocuslabError, match="this run trains focus, not adamw"):
+        build_train_config(None, opt_params={"adamw": {"beta2": "0.9"}})
+
+
+def test_sbatch_scripts_use_the_interpreter_that_wrote_them(tmp_path):
+    res = cli("gpt2", "--nodes", 2, "--gpus-per-node", 2, "--gradient-accumulation-steps", 4, "--out", tmp_path / "r",
+              "--sbatch", tmp_path / "g.sh")
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "g.sh").read_text()
+    assert f'PYTHON="${{FOCUSLAB_PYTHON:-{sys.executable}}}"' in text and '"$PYTHON" -m torch.distributed.run' in text
+    commands = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert any(line.startswith("srun --nodes") for line in commands)
+    assert not any("torchrun " in line for line in commands)  # python -m torch.distributed.run instead
+    res = cli("scan", "--sharpness", "1,10", "--noise", "0,1", "--lr", "0.1", "--out", tmp_path / "s", "--sbatch",
+              tmp_path / "s.sh", "--shards", 2)
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "s.sh").read_text()
+    assert text.count('"$PYTHON" -m focuslab') == 2 and "srun focuslab" not in text
+
+
+@pytest.mark.slow
+def test_a_missing_node_is_reported_after_the_stated_timeout(tmp_path):
+    from distributed_helpers import free_port
+
+    port = free_port()
+    loud = [a for a in NANO if a != "-q"]
+    res = subprocess.run([sys.executable, "-m", "focuslab", "gpt2", *map(str, loud), "--max-iters", "2",
+                          "--gradient-accumulation-steps", "2", "--nodes", "2", "--rdzv-endpoint",
+                          f"127.0.0.1:{port}", "--rdzv-timeout", "5", "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 2
+    assert f"waiting for 2 nodes at 127.0.0.1:{port} (timeout 5 s" in res.stdout
+    assert "torchrun exited with status" in res.stderr and "--rdzv-endpoint" in res.stderr

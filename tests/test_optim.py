@@ -209,14 +209,24 @@ def test_bf16_state_is_fp32_by_default_and_param_dtype_on_request():
         p.grad = torch.ones(4, dtype=torch.bfloat16)
         opt.step()
         assert opt.state[p]["exp_avg"].dtype == want and opt.state[p]["param_avg"].dtype == want
-    # the bf16 average cannot follow a slowly moving parameter; the fp32 one does
-    x32 = torch.full((1,), 1.0, dtype=torch.bfloat16, requires_grad=True)
-    opt = FOCUS([x32], lr=0.0, betas=(0.9, 0.99))
-    for _ in range(300):
-        x32.grad = torch.ones(1, dtype=torch.bfloat16)
-        opt.step()
-    avg = opt.state[x32]["param_avg"] / (1 - 0.99 ** 300)
-    assert avg.item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_fp32_state_tracks_a_moving_bf16_parameter_and_bf16_state_stalls():
+    """The average's increment (1 - beta2) * (theta - avg) falls below bf16's resolution next to
+    avg: kept in bf16 it stalls, kept in fp32 (the default) it is the exact EMA of the parameter."""
+    errors = {}
+    for fp32 in (True, False):
+        x = torch.full((1,), 1.0, dtype=torch.bfloat16, requires_grad=True)
+        opt = FOCUS([x], lr=0.02, betas=(0.9, 0.99), gamma=0.1, fp32_state=fp32)  # moves ~0.02 per step
+        ema = 0.0
+        for _ in range(200):
+            ema = 0.99 * ema + 0.01 * x.item()  # the average is taken of theta before each step
+            x.grad = torch.ones(1, dtype=torch.bfloat16)
+            opt.step()
+        bc = 1 - 0.99 ** 200
+        errors[fp32] = abs(opt.state[x]["param_avg"].item() / bc - ema / bc)
+    assert errors[True] < 1e-5, errors
+    assert errors[False] > 1e-2, errors
 
 
 def test_grad_scaler_and_non_finite_steps_are_skipped():

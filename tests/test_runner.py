@@ -98,3 +98,34 @@ def test_files_respect_the_umask(tmp_path):
         assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o640
     finally:
         os.umask(old)
+
+
+def _slow_unit(path, steps):
+    import time
+
+    from focuslab.runner import InflightReporter
+
+    report = InflightReporter(path, every=0.0)
+    for t in range(1, steps + 1):
+        time.sleep(0.1)
+        report(t / steps)
+    return {"": pd.DataFrame({"x": [steps]})}
+
+
+def test_in_flight_work_shows_in_the_progress_line(tmp_path, monkeypatch):
+    """A long unit (an MNIST batch-4000 unit runs for tens of minutes) reports the fraction it has
+    done; the progress line counts it before the unit ends."""
+    from focuslab import runner
+
+    monkeypatch.setattr(runner, "WATCH_EVERY", 0.05)
+    stream = io.StringIO()
+    inflight = tmp_path / ".inflight"
+    units = [runner.Unit("u", 100.0, (str(inflight / "u.json"), 20))]
+    bar = runner.Progress(100.0, "work", "study", stream=stream, interval=0.0, unit_total=1,
+                          count_total=5000, count_what="model-steps")
+    runner.run_units(tmp_path, units, _slow_unit, jobs=1, progress=bar, inflight=inflight, counts={"u": 5000})
+    lines = stream.getvalue().splitlines()
+    partial = [line for line in lines if line.startswith("study: 0/1 units")]
+    assert partial, lines  # progress while the only unit was still running
+    assert any("% of the work" in line and "model-steps" in line and "ETA" in line for line in partial)
+    assert (tmp_path / "u.parquet").exists() and not (inflight / "u.json").exists()

@@ -1,59 +1,142 @@
-"""GPT-2 run configuration (torch-free, so the CLI can build its options without importing torch)."""
+"""GPT-2 configuration, torch-free and written once: every field with its default, help text and
+choices.  ``GPTConfig`` holds the model's fields; ``TrainConfig`` adds training and system fields
+by inheritance; ``focuslab gpt2`` builds one flag per field from this metadata; TOML presets
+(configs/gpt2-*.toml, one per model) use the same names.
+
+The optimizer is ``optimizer`` (``adamw``, ``signum``, ``focus``, settings inline such as
+``focus:gamma=0.4``); its hyperparameters come from focuslab.optim.registry's defaults, then the
+preset's ``[gpt2.optimizer_settings.NAME]`` table (the paper's values for that model), then
+``--opt-param`` and the inline settings.  The run's resolved values are its ``optimizer_settings``.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
+from ..config import config_digest, layered, load_toml, parse_optimizers
 from ..errors import FocuslabError
 
-OPTIMIZERS = ("focus", "adamw", "signum")
+DEFAULT_PRESET = "gpt2-nano"
+
+
+def _f(default, help: str, choices=None, flag: bool = True, metavar: str | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "metavar": metavar})
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    # model
-    n_layer: int = 2
-    n_head: int = 2
-    n_embd: int = 64
-    block_size: int = 64
-    vocab_size: int = 0  # 0: from the data's tokenizer
-    dropout: float = 0.0
-    bias: bool = True
+class GPTConfig:
+    """The model (nanoGPT's names): the paper's GPT-2 small is 12 x 12 x 768, context 1024."""
+
+    n_layer: int = _f(12, "transformer blocks")
+    n_head: int = _f(12, "attention heads per block")
+    n_embd: int = _f(768, "embedding width (a multiple of --n-head)")
+    block_size: int = _f(1024, "context length in tokens")
+    vocab_size: int = _f(50304, "vocabulary size (0: the data's tokenizer; GPT-2's 50257 is padded to 50304)")
+    dropout: float = _f(0.0, "dropout probability")
+    bias: bool = _f(True, "biases in Linear and LayerNorm layers")
+
+    def model_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(GPTConfig)}
+
+
+@dataclass(frozen=True)
+class TrainConfig(GPTConfig):
     # data
-    data: str = ""  # prepared token dir; "" = the embedded corpus (prepared into the run dir)
-    # optimisation (names as nanoGPT's config keys)
-    optimizer: str = "focus"
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_iters: int = 200
-    eval_interval: int = 50
-    eval_iters: int = 10
-    learning_rate: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_iters: int = 20
-    lr_decay_iters: int = 0  # 0: max_iters
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    gamma: float = 0.2
-    grad_clip: float = 1.0
+    data: str = _f("", "prepared token directory (`focuslab gpt2 prepare`); empty: CPython's pydoc "
+                       "topics as bytes, prepared into the run directory", metavar="DIR")
+    # optimisation (nanoGPT's names)
+    optimizer: str = _f("focus", "adamw (= adam), signum or focus, settings after colons "
+                                 "(focus:gamma=0.4); the preset gives the paper's values per optimizer",
+                   metavar="SPEC")
+    optimizer_settings: dict = _f(None, "resolved optimizer hyperparameters", flag=False)
+    batch_size: int = _f(12, "sequences per micro-step and process")
+    gradient_accumulation_steps: int = _f(1, "micro-steps per iteration, summed over all processes "
+                                             "(a multiple of nodes x gpus-per-node)")
+    max_iters: int = _f(600000, "training iterations")
+    eval_interval: int = _f(1000, "evaluate (and checkpoint) every N iterations")
+    eval_iters: int = _f(200, "batches per evaluation")
+    learning_rate: float = _f(6e-4, "peak learning rate")
+    min_lr: float = _f(6e-5, "learning rate at the end of the cosine decay")
+    warmup_iters: int = _f(2000, "linear warmup iterations")
+    lr_decay_iters: int = _f(0, "cosine decay length (0: --max-iters); set it to extend a run later")
+    weight_decay: float = _f(0.1, "decoupled weight decay on 2-D Linear weights")
+    grad_clip: float = _f(1.0, "gradient-norm clipping (0: off)")
     # system
-    device: str = "cpu"
-    dtype: str = "auto"  # auto: bf16 on CUDA when supported, else fp16 on CUDA, fp32 on CPU
-    compile: bool = False
-    seed: int = 1337
-    out: str = "results/gpt2"
-    wandb: bool = False
-
-    def model_config(self, vocab: int):
-        from .model import GPTConfig
-
-        return GPTConfig(self.n_layer, self.n_head, self.n_embd, self.block_size,
-                         self.vocab_size or vocab, self.dropout, self.bias)
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto (CUDA when present)", metavar="DEVICE")
+    dtype: str = _f("auto", "auto: bf16 on CUDA when supported (else fp16), fp32 on CPU",
+                    ("auto", "float32", "bfloat16", "float16"))
+    compile: bool = _f(False, "torch.compile the model")
+    seed: int = _f(1337, "seed of the initial weights and of the data order")
+    out: str = _f("results/gpt2", "run directory", flag=False)
+    wandb: bool = _f(False, "also log to Weights & Biases")
 
     @classmethod
-    def keys(cls):
+    def keys(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    def model_config(self, vocab: int):
+        """The model's GPTConfig; vocab_size 0 takes the tokenizer's ``vocab``."""
+        model = self.model_dict()
+        model["vocab_size"] = self.vocab_size or vocab
+        return GPTConfig(**model)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self) -> str:
+        """What makes two runs the same experiment (so a rerun resumes): everything but the run
+        directory, logging and compilation -- and the length, when the schedule does not depend on
+        it (--lr-decay-iters set), so such a run can be extended by raising --max-iters."""
+        d = self.to_dict()
+        for key in ("out", "wandb", "compile"):
+            d.pop(key)
+        if self.lr_decay_iters:
+            d.pop("max_iters")
+        return config_digest(d)
+
+
+FLAG_FIELDS = [f for f in fields(TrainConfig) if f.metadata.get("flag", True)]
+MOVED = ("beta1", "beta2", "gamma")  # were training keys; now optimizer settings
+
+
+def build_train_config(preset: str | None = None, file_values: dict | None = None,
+                       flags: dict | None = None, opt_params: dict | None = None,
+                       out: str | None = None) -> TrainConfig:
+    """Preset (default gpt2-nano) < file < flags, then the optimizer resolved: registry defaults <
+    the preset's and file's [gpt2.optimizer_settings.NAME] < --opt-param < inline settings."""
+    from ..optim.registry import TORCH_OPTIMIZERS
+
+    layers = [dict(load_toml(preset or DEFAULT_PRESET, "gpt2")), dict(file_values or {}), dict(flags or {})]
+    tables: dict = {}
+    for layer in layers:
+        for key in MOVED:
+            if key in layer:
+                raise FocuslabError(f"gpt2: {key} is an optimizer setting now: --opt-param NAME.{key}=VALUE "
+                                    f"or [gpt2.optimizer_settings.NAME] {key} = VALUE")
+        table = layer.pop("optimizer_settings", None) or {}
+        if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+            raise FocuslabError("[gpt2.optimizer_settings] must hold one table per optimizer, "
+                                "e.g. [gpt2.optimizer_settings.adamw]")
+        for opt, params in table.items():
+            tables.setdefault(TORCH_OPTIMIZERS.get(opt).name, {}).update(params)
+    known = set(TrainConfig.keys()) - {"optimizer_settings"}
+    merged = layered(known, *layers, what="gpt2 config")
+    spec = str(merged.get("optimizer", "focus"))
+    if "," in spec:
+        raise FocuslabError(f"--optimizer: one optimizer per run, got {spec!r}")
+    name = TORCH_OPTIMIZERS.get(spec.split(":", 1)[0]).name
+    params = dict(tables.get(name, {}))
+    for key, values in (opt_params or {}).items():
+        if TORCH_OPTIMIZERS.get(key).name != name:
+            raise FocuslabError(f"--opt-param {key}.{next(iter(values))}=...: this run trains {name}, "
+                                f"not {TORCH_OPTIMIZERS.get(key).name}")
+        params.update(values)
+    entry = parse_optimizers(spec, {name: params}, TORCH_OPTIMIZERS)[0]
+    merged["optimizer"] = entry.label
+    merged["optimizer_settings"] = dict(entry.settings)
+    if out is not None:
+        merged["out"] = str(out)
+    return TrainConfig(**merged)
 
 
 def validate(cfg: TrainConfig, world: int = 1) -> None:
@@ -62,22 +145,21 @@ def validate(cfg: TrainConfig, world: int = 1) -> None:
         if not cond:
             raise FocuslabError(msg)
 
-    need(cfg.optimizer in OPTIMIZERS, f"--optimizer: unknown optimizer {cfg.optimizer!r} (focus, adamw, signum)")
     for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
                 "max_iters", "eval_interval", "eval_iters"):
-        need(getattr(cfg, key) >= 1, f"--{key.replace('_', '-')}: must be >= 1, got {getattr(cfg, key)}")
+        need(isinstance(getattr(cfg, key), int) and getattr(cfg, key) >= 1,
+             f"--{key.replace('_', '-')}: must be an integer >= 1, got {getattr(cfg, key)!r}")
+    need(cfg.n_embd % cfg.n_head == 0, f"--n-embd {cfg.n_embd} must be a multiple of --n-head {cfg.n_head}")
+    need(cfg.learning_rate > 0 and cfg.min_lr >= 0, "--learning-rate must be > 0 and --min-lr >= 0")
+    need(cfg.weight_decay >= 0 and cfg.grad_clip >= 0, "--weight-decay and --grad-clip must be >= 0")
+    need(0 <= cfg.dropout < 1, "--dropout must be in [0, 1)")
+    need(cfg.warmup_iters >= 0 and cfg.lr_decay_iters >= 0, "--warmup-iters/--lr-decay-iters must be >= 0")
+    need(cfg.device.split(":")[0] in ("cpu", "cuda", "auto"), f"--device: expected cpu, cuda, cuda:N or auto, "
+         f"got {cfg.device!r}")
+    need(cfg.dtype in ("auto", "float32", "bfloat16", "float16"), "--dtype: expected auto, float32, bfloat16 or float16")
     need(cfg.gradient_accumulation_steps % world == 0,
          f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} must be a multiple of the "
          f"world size {world} (nodes x gpus-per-node): the global batch stays the same whatever the world size")
-    need(cfg.n_embd % cfg.n_head == 0, f"--n-embd {cfg.n_embd} must be a multiple of --n-head {cfg.n_head}")
-    need(cfg.learning_rate > 0 and cfg.min_lr >= 0, "--learning-rate must be > 0 and --min-lr >= 0")
-    need(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "--beta1/--beta2 must be in [0, 1)")
-    need(cfg.weight_decay >= 0 and cfg.gamma >= 0 and cfg.grad_clip >= 0,
-         "--weight-decay, --gamma and --grad-clip must be >= 0")
-    need(0 <= cfg.dropout < 1, "--dropout must be in [0, 1)")
-    need(cfg.warmup_iters >= 0 and cfg.lr_decay_iters >= 0, "--warmup-iters/--lr-decay-iters must be >= 0")
-    need(cfg.device.split(":")[0] in ("cpu", "cuda", "auto"), f"--device: expected cpu, cuda or auto, got {cfg.device!r}")
-    need(cfg.dtype in ("auto", "float32", "bfloat16", "float16"), "--dtype: expected auto, float32, bfloat16 or float16")
 
 
 def lr_at(cfg: TrainConfig, it: int) -> float:
@@ -89,5 +171,3 @@ def lr_at(cfg: TrainConfig, it: int) -> float:
         return cfg.min_lr
     ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
-
-

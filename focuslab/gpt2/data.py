@@ -36,11 +36,11 @@ def get_tokenizer(name: str):
             return "gpt2", lambda s: np.asarray(enc.encode_ordinary(s), dtype=np.uint16), enc.n_vocab, \
                 "GPT-2 BPE (tiktoken)"
         except Exception as err:  # not installed, or its BPE files cannot be fetched offline
+            reason = ("tiktoken is not installed (pip install tiktoken)" if isinstance(err, ImportError)
+                      else f"tiktoken could not load its GPT-2 encoding, which it downloads once ({err})")
             if name == "gpt2":
-                raise FocuslabError(f"--tokenizer gpt2: tiktoken's GPT-2 encoding is unavailable ({err}); "
-                                    "use --tokenizer bytes") from None
-            why = f"byte-level (GPT-2 BPE unavailable: {type(err).__name__})"
-            return "bytes", byte_encode, 256, why
+                raise FocuslabError(f"--tokenizer gpt2: {reason}; or use --tokenizer bytes") from None
+            return "bytes", byte_encode, 256, f"byte-level (GPT-2 BPE unavailable: {reason})"
     if name == "bytes":
         return "bytes", byte_encode, 256, "byte-level"
     raise FocuslabError(f"--tokenizer: unknown tokenizer {name!r} (auto, gpt2, bytes)")

@@ -3,25 +3,12 @@ GELU MLP, token embedding tied to the output head.  Knows nothing of training, f
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class GPTConfig:
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 1024
-    vocab_size: int = 50304  # GPT-2's 50257 rounded up to a multiple of 64
-    dropout: float = 0.0
-    bias: bool = True
-
-    def to_dict(self):
-        return asdict(self)
+from .config import GPTConfig
 
 
 class CausalSelfAttention(nn.Module):

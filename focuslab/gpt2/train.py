@@ -24,16 +24,37 @@ from ..results import atomic_write_bytes, write_json
 from .config import TrainConfig, lr_at, validate
 from .model import GPT
 
-def make_optimizer(cfg: TrainConfig, model: GPT):
-    from ..optim import FOCUS, Signum
+def make_optimizer(cfg: TrainConfig, model: GPT, device: str = "cpu"):
+    """The run's optimizer from focuslab.optim.registry with its resolved settings."""
+    from ..optim.registry import TORCH_OPTIMIZERS
 
-    groups = model.param_groups(cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        fused = {"fused": True} if cfg.device.startswith("cuda") else {}
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **fused)
-    if cfg.optimizer == "signum":
-        return Signum(groups, lr=cfg.learning_rate, beta=cfg.beta1)
-    return FOCUS(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), gamma=cfg.gamma)
+    spec = TORCH_OPTIMIZERS.get(cfg.optimizer.split(":", 1)[0])
+    return spec.build(model.param_groups(cfg.weight_decay), cfg.learning_rate, cfg.optimizer_settings, device)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise FocuslabError(f"--device {device}: no CUDA device is available (torch {torch.__version__} is {build}); "
+                            "use --device cpu, or auto to take CUDA when present")
+    return device
+
+
+def run_state(run: Path, cfg: TrainConfig) -> dict | None:
+    """What a run directory holds for ``cfg``: None (nothing), or gpt2.json's record; raises a
+    one-line error when it holds a run with a different config."""
+    meta_path = Path(run) / "gpt2.json"
+    if not meta_path.exists():
+        return None
+    from ..results import read_json
+
+    meta = read_json(meta_path)
+    if meta.get("digest") != cfg.digest():
+        raise FocuslabError(f"--out {run} holds a GPT-2 run with a different config (digest {meta.get('digest')} "
+                            f"vs {cfg.digest()}); use another --out, or --force to start it over")
+    return meta
 
 
 def _atomic_save(obj, path: Path):
@@ -67,20 +88,52 @@ class Metrics:
             f.write(json.dumps(row) + "\n")
 
 
-def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
-    """Train (this rank of) a run; returns a summary.  Under torchrun, RANK/WORLD_SIZE are set."""
+class _Interrupt:
+    """SIGINT during training: finish the current iteration, checkpoint, then stop (single process)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
+    """Train (this rank of) a run in ``cfg.out``, resuming from its checkpoint when there is one for
+    the same config; a run that already reached ``max_iters`` returns at once
+    (``already_complete``).  Under torchrun, RANK/WORLD_SIZE are set.  Ctrl-C (one process)
+    checkpoints at the next iteration boundary before stopping."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    from ..runner import Progress
     from .data import TokenData, embedded_corpus, prepare
 
     ddp = int(os.environ.get("RANK", -1)) != -1
     validate(cfg, int(os.environ.get("WORLD_SIZE", 1)) if ddp else 1)
     rank, world, local = 0, 1, 0
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FocuslabError("--device cuda: no CUDA device available")
+    device = resolve_device(cfg.device)
+    run = Path(cfg.out)
+    meta = run_state(run, cfg)
+    if meta and meta.get("status") == "complete" and meta.get("iter", -1) >= cfg.max_iters:
+        return {"already_complete": True, "final": meta.get("final"), "run": str(run), "iter": meta["iter"]}
     if ddp:
         import torch.distributed as dist
 
@@ -92,7 +145,6 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             torch.cuda.set_device(device)
     master = rank == 0
     accum = cfg.gradient_accumulation_steps // world
-    run = Path(cfg.out)
     if master:
         run.mkdir(parents=True, exist_ok=True)
     data_dir = Path(cfg.data) if cfg.data else run / "data"
@@ -115,15 +167,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if data.meta["vocab_size"] > mcfg.vocab_size:
         raise FocuslabError(f"--vocab-size {mcfg.vocab_size} is smaller than the tokenizer's {data.meta['vocab_size']}")
     model = GPT(mcfg).to(device)
-    opt = make_optimizer(cfg, model)
+    opt = make_optimizer(cfg, model, device)
     start = 0
     ckpt_path = run / "ckpt.pt"
-    if resume:
-        if not ckpt_path.exists():
-            raise FocuslabError(f"--resume: no checkpoint at {ckpt_path}")
+    if ckpt_path.exists():  # same config (run_state checked the digest): continue where it stopped
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt["model_config"] != mcfg.to_dict():
-            raise FocuslabError("--resume: the checkpoint's model differs from this config")
+        if ckpt.get("digest") != cfg.digest() or ckpt["model_config"] != mcfg.model_dict():
+            raise FocuslabError(f"{ckpt_path} was written by a different config; use --force to start over")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -134,14 +184,26 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if ddp:
         model = DDP(model, device_ids=[local] if device.startswith("cuda") else None)
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+
+    def save(it):
+        _atomic_save({"model": raw.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                      "iter": it, "config": asdict(cfg), "digest": cfg.digest(),
+                      "model_config": mcfg.model_dict()}, ckpt_path)
+
+    def record(**fields):
+        meta = {"kind": "gpt2", "config": asdict(cfg), "digest": cfg.digest(), "model_config": mcfg.model_dict(),
+                "world_size": world, "data_meta": data.meta, "max_iters": cfg.max_iters, **fields}
+        write_json(meta, run / "gpt2.json")
+
     if master:
-        log(f"gpt2: {raw.n_params() / 1e6:.2f}M parameters (non-embedding), optimizer {cfg.optimizer}, "
-            f"{tokens_per_iter} tokens/iter (world {world} x accum {accum} x batch {cfg.batch_size} x "
-            f"block {cfg.block_size}), device {device}, {dtype}, data: {data.meta.get('tokenizer')} tokens")
-        write_json({"kind": "gpt2", "config": asdict(cfg), "model_config": mcfg.to_dict(),
-                    "world_size": world, "status": "running", "data_meta": data.meta}, run / "gpt2.json")
+        log(f"gpt2: {raw.n_params() / 1e6:.2f}M parameters (non-embedding), optimizer {cfg.optimizer} "
+            f"{cfg.optimizer_settings}, {tokens_per_iter} tokens/iter (world {world} x accum {accum} x batch "
+            f"{cfg.batch_size} x block {cfg.block_size}), device {device}, {dtype}, data: "
+            f"{data.meta.get('tokenizer')} tokens" + (f"; resuming at iter {start}" if start else ""))
+        record(status="running", iter=start)
         metrics = Metrics(run, start)
         wandb_run = _wandb(cfg) if cfg.wandb else None
+        bar = Progress(cfg.max_iters - start, "iters", f"gpt2 {run}", enabled=progress, bar=False)
 
     @torch.no_grad()
     def evaluate(it):
@@ -160,56 +222,64 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     peak = _peak_flops(device)
     t_start = time.time()
     last = {}
-    for it in range(start, cfg.max_iters + 1):
-        lr = lr_at(cfg, it)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        if it % cfg.eval_interval == 0 or it == cfg.max_iters:
-            losses = evaluate(it) if master else None
+    with _Interrupt() as interrupt:
+        for it in range(start, cfg.max_iters + 1):
+            if interrupt.requested and not ddp:
+                if master:
+                    save(it)
+                    record(status="interrupted", iter=it)
+                raise KeyboardInterrupt
+            lr = lr_at(cfg, it)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+                losses = evaluate(it) if master else None
+                if master:
+                    row = {"iter": it, "tokens": it * tokens_per_iter, "lr": lr, "train_loss": losses["train"],
+                           "val_loss": losses["val"], "step_time": None, "tokens_per_s": None, "mfu": None}
+                    metrics.log(row)
+                    if wandb_run:
+                        wandb_run.log(row)
+                    log(f"iter {it}/{cfg.max_iters}: train {losses['train']:.4f}, val {losses['val']:.4f}, "
+                        f"lr {lr:.2e}" + (f", ETA {bar.eta()}" if it > start else ""))
+                    last = row
+                    if it > start or start == 0:
+                        save(it)
+                        record(status="running", iter=it, final=row)
+            if it == cfg.max_iters:
+                break
+            t0 = time.time()
+            total = torch.zeros((), device=device)  # read back only when logged: no per-step sync
+            for k in range(accum):
+                x, y = data.batch("train", cfg.batch_size, cfg.block_size, cfg.seed, it, rank * accum + k, device)
+                sync = (not ddp) or k == accum - 1
+                ctx = contextlib.nullcontext() if sync else model.no_sync()
+                with ctx, amp:
+                    loss = model(x, y)[1] / accum
+                with ctx:
+                    scaler.scale(loss).backward()
+                total += loss.detach()
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
             if master:
-                row = {"iter": it, "tokens": it * tokens_per_iter, "lr": lr, "train_loss": losses["train"],
-                       "val_loss": losses["val"], "step_time": None, "tokens_per_s": None, "mfu": None}
-                metrics.log(row)
-                if wandb_run:
-                    wandb_run.log(row)
-                log(f"iter {it}: train {losses['train']:.4f}, val {losses['val']:.4f}, lr {lr:.2e}")
-                last = row
-                if it > start or not resume:
-                    _atomic_save({"model": raw.state_dict(), "optimizer": opt.state_dict(),
-                                  "scaler": scaler.state_dict(), "iter": it, "config": asdict(cfg),
-                                  "model_config": mcfg.to_dict()}, ckpt_path)
-        if it == cfg.max_iters:
-            break
-        t0 = time.time()
-        total = torch.zeros((), device=device)  # read back only when logged: no per-step sync
-        for k in range(accum):
-            x, y = data.batch("train", cfg.batch_size, cfg.block_size, cfg.seed, it, rank * accum + k, device)
-            sync = (not ddp) or k == accum - 1
-            ctx = contextlib.nullcontext() if sync else model.no_sync()
-            with ctx, amp:
-                loss = model(x, y)[1] / accum
-            with ctx:
-                scaler.scale(loss).backward()
-            total += loss.detach()
-        if cfg.grad_clip:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        if master and (it + 1) % max(1, cfg.eval_interval // 5) == 0:
-            dt = time.time() - t0
-            row = {"iter": it + 1, "tokens": (it + 1) * tokens_per_iter, "lr": lr, "train_loss": total.item(),
-                   "val_loss": None, "step_time": round(dt, 5), "tokens_per_s": round(tokens_per_iter / dt, 1),
-                   "mfu": (raw.flops_per_token() * tokens_per_iter / dt / peak) if peak else None}
-            metrics.log(row)
+                bar.update(1)
+                if (it + 1) % max(1, cfg.eval_interval // 5) == 0:
+                    dt = time.time() - t0
+                    row = {"iter": it + 1, "tokens": (it + 1) * tokens_per_iter, "lr": lr,
+                           "train_loss": total.item(), "val_loss": None, "step_time": round(dt, 5),
+                           "tokens_per_s": round(tokens_per_iter / dt, 1),
+                           "mfu": (raw.flops_per_token() * tokens_per_iter / dt / peak) if peak else None}
+                    metrics.log(row)
     if master:
-        meta = json.loads((run / "gpt2.json").read_text())
-        meta.update(status="complete", final=last, wall_seconds=round(time.time() - t_start, 2))
-        write_json(meta, run / "gpt2.json")
+        bar.close()
+        record(status="complete", iter=cfg.max_iters, final=last, wall_seconds=round(time.time() - t_start, 2))
     if ddp:
         torch.distributed.destroy_process_group()
-    return {"final": last, "params": raw.n_params(), "run": str(run)}
+    return {"final": last, "params": raw.n_params(), "run": str(run), "iter": cfg.max_iters}
 
 
 def _peak_flops(device: str) -> float | None:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..axes import CELL_NAMES
+from ..config import file_slug
 from ..errors import FocuslabError
 from ..phase import win_fractions, winners
 from ..results import load_scan
@@ -25,6 +26,7 @@ class Geometry:
             self.values = {a: list(cfg["values"][a]) for a in CELL_NAMES}
             self.log = {a: cfg["scales"][a] == "log" for a in CELL_NAMES}
             self.optimizers = list(cfg["optimizers"])
+            self.settings = dict(cfg.get("optimizer") or {})
         except (KeyError, TypeError):
             raise FocuslabError("scan.json lacks the grid description (config.values/scales/optimizers)") from None
         self.scanned = [a for a in CELL_NAMES if len(self.values[a]) > 1]
@@ -32,6 +34,12 @@ class Geometry:
         if len(self.scanned) == 2:
             x = "noise" if "noise" in self.scanned else self.scanned[1]
             self.x, self.y = x, [a for a in self.scanned if a != x][0]
+
+    def name(self, label: str) -> str:
+        """Legend text: "FOCUS γ=0.4" when the run's settings differ from the defaults."""
+        from ..toy.updates import OPTIMIZERS
+
+        return display_name(label, self.settings.get(label), OPTIMIZERS)
 
     def centres(self, axis):
         return coords(self.values[axis], self.log[axis])
@@ -75,7 +83,7 @@ def phase_figure(table: pd.DataFrame, optimizers, geo: Geometry, title: str):
     fig, ax, xe, ye = _new_axes(geo, title)
     ax.pcolormesh(xe, ye, img, cmap=ListedColormap(colours),
                   norm=BoundaryNorm(np.arange(len(cats) + 1) - 0.5, len(cats)), shading="flat")
-    handles = [Patch(color=colours[i], label=display_name(o)) for i, o in enumerate(optimizers)]
+    handles = [Patch(color=colours[i], label=geo.name(o)) for i, o in enumerate(optimizers)]
     if (labels == "tie").any():
         handles.append(Patch(color=colours[-1], label="tie (undecided)"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
@@ -112,7 +120,7 @@ def heatmap_figure(values: np.ndarray, geo: Geometry, title: str, label: str, lo
     return fig, ax
 
 
-def line_figure(best: pd.DataFrame, optimizers, axis: str, log_axis: bool, title: str):
+def line_figure(best: pd.DataFrame, optimizers, axis: str, log_axis: bool, title: str, name=display_name):
     """1-D scan: best mean final loss +- standard error per optimizer."""
     import matplotlib
     matplotlib.use("Agg", force=False)
@@ -125,7 +133,7 @@ def line_figure(best: pd.DataFrame, optimizers, axis: str, log_axis: bool, title
         y = rows["final_loss_mean"].to_numpy(float)
         ok = np.isfinite(y)
         ax.errorbar(x[ok], y[ok], yerr=rows["final_loss_sem"].to_numpy(float)[ok], marker="o", ms=3,
-                    capsize=2, color=colour(opt, list(optimizers)), label=display_name(opt))
+                    capsize=2, color=colour(opt, list(optimizers)), label=name(opt))
     ax.set_xlabel(axis_label(axis, log_axis))
     ax.set_ylabel("best mean final loss (± SE)")
     ax.set_title(title, fontsize=10)
@@ -152,7 +160,7 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0) 
 
     def frac_line(t, what):
         f = win_fractions(t, opts)
-        return f"{what}: " + "  ".join(f"{display_name(o)} {100 * f[o]:.1f}%" for o in opts) + \
+        return f"{what}: " + "  ".join(f"{geo.name(o)} {100 * f[o]:.1f}%" for o in opts) + \
             f"  undecided {100 * f['tie']:.1f}%"
 
     n = len(table)
@@ -177,19 +185,19 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0) 
         for a, b in combinations(opts, 2):
             pair = winners(best, [a, b], CELL_NAMES, significance)
             emit(phase_figure(pair, [a, b], geo,
-                              f"{display_name(a)} vs {display_name(b)} ({sig_note})")[0],
-                 f"phase_{a}_vs_{b}")
+                              f"{geo.name(a)} vs {geo.name(b)} ({sig_note})")[0],
+                 f"phase_{file_slug(a)}_vs_{file_slug(b)}")
         for opt in opts:
             rows = best[best["optimizer"] == opt]
             emit(heatmap_figure(geo.grid(rows, "final_loss_mean"), geo,
-                                f"{display_name(opt)}: best mean final loss", "final loss")[0],
-                 f"loss_{opt}")
-            emit(heatmap_figure(geo.grid(rows, "best_lr"), geo, f"{display_name(opt)}: best lr",
-                                "learning rate", log=True)[0], f"best_lr_{opt}")
+                                f"{geo.name(opt)}: best mean final loss", "final loss")[0],
+                 f"loss_{file_slug(opt)}")
+            emit(heatmap_figure(geo.grid(rows, "best_lr"), geo, f"{geo.name(opt)}: best lr",
+                                "learning rate", log=True)[0], f"best_lr_{file_slug(opt)}")
     elif len(geo.scanned) == 1:
         axis = geo.scanned[0]
         emit(line_figure(best, opts, axis, geo.log[axis],
-                         "Best mean final loss at best lr")[0], "best_loss")
+                         "Best mean final loss at best lr", geo.name)[0], "best_loss")
     elif len(geo.scanned) > 2:
         raise FocuslabError(f"plot draws 1-D or 2-D scans; this one varies {len(geo.scanned)} axes "
                             f"({', '.join(geo.scanned)}): scan slices separately")

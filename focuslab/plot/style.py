@@ -17,19 +17,47 @@ TIE_COLOUR = (200, 200, 200)
 FORMATS = ("png", "pdf", "svg")
 
 
-def colour(name: str, others: list[str] | None = None) -> tuple[float, float, float]:
-    """RGB in [0, 1] for an optimizer: the paper's colour, or a distinct extra one."""
-    if name in PAPER_COLOURS:
-        rgb = PAPER_COLOURS[name]
+def _rule(label: str) -> str:
+    return label.split(":", 1)[0]
+
+
+def colour(label: str, labels: list[str] | None = None) -> tuple[float, float, float]:
+    """RGB in [0, 1] for the optimizer ``label`` among ``labels``: the paper's colour for the first
+    entry of Adam(W), Signum and FOCUS, a distinct extra colour for every other entry (variants
+    such as ``focus:gamma=0.4`` and optimizers the paper did not use)."""
+    labels = list(labels or [label])
+    if label not in labels:
+        labels.append(label)
+    paper = {}  # rule -> the entry that gets the paper's colour: the bare name, else the first entry
+    for lab in labels:
+        rule = _rule(lab)
+        if rule in PAPER_COLOURS and (rule not in paper or (lab == rule and paper[rule] != rule)):
+            paper[rule] = lab
+    extra = [lab for lab in labels if paper.get(_rule(lab)) != lab]
+    if paper.get(_rule(label)) == label:
+        rgb = PAPER_COLOURS[_rule(label)]
     else:
-        extra = [o for o in (others or [name]) if o not in PAPER_COLOURS]
-        rgb = EXTRA_COLOURS[extra.index(name) % len(EXTRA_COLOURS)] if name in extra else EXTRA_COLOURS[0]
+        rgb = EXTRA_COLOURS[extra.index(label) % len(EXTRA_COLOURS)]
     return tuple(c / 255 for c in rgb)
 
 
-def display_name(name: str) -> str:
-    return {"adam": "Adam", "adamw": "AdamW", "signum": "Signum", "focus": "FOCUS", "sgd": "SGD",
-            "lion": "Lion"}.get(name, name)
+TITLES = {"adam": "Adam", "adamw": "AdamW", "signum": "Signum", "focus": "FOCUS", "sgd": "SGD", "lion": "Lion"}
+
+
+def display_name(label: str, settings: dict | None = None, registry=None) -> str:
+    """Legend text for an optimizer: its title plus the settings that differ from the registry's
+    defaults ("FOCUS γ=0.4").  Without settings, the ones written in the label are shown."""
+    from ..config import split_entry
+    from ..hyper import SYMBOLS
+
+    rule, inline = split_entry(label)
+    if registry is not None and settings:
+        try:
+            return registry.get(rule).legend(settings)
+        except Exception:  # an optimizer this focuslab does not know (older results)
+            pass
+    title = TITLES.get(rule, rule)
+    return title + (" " + ", ".join(f"{SYMBOLS.get(k, k)}={v}" for k, v in inline.items()) if inline else "")
 
 
 def axis_label(axis: str, log: bool) -> str:

@@ -12,7 +12,7 @@ AXIS_HELP = "grid: START:STOP:NUM, START:STOP:NUM:log, a comma list, or one valu
 
 @click.command()
 @click.option("--config", "config_file", metavar="FILE|PRESET",
-              help="TOML file or preset name (default, fig2a, fig2a-quick, fig2b, fig2b-quick); "
+              help="TOML file or preset name (default = quick Fig. 2a, fig2a, fig2b, fig2b-quick); "
                    "flags override it.")
 @click.option("--sharpness", metavar="GRID", help=f"valley sharpness a; {AXIS_HELP}.")
 @click.option("--noise", metavar="GRID", help=f"gradient noise: std of the N(1, noise^2) factors; {AXIS_HELP}.")

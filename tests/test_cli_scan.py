@@ -42,7 +42,7 @@ def test_presets_parse_with_paper_resolution():
     assert a.axes["sharpness"].is_log and a.replicates == 50 and a.total_steps() == 2.88e10
     b = build_scan_config(load_toml("fig2b", "scan"))
     assert b.scanned_axes == ["noise", "weight_decay"] and b.axes["sharpness"].values == (10.0,)
-    for name in ("fig2a-quick", "fig2b-quick", "default"):
+    for name in ("fig2b-quick", "default"):
         assert build_scan_config(load_toml(name, "scan")).total_steps() < 1e10
 
 
@@ -68,7 +68,7 @@ def test_grid_syntax():
     (["--opt-param", "focus.decay=sideways"], "focus.decay must be one of"),
     (["--opt-param", "gamma"], "expected OPTIMIZER.NAME=VALUE"),
     (["--config", "/no/such/file.toml"], "config file not found"),
-    (["--config", "nosuchpreset"], "no scan preset named 'nosuchpreset' (available: default, fig2a-quick, fig2a,"),
+    (["--config", "nosuchpreset"], "no scan preset named 'nosuchpreset' (available: default, fig2a, fig2b-quick, fig2b)"),
     (["--jobs", "0"], "--jobs"),
     (["--steps", "many"], "'many' is not a valid integer"),
     (["--frobnicate"], "No such option"),

@@ -207,3 +207,18 @@ def test_bad_options_exit_2(tmp_path, args, needle):
     res = CliRunner().invoke(main, ["mnist", *args, "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and needle in res.stderr, res.output
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_long_study_prints_its_estimated_cost_first(tmp_path, monkeypatch):
+    from focuslab.mnist import study
+
+    monkeypatch.setattr(study, "ESTIMATE_ABOVE", 0)  # this small study counts as long
+    fake_mnist(tmp_path / "data" / "mnist")
+    config = study.build_mnist_config(None, {"dataset": "mnist", "batch_size": "4,32", "lr": "1e-2,1e-1",
+                                             "replicates": 1, "steps": 6, "optimizers": "adamw"})
+    lines = []
+    info = study.run_study(config, tmp_path / "r", jobs=1, device="cpu", data_dir=tmp_path / "data",
+                           log=lines.append)
+    assert info["units_computed"] == 2
+    estimate = [line for line in lines if "estimated ~" in line]
+    assert len(estimate) == 1 and "2 units, 24 model-steps" in estimate[0] and "on this machine" in estimate[0]

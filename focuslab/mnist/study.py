@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,8 @@ KEYS = ("dataset", "optimizers", "optimizer", "batch_size", "lr", "replicates", 
 #: Per-step work of a unit beyond its samples, in sample-equivalents (optimizer update, BatchNorm
 #: statistics, Python overhead); weighs units for the ETA so that small batches are not free.
 STEP_OVERHEAD = 32
+#: Studies with at least this many model-steps time a few steps first and print their cost estimate.
+ESTIMATE_ABOVE = 200_000
 
 
 @dataclass(frozen=True)
@@ -184,15 +187,15 @@ def _unit_cost(config: MnistConfig, batch_size: int) -> float:
     return config.models_per_unit * config.steps * (batch_size + STEP_OVERHEAD)
 
 
-def estimate_seconds(config: MnistConfig, units, data, device: str, jobs: int, threads: int) -> float:
-    """Wall time of ``units`` on this machine: a few timed training steps of a full unit's stack of
-    models at the smallest and the largest batch size, a line through them (time per step grows
-    linearly with the batch), summed over units and spread over ``jobs`` processes."""
+def step_seconds(config: MnistConfig, batch_sizes, data, device: str, threads: int) -> Callable[[int], float]:
+    """Seconds per training step of a unit's stack of models as a function of the batch size, on
+    this machine: a few timed steps at the smallest and the largest batch size and a line through
+    them (the time per step grows linearly with the batch)."""
     import torch
 
     from .train import train_batched
 
-    sizes = sorted({b for _, b in units})
+    sizes = sorted(set(batch_sizes))
     torch.set_num_threads(threads)
     per_step = {}
     for b in {sizes[0], sizes[-1]}:
@@ -203,8 +206,7 @@ def estimate_seconds(config: MnistConfig, units, data, device: str, jobs: int, t
         per_step[b] = (time.perf_counter() - t0) / 3
     lo, hi = sizes[0], sizes[-1]
     slope = (per_step[hi] - per_step[lo]) / (hi - lo) if hi > lo else 0.0
-    total = sum(config.steps * (per_step[lo] + slope * (b - lo)) for _, b in units)
-    return total / max(1, jobs)
+    return lambda b: per_step[lo] + slope * (b - lo)
 
 
 def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: str = "auto",
@@ -238,11 +240,13 @@ def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: s
     jobs = max(1, min(jobs, len(todo) or 1))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     model_steps = {u.name: config.models_per_unit * config.steps for u in todo}
-    if progress and sum(model_steps.values()) >= 200_000:  # worth a few seconds of timing
-        est = estimate_seconds(config, [(u.args[1], u.args[2]) for u in todo], data, device, jobs, threads)
+    if progress and sum(model_steps.values()) >= ESTIMATE_ABOVE:
+        per_step = step_seconds(config, [u.args[2] for u in todo], data, device, threads)
+        todo = [Unit(u.name, config.steps * per_step(u.args[2]), u.args) for u in todo]  # ETA in seconds
         log(f"mnist: {len(todo)} units, {sum(model_steps.values()):.3g} model-steps; estimated "
-            f"~{_duration(est)} on this machine ({jobs} job(s) x {threads} thread(s)); units run largest "
-            "batch first and each is saved as it finishes, so an interrupted study resumes")
+            f"~{_duration(sum(u.cost for u in todo) / jobs)} on this machine ({jobs} job(s) x {threads} "
+            "thread(s)); units run largest batch first and each is saved as it finishes, so an "
+            "interrupted study resumes")
     inflight = out / UNITS / ".inflight"
     todo = [Unit(u.name, u.cost, (*u.args, threads, str(inflight / f"{u.name}.json"))) for u in todo]
     t0 = time.time()

@@ -150,3 +150,20 @@ def test_corrupt_table_and_bad_options_exit_2(tmp_path):
     (tmp_path / "best.parquet").write_bytes(b"garbage")
     res = CliRunner().invoke(main, ["plot", str(tmp_path)])
     assert res.exit_code == 2 and "best.parquet" in res.stderr and len(res.stderr.splitlines()) == 1
+
+
+def test_variants_get_their_own_legend_and_colour(tmp_path):
+    from focuslab.plot.phase import plot_scan
+    from focuslab.plot.style import colour
+
+    args = ["scan", "--sharpness", "1,100", "--noise", "0,2.5", "--replicates", "3", "--steps", "50",
+            "--lr", "0.01,0.1", "--optimizers", "adam,focus,focus:gamma=0.4", "--opt-param", "adam.beta2=0.99",
+            "-q", "-j", "1", "--out", str(tmp_path)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    res = plot_scan(tmp_path)
+    line = next(s for s in res["summary"] if s.startswith("raw argmin"))
+    assert "Adam β2=0.99 " in line and "FOCUS γ=0.4 " in line and "FOCUS " in line
+    labels = ["adam", "focus", "focus:gamma=0.4"]
+    rgb = {lab: tuple(round(255 * c) for c in colour(lab, labels)) for lab in labels}
+    assert rgb["focus"] == PAPER_COLOURS["focus"] and len(set(rgb.values())) == 3
+    assert (tmp_path / "loss_focus_gamma-0.4.png").exists() and (tmp_path / "phase_focus_vs_focus_gamma-0.4.png").exists()

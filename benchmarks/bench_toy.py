@@ -4,6 +4,8 @@
     python benchmarks/bench_toy.py --cpu-name haswell,x86-64        # compiled for other targets
     python benchmarks/bench_toy.py --cpu-name haswell --shapes      # also other grid shapes
     python benchmarks/bench_toy.py --cpu-name haswell --fig2a       # also the full fig2a preset
+    python benchmarks/bench_toy.py --device cuda --fig2a            # the GPU path (torch), and fig2a on it
+    python benchmarks/bench_toy.py --device torch-cpu               # the GPU code path on the CPU (a check)
 
 One "step" is one optimizer update of one 2-D trajectory, including its share of the gradient-noise
 normals and the loss/metric bookkeeping.  The grid is 20 cells x 20 lrs x 50 replicates for 1000
@@ -163,6 +165,96 @@ def host_line() -> str:
     return f"CPU: {cpu_model()} (LLVM: {ll.get_host_cpu_name()}; {flags}), {os.cpu_count()} cores"
 
 
+# FP64 peak of the vector units (the simulator does no matrix products), TFLOP/s, by device name.
+FP64_PEAK = {"H200": 34.0, "H100 SXM": 34.0, "H100 NVL": 30.0, "H100 PCIe": 26.0, "H100": 26.0,
+             "A100": 9.7, "V100": 7.8, "MI300X": 81.7, "MI250X": 47.9}
+
+
+def flops_per_lane_step(name: str) -> float:
+    """Floating-point operations per lane and step of the torch path, counted on the CPU: every
+    elementwise float64 op counts once per element (a polynomial's multiply-adds count twice)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from focuslab.toy import updates
+    from focuslab.toy.rng import trajectory_keys
+    from focuslab.toy.torch_kernel import TorchSimulator
+
+    class Count(TorchDispatchMode):
+        flops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.dtype == torch.float64 and func._schema.name.split("::")[-1] in (
+                    "add", "sub", "mul", "div", "sqrt", "neg", "where", "lt", "gt", "eq", "ne", "maximum", "minimum",
+                    "rsub", "abs"):
+                Count.flops += out.numel()
+            return out
+
+    cells, lrs, _ = grid(4, 5, 8)
+    keys = trajectory_keys(0, cells, np.arange(8))
+    sim = TorchSimulator("cpu")
+    settings = updates.get(name).resolve({})
+    runs = {}
+    for steps in (2, 4):
+        Count.flops = 0
+        with Count():
+            sim.run(name, settings, cells, lrs, keys, steps)
+        runs[steps] = Count.flops
+    return (runs[4] - runs[2]) / 2 / (4 * 5 * 8)
+
+
+def bench_torch(device: str, fig2a: bool, rounds: int):
+    """The torch path on ``device``: ns/step, lane-steps/s and the fraction of FP64 peak on a large
+    grid, then optionally the full fig2a preset through `focuslab scan --device`."""
+    import torch
+
+    from focuslab.errors import FocuslabError
+    from focuslab.scan import resolve_device
+    from focuslab.toy import updates
+
+    try:
+        _, sim = resolve_device(device)
+    except FocuslabError as err:
+        print(f"{device}: not measured: {err}")
+        return
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    print(f"\n{sim.describe()}")
+    shape = (2000, 20, 50) if device == "cuda" else (20, 20, 50)
+    steps = 200 if device == "cuda" else 20
+    cells, lrs, keys = grid(*shape)
+    peak = next((v for k, v in FP64_PEAK.items() if k in name), None)
+    for rule in RULES:
+        settings = updates.get(rule).resolve({})
+        sim.run(rule, settings, cells[:shape[0]], lrs, keys, steps)  # compile / warm up
+        best = math.inf
+        for _ in range(rounds):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            sim.run(rule, settings, cells, lrs, keys, steps)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        lane_steps = np.prod(shape) * steps
+        flops = flops_per_lane_step(rule)
+        tflops = lane_steps * flops / best / 1e12
+        frac = f", {tflops / peak:.1%} of {peak:g} TFLOP/s FP64 peak" if peak else ""
+        print(f"  {rule:<7} {best / lane_steps * 1e9:8.3f} ns/step  {lane_steps / best:10.3g} lane-steps/s  "
+              f"{flops:.0f} flop/lane-step, {tflops:.3g} TFLOP/s{frac}")
+    if fig2a:
+        from focuslab.config import build_scan_config, load_toml
+        from focuslab.scan import run_scan
+
+        cfg = build_scan_config(load_toml("fig2a", "scan"))
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            run_scan(cfg, tmp, progress=False, device=device)
+            wall = time.perf_counter() - t0
+        print(f"  fig2a preset: {cfg.total_steps():.3g} steps in {wall:.1f} s wall "
+              f"({cfg.total_steps() / wall:.3g} lane-steps/s, compilation included)")
+
+
 def steal_ticks() -> int | None:
     """The hypervisor's steal time so far (clock ticks, all CPUs), from /proc/stat (Linux)."""
     try:
@@ -205,10 +297,15 @@ def main():
     ap.add_argument("--shapes", action="store_true", help="also time other grid shapes")
     ap.add_argument("--fig2a", action="store_true", help="also time the full fig2a preset (per target)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
+    ap.add_argument("--device", choices=["cuda", "torch-cpu"], default=None,
+                    help="time the torch path (the GPU code path) on this device instead of the CPU kernel")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    if args.device:
+        print(host_line())
+        return bench_torch(args.device, args.fig2a, max(1, args.rounds // 3))
     targets = [t.strip() for t in args.cpu_name.split(",") if t.strip()] or [None]
     print(host_line())
     print(f"kernel grid: {GRID[0]} cells x {GRID[1]} lrs x {GRID[2]} replicates x 1000 steps, one core; "

@@ -37,6 +37,9 @@ AXIS_HELP = "grid: START:STOP:NUM, START:STOP:NUM:log, a comma list, or one valu
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar or summary.")
 @click.option("--shard", metavar="K/N", help="compute only shard K of N (balanced by cost); "
               "`focuslab merge` assembles the tables.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto", "torch-cpu"]), default="cpu", show_default=True,
+              help="where trajectories run: cpu (the numba kernel), cuda (a GPU through torch), auto (cuda when "
+                   "present), torch-cpu (the GPU code path on the CPU, for checks; slow).")
 @click.option("--backend", type=click.Choice(["loky", "dask"]), default=None,
               help="where chunks run: local processes (loky, default) or a Dask cluster.")
 @click.option("--scheduler", metavar="tcp://HOST:PORT", help="Dask scheduler (with --backend dask).")
@@ -47,7 +50,7 @@ AXIS_HELP = "grid: START:STOP:NUM, START:STOP:NUM:log, a comma list, or one valu
               help="extra #SBATCH line for --sbatch, e.g. partition=cpu or time=01:00:00.")
 @click.option("--dry-run", is_flag=True, help="with --sbatch: print the script, write nothing.")
 def scan(config_file, sharpness, noise, weight_decay, lr, phi, old_theta, c, optimizers, opt_param,
-         replicates, steps, seed, chunk_steps, jobs, out, force, quiet, shard, backend, scheduler,
+         replicates, steps, seed, chunk_steps, jobs, out, force, quiet, shard, device, backend, scheduler,
          sbatch_file, shards, sbatch_option, dry_run):
     """Scan the narrowing-valley toy model over a grid; write runs/best tables and scan.json.
 
@@ -75,9 +78,12 @@ def scan(config_file, sharpness, noise, weight_decay, lr, phi, old_theta, c, opt
     if sbatch_file or dry_run or shards is not None:
         return _write_sbatch(config, out, sbatch_file, shards, jobs, sbatch_option, dry_run)
     shard_kn = parse_shard(shard) if shard else None
+    from focuslab.scan import resolve_device
+
+    resolve_device(device)  # a missing GPU or torch is reported before anything else
     say(f"focuslab scan: results in {out} ({config.total_steps():.3g} optimizer steps)", quiet)
     summary = run_scan(config, out, jobs=jobs, force=force, progress=not quiet, backend=backend,
-                       scheduler=scheduler, shard=shard_kn)
+                       scheduler=scheduler, shard=shard_kn, device=device)
     if summary.get("already_complete"):
         say(f"{out}: this scan is already complete ({summary['chunks_total']} chunks); nothing to do "
             f"(`focuslab plot {out}` draws it)", quiet)

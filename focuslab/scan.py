@@ -199,6 +199,72 @@ def _backend_context(backend: str | None, scheduler: str | None):
     return stack, max(workers, 1)
 
 
+def resolve_device(device: str | None):
+    """'cpu' (the numba kernel), 'cuda' or 'torch-cpu' (the torch path; the latter on the CPU, for
+    tests and checks), 'auto' (CUDA when torch sees a GPU, else cpu) -> (name, TorchSimulator|None)."""
+    device = device or "cpu"
+    if device not in ("cpu", "cuda", "auto", "torch-cpu"):
+        raise FocuslabError(f"--device: expected cpu, cuda, auto or torch-cpu, got {device!r}")
+    if device == "auto":
+        try:
+            import torch
+        except ImportError:
+            return "cpu", None
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu", None
+    from .toy.torch_kernel import TorchSimulator
+
+    return device, TorchSimulator("cpu" if device == "torch-cpu" else "cuda")
+
+
+def _run_torch(config: ScanConfig, out: Path, todo: list, sim, progress) -> dict[str, float]:
+    """Pending chunks on a torch device.  The cells of one optimizer's chunks are packed into launches
+    of at most ``sim.lanes_per_call()`` lanes (a compiled step keeps one shape: the last launch is
+    padded with copies of its last cell), and the results are split back into the very chunk tables
+    the CPU path writes, so resume, shards and merge work unchanged."""
+    from .runner import unit_path
+    from .toy.rng import trajectory_keys
+
+    all_cells = cell_values(config)
+    all_lrs = np.asarray(config.axes["lr"].values)
+    reps = np.arange(config.replicates)
+    seconds: dict[str, float] = {}
+    chunks = [u.args[1] for u in todo]
+    for label in dict.fromkeys(c.optimizer for c in chunks):
+        entry = config.entry(label)
+        mine = [c for c in chunks if c.optimizer == label]
+        groups: dict[tuple, list] = {}
+        for c in mine:
+            groups.setdefault((c.lr_start, c.lr_stop), []).append(c)
+        for (lo, hi), group in groups.items():
+            lrs = all_lrs[lo:hi]
+            per_cell = len(lrs) * config.replicates
+            launch = max(1, sim.lanes_per_call() // per_cell)
+            rows = [(c, i) for c in group for i in range(c.cell_start, c.cell_stop)]
+            pending = {c.name: [] for c in group}
+            for start in range(0, len(rows), launch):
+                batch = rows[start:start + launch]
+                idx = [i for _, i in batch]
+                if sim.fixed_shape and len(idx) < launch and len(rows) > launch:
+                    idx += [idx[-1]] * (launch - len(idx))
+                cells = all_cells[idx]
+                t0 = time.perf_counter()
+                res = sim.run(entry.name, entry.settings, cells, lrs, trajectory_keys(config.seed, cells, reps),
+                              config.steps)
+                secs = time.perf_counter() - t0
+                for k, (c, _) in enumerate(batch):
+                    pending[c.name].append({m: v[k] for m, v in res.items()})
+                    seconds[c.name] = seconds.get(c.name, 0.0) + secs / len(batch)
+                    if len(pending[c.name]) == c.cell_stop - c.cell_start:
+                        rows_out = pending.pop(c.name)
+                        stacked = {m: np.stack([r[m] for r in rows_out]) for m in rows_out[0]}
+                        write_parquet(summarise(label, all_cells[c.cell_start:c.cell_stop], lrs, stacked),
+                                      unit_path(out / CHUNKS, c.name))
+                        progress.update(c.cost, units=1)
+    return seconds
+
+
 def _compute_unit(config: ScanConfig, chunk: Chunk) -> dict:
     """Worker body: a chunk's table (the caller stores it, so workers need no shared filesystem)."""
     return {"": compute_chunk(config, chunk)}
@@ -206,7 +272,7 @@ def _compute_unit(config: ScanConfig, chunk: Chunk) -> dict:
 
 def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool = False,
              progress: bool = True, backend: str | None = None, scheduler: str | None = None,
-             shard: tuple[int, int] | None = None, log=None) -> dict:
+             shard: tuple[int, int] | None = None, log=None, device: str = "cpu") -> dict:
     """Compute every missing chunk of ``config`` (or of shard K/N of it) in ``out``.
 
     A full scan then assembles runs/best and marks scan.json complete; a shard records itself in
@@ -217,6 +283,9 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
     from .runner import Progress, Unit, pending, run_units
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    device, sim = resolve_device(device)  # before anything is written: a missing GPU is one line
+    if sim is not None and backend == "dask":
+        raise FocuslabError("--backend dask runs the CPU kernel on its workers; drop --device or --backend")
     out = Path(out)
     meta = open_scan_dir(config, out, force)
     chunks = plan_chunks(config)
@@ -228,18 +297,21 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
         return {"already_complete": True, "chunks_computed": 0, "chunks_total": len(mine),
                 "wall_seconds": 0.0, "ns_per_step_per_worker": None}
     stack, workers = _backend_context(backend, scheduler)
-    jobs = jobs or workers or os.cpu_count() or 1
+    jobs = 1 if sim is not None else (jobs or workers or os.cpu_count() or 1)
     started = time.time()
     work = sum(u.cost for u in todo)
     with stack:
-        if todo and backend != "dask":  # compile (or load) each kernel once, before the workers start
-            from .toy.kernel import warm
-
-            for label in dict.fromkeys(u.args[1].optimizer for u in todo):
-                entry = config.entry(label)
-                warm(entry.name, entry.settings)
         bar = Progress(work, "steps", f"scan {out}", enabled=progress, unit_total=len(todo), unit_name="chunks")
-        seconds = run_units(out / CHUNKS, todo, _compute_unit, jobs=jobs, progress=bar)
+        if sim is not None:
+            seconds = _run_torch(config, out, todo, sim, bar)
+        else:
+            if todo and backend != "dask":  # compile (or load) each kernel once, before the workers start
+                from .toy.kernel import warm
+
+                for label in dict.fromkeys(u.args[1].optimizer for u in todo):
+                    entry = config.entry(label)
+                    warm(entry.name, entry.settings)
+            seconds = run_units(out / CHUNKS, todo, _compute_unit, jobs=jobs, progress=bar)
         bar.close()
     compute_s = sum(seconds.values())
     wall = time.time() - started
@@ -247,6 +319,7 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
                "wall_seconds": round(wall, 3), "compute_seconds": round(compute_s, 3),
                "chunks_computed": len(todo), "chunks_total": len(mine), "jobs": jobs,
                "backend": backend or "loky", "steps_computed": work,
+               "device": sim.describe() if sim is not None else "cpu (numba kernel)",
                "ns_per_step_per_worker": round(compute_s / work * 1e9, 3) if work else None,
                "environment": _environment()}
     if shard is not None:

@@ -58,13 +58,7 @@ def _simulate(hp, cells, lrs, keys, steps, final_loss, min_loss, progress, diver
     """Template: run every (cell, lr, replicate) lane for ``steps`` steps, writing the four metric
     arrays (cells, lrs, replicates).  ``prep`` and ``update`` are the rule's, bound per kernel."""
     n_cells, n_lr, n_rep = cells.shape[0], lrs.shape[0], keys.shape[1]
-    first = prep(1, hp)  # noqa: F821
-    n_ctx = len(first)
-    ctx = np.empty((steps + 1, n_ctx))
-    for t in range(1, steps + 1):
-        c_t = prep(t, hp)  # noqa: F821
-        for q in range(n_ctx):
-            ctx[t, q] = c_t[q]
+    ctx = table(hp, steps)  # noqa: F821
     lr_tile = min(n_lr, LANES)
     rep_tile = max(1, min(n_rep, LANES // lr_tile))
     rep_tile = -(-n_rep // -(-n_rep // rep_tile))  # equal tiles: 50 replicates as 5 x 10, not 4 x 12 + 2
@@ -132,6 +126,23 @@ def _simulate(hp, cells, lrs, keys, steps, final_loss, min_loss, progress, diver
                         diverged[i, l0 + l, r0 + r] = 0 if (S[OK, j] == 1.0 and np.isfinite(state)) else 1
 
 
+def _prep_table(hp, steps):
+    """Template: (steps + 1, k) per-step scalars ``prep(t, hp)`` for t = 1..steps (row 0 unused)."""
+    n_ctx = len(prep(1, hp))  # noqa: F821
+    ctx = np.zeros((steps + 1, n_ctx))
+    for t in range(1, steps + 1):
+        c_t = prep(t, hp)  # noqa: F821
+        for q in range(n_ctx):
+            ctx[t, q] = c_t[q]
+    return ctx
+
+
+def _clone(template, scope: dict, qualname: str):
+    fn = types.FunctionType(template.__code__, scope, qualname)
+    fn.__qualname__ = qualname
+    return fn
+
+
 def _fingerprint() -> str:
     """Hash of the sources the compiled code comes from.  numba's disk cache checks only the
     template's own file; naming each kernel after this hash makes an edit to a rule (updates.py),
@@ -158,12 +169,21 @@ def kernel_for(name: str, options: tuple = ()):
     scope = dict(globals())
     scope["prep"] = njit(inline="always")(opt.prep)
     scope["update"] = njit(inline="always")(opt.update_function(options))
+    scope["table"] = njit(inline="always")(_clone(_prep_table, scope, "table"))
     tag = "_".join([opt.name, *(f"{k}_{v}" for k, v in options)])
-    qualname = f"simulate_{tag}_{FINGERPRINT}"
-    fn = types.FunctionType(_simulate.__code__, scope, qualname)
-    fn.__qualname__ = qualname
+    fn = _clone(_simulate, scope, f"simulate_{tag}_{FINGERPRINT}")
     fn.__doc__ = f"{_simulate.__doc__}\n\nBuilt for: {opt.name} {dict(options)}"
     return njit(cache=True, error_model="numpy", nogil=True)(fn)
+
+
+@lru_cache(maxsize=None)
+def prep_table(name: str):
+    """``table(hp, steps)``: the per-step scalars of optimizer ``name`` exactly as its kernel computes
+    them (the torch path uploads this table rather than recomputing powers in another library)."""
+    opt = updates.get(name)
+    scope = dict(globals())
+    scope["prep"] = njit(inline="always")(opt.prep)
+    return njit(cache=True)(_clone(_prep_table, scope, f"prep_table_{opt.name}_{FINGERPRINT}"))
 
 
 def run(optimizer: str, settings: dict, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,

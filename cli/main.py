@@ -44,7 +44,8 @@ def main():
     """focuslab: reproduce and extend the FOCUS optimizer paper (arXiv 2501.12243).
 
     \b
-    focuslab scan   toy-landscape phase-diagram scans (numba simulator)
+    focuslab scan   toy-landscape phase-diagram scans (numba simulator; --device cuda for a GPU)
+    focuslab refine decide every cell of a scan: winner, tied within a margin, or undecided
     focuslab plot   phase diagrams and figures from results
     focuslab merge  assemble the tables of a sharded scan
     focuslab mnist  the MNIST batch-size study (Fig. 2c/2d)
@@ -56,9 +57,11 @@ from .gpt2 import gpt2  # noqa: E402
 from .merge import merge  # noqa: E402
 from .mnist import mnist  # noqa: E402
 from .plot import plot  # noqa: E402
+from .refine import refine  # noqa: E402
 from .scan import scan  # noqa: E402
 
 main.add_command(scan)
+main.add_command(refine)
 main.add_command(plot)
 main.add_command(merge)
 main.add_command(mnist)

@@ -157,11 +157,13 @@ class InflightReporter:
 
 @dataclass(frozen=True)
 class Unit:
-    """One resumable piece of work: ``compute(*args)`` makes its tables."""
+    """One resumable piece of work: ``compute(*args)`` makes its tables (``sides`` names the side
+    tables it must leave beside its primary one)."""
 
     name: str
     cost: float  # for progress and ETA (any consistent measure: optimizer steps, model-steps, ...)
     args: tuple = field(default=(), compare=False)
+    sides: tuple = ()
 
 
 def unit_path(work: Path, name: str, suffix: str = "") -> Path:
@@ -184,17 +186,18 @@ def pending(work: Path, units: list[Unit], log: Callable[[str], None] = print) -
     work = Path(work)
     todo = []
     for u in units:
-        path = unit_path(work, u.name)
-        if not path.exists():
+        paths = [unit_path(work, u.name, side) for side in u.sides] + [unit_path(work, u.name)]
+        if not paths[-1].exists():
             todo.append(u)
             continue
-        if _readable(path):
-            continue
-        aside = work / "corrupt" / f"{u.name}.{time.strftime('%Y%m%dT%H%M%S')}.parquet"
-        aside.parent.mkdir(exist_ok=True)
-        path.replace(aside)
-        log(f"{path} was unreadable (corrupt or cut short); moved it to {aside} and will recompute it")
-        todo.append(u)
+        bad = [p for p in paths if p.exists() and not _readable(p)]
+        for path in bad:
+            aside = work / "corrupt" / f"{path.name[:-8]}.{time.strftime('%Y%m%dT%H%M%S')}.parquet"
+            aside.parent.mkdir(exist_ok=True)
+            path.replace(aside)
+            log(f"{path} was unreadable (corrupt or cut short); moved it to {aside} and will recompute it")
+        if bad or not all(p.exists() for p in paths):
+            todo.append(u)
     return todo
 
 

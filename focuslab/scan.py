@@ -163,9 +163,31 @@ def _environment() -> dict:
             "host": platform.node(), "cpus": os.cpu_count()}
 
 
+def config_from_meta(meta: dict) -> ScanConfig:
+    """The ScanConfig a scan.json describes, checked against its digest."""
+    from .config import OptimizerEntry
+    from .toy.updates import get
+
+    if "scan" in meta:
+        config = build_scan_config(meta["scan"])
+    else:  # written before scan.json kept the [scan] table: rebuild from the resolved config
+        cfg = meta["config"]
+        table = {name: cfg[name] for name in (*CELL_NAMES, "lr")}
+        table.update({k: cfg[k] for k in ("replicates", "steps", "seed", "chunk_steps")})
+        table["optimizers"] = "adam"  # the base gives the axes and scalars; the entries come below
+        base = build_scan_config(table)
+        entries = tuple(OptimizerEntry(label, get(label.split(":", 1)[0]).name, dict(cfg["optimizer"][label]))
+                        for label in cfg["optimizers"])
+        config = ScanConfig(axes=base.axes, entries=entries, replicates=base.replicates, steps=base.steps,
+                            seed=base.seed, chunk_steps=base.chunk_steps)
+    if config.digest() != meta.get("digest"):
+        raise FocuslabError("scan.json's config does not rebuild to its digest (written by another focuslab version?)")
+    return config
+
+
 def open_scan_dir(config: ScanConfig, out: Path, force: bool = False) -> dict:
     """Prepare ``out`` for ``config``: refuse a different config unless ``force``; return metadata."""
-    fresh = {"kind": "scan", "config": config.to_dict(), "digest": config.digest(),
+    fresh = {"kind": "scan", "config": config.to_dict(), "scan": scan_table(config), "digest": config.digest(),
              "seed": config.seed, "version": __version__, "status": "running",
              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "timings": {"attempts": []}}
     return open_results_dir(out, META, config.digest(), fresh, CHUNKS, (RUNS, BEST), force, "scan")

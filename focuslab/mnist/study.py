@@ -229,7 +229,8 @@ def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: s
     if too_big:
         raise FocuslabError(f"--batch-size {too_big[0]} exceeds the {n_train} training images of "
                             f"{config.dataset} (largest possible batch: {n_train})")
-    units = [Unit(unit_name(o, b), _unit_cost(config, b), (config, o, b, data_key, device))
+    sides = ("curves",) if config.eval_every else ()
+    units = [Unit(unit_name(o, b), _unit_cost(config, b), (config, o, b, data_key, device), sides)
              for o, b in config.units()]
     todo = pending(out / UNITS, units, log)
     outputs = ("runs.parquet", "best.parquet") + (("curves.parquet",) if config.eval_every else ())
@@ -242,13 +243,13 @@ def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: s
     model_steps = {u.name: config.models_per_unit * config.steps for u in todo}
     if progress and sum(model_steps.values()) >= ESTIMATE_ABOVE:
         per_step = step_seconds(config, [u.args[2] for u in todo], data, device, threads)
-        todo = [Unit(u.name, config.steps * per_step(u.args[2]), u.args) for u in todo]  # ETA in seconds
+        todo = [Unit(u.name, config.steps * per_step(u.args[2]), u.args, u.sides) for u in todo]  # ETA in s
         log(f"mnist: {len(todo)} units, {sum(model_steps.values()):.3g} model-steps; estimated "
             f"~{_duration(sum(u.cost for u in todo) / jobs)} on this machine ({jobs} job(s) x {threads} "
             "thread(s)); units run largest batch first and each is saved as it finishes, so an "
             "interrupted study resumes")
     inflight = out / UNITS / ".inflight"
-    todo = [Unit(u.name, u.cost, (*u.args, threads, str(inflight / f"{u.name}.json"))) for u in todo]
+    todo = [Unit(u.name, u.cost, (*u.args, threads, str(inflight / f"{u.name}.json")), u.sides) for u in todo]
     t0 = time.time()
     bar = Progress(sum(u.cost for u in todo), "work", f"mnist {out}", enabled=progress,
                    unit_total=len(todo), count_total=sum(model_steps.values()), count_what="model-steps")

@@ -141,6 +141,57 @@ def line_figure(best: pd.DataFrame, optimizers, axis: str, log_axis: bool, title
     return fig, ax
 
 
+def _blend(rgbs, weight=0.7):
+    """A light tint of the mean of ``rgbs`` (0..255), for cells tied between those optimizers."""
+    mean = np.mean(np.asarray(rgbs, dtype=float), axis=0) / 255
+    return tuple(weight * mean + (1 - weight) * np.ones(3))
+
+
+DIVERGED_COLOUR = (0.25, 0.25, 0.25)
+
+
+def decisive_figure(decisions: pd.DataFrame, optimizers, geo: Geometry, title: str):
+    """The refined map: winners in their colours, ties in a light tint of theirs, hatched and named,
+    undecided grey, all-diverged dark grey."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    labels = []
+    for _, r in decisions.iterrows():
+        labels.append(r.winner if r.outcome == "winner" else f"tie:{r.tied}" if r.outcome == "tied" else r.outcome)
+    table = decisions.assign(label=labels)
+    present = list(dict.fromkeys(table["label"]))
+    ties = sorted(x for x in present if x.startswith("tie:"))
+    cats = [o for o in optimizers if o in present] + ties + [x for x in ("undecided", "diverged") if x in present]
+    colour_of = {}
+    for o in optimizers:
+        colour_of[o] = colour(o, list(optimizers))
+    for t in ties:
+        members = t[4:].split(",")
+        colour_of[t] = _blend([tuple(255 * c for c in colour(m, list(optimizers))) for m in members])
+    colour_of["undecided"] = tuple(c / 255 for c in TIE_COLOUR)
+    colour_of["diverged"] = DIVERGED_COLOUR
+    index = {c: i for i, c in enumerate(cats)}
+    grid = geo.grid(table, "label")
+    img = np.vectorize(lambda s: index.get(s, np.nan), otypes=[float])(grid)
+    fig, ax, xe, ye = _new_axes(geo, title)
+    ax.pcolormesh(xe, ye, img, cmap=ListedColormap([colour_of[c] for c in cats]), vmin=-0.5,
+                  vmax=len(cats) - 0.5, shading="flat")
+    tie_mask = np.vectorize(lambda s: isinstance(s, str) and s.startswith("tie:"), otypes=[bool])(grid)
+    if tie_mask.any():
+        ax.pcolor(xe, ye, np.ma.masked_where(~tie_mask, np.ones_like(img)), hatch="////", facecolor="none",
+                  shading="flat", edgecolor=(0.2, 0.2, 0.2), linewidth=0)
+    handles = []
+    for c in cats:
+        if c.startswith("tie:"):
+            name = " = ".join(geo.name(m) for m in c[4:].split(","))
+            handles.append(Patch(facecolor=colour_of[c], hatch="///", edgecolor=(0.3, 0.3, 0.3), label=f"tie: {name}"))
+        else:
+            handles.append(Patch(color=colour_of[c], label=geo.name(c) if c in optimizers else c))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig, ax
+
+
 def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0) -> dict:
     """Draw every figure for a scan directory; returns {'files': [...], 'summary': [lines]}."""
     import matplotlib.pyplot as plt
@@ -194,6 +245,26 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0) 
                  f"loss_{file_slug(opt)}")
             emit(heatmap_figure(geo.grid(rows, "best_lr"), geo, f"{geo.name(opt)}: best lr",
                                 "learning rate", log=True)[0], f"best_lr_{file_slug(opt)}")
+        decisions_path = directory / "decisions.parquet"
+        refine = meta.get("refine") or {}
+        if decisions_path.exists() and refine.get("status") == "complete":
+            from ..results import read_parquet
+
+            decisions = read_parquet(decisions_path)
+            prm = refine["params"]
+            how = (f"BH FDR {prm['fdr']:g}, ties within {100 * prm['equivalence']:g}%, "
+                   f"up to {prm['max_replicates']} fresh replicates")
+            emit(decisive_figure(decisions, opts, geo, f"Decided: best optimizer at its held-out lr\n({how})")[0],
+                 "phase_decisive")
+            emit(heatmap_figure(geo.grid(decisions, "replicates").astype(float), geo,
+                                "Fresh replicates used per cell", "replicates", log=True)[0], "replicates_used")
+            counts = decisions["outcome"].value_counts(normalize=True)
+            wins = decisions[decisions["outcome"] == "winner"]["winner"].value_counts(normalize=False)
+            n = len(decisions)
+            summary.append(f"refined ({how}): " + "  ".join(
+                f"{geo.name(o)} {100 * wins.get(o, 0) / n:.1f}%" for o in opts) +
+                f"  tied {100 * counts.get('tied', 0):.1f}%  undecided {100 * counts.get('undecided', 0):.1f}%"
+                f"  diverged {100 * counts.get('diverged', 0):.1f}%")
     elif len(geo.scanned) == 1:
         axis = geo.scanned[0]
         emit(line_figure(best, opts, axis, geo.log[axis],

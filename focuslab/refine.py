@@ -57,7 +57,7 @@ REPLICATES = "replicates.parquet"
 OUTCOMES = ("winner", "tied", "undecided", "diverged")
 #: Version of what the work units hold and how decisions are made; part of the digest, so units
 #: written by another version are never mixed into a refinement.
-PROCEDURE = 1
+PROCEDURE = 2
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class RefineParams:
 # --- the statistics: pure functions over replicate losses -------------------------------------
 def _one_sided(d: np.ndarray, bound: float, below: bool) -> float:
     """p-value of "mean(d) < bound" (below) or "mean(d) > bound", paired t with n-1 df."""
-    from scipy import stats
+    from scipy.special import stdtr  # Student t CDF
 
     n = len(d)
     mean = float(d.mean())
@@ -109,7 +109,7 @@ def _one_sided(d: np.ndarray, bound: float, below: bool) -> float:
     if sd == 0.0:
         return 0.0 if (mean < bound if below else mean > bound) else 1.0
     t = (mean - bound) / (sd / math.sqrt(n))
-    return float(stats.t.cdf(t, n - 1) if below else stats.t.sf(t, n - 1))
+    return float(stdtr(n - 1, t) if below else stdtr(n - 1, -t))
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def cell_claim(losses: dict, scale: float, eps: float, looks: int, alpha: float 
     ``alpha``: the level of the reported interval.  Returns the claim with the smaller adjusted
     p-value of "the best wins" and "the best and those within the margin are tied".
     """
-    from scipy import stats
+    from scipy.special import stdtrit  # Student t quantile
 
     names = list(losses)
     finite = [o for o in names if np.all(np.isfinite(losses[o]))]
@@ -157,7 +157,7 @@ def cell_claim(losses: dict, scale: float, eps: float, looks: int, alpha: float 
         d = losses[best] - losses[runner]
         n = len(d)
         mean = float(d.mean())
-        half = (stats.t.ppf(1 - alpha / factor, n - 1) * float(d.std(ddof=1)) / math.sqrt(n)) if n > 1 else math.inf
+        half = (stdtrit(n - 1, 1 - alpha / factor) * float(d.std(ddof=1)) / math.sqrt(n)) if n > 1 else math.inf
         diff, lo, hi = mean, mean - half, mean + half
     else:
         diff = lo = hi = -math.inf if runner else math.nan
@@ -250,12 +250,12 @@ def compute_unit(config, params: RefineParams, cells: np.ndarray, index: list[in
         div = out["diverged"][:, 0, :].astype(bool)
         loss = np.where(div, np.inf, out["final_loss"][:, 0, :])
         n = len(reps)
-        rows.append(pd.DataFrame({"cell": np.repeat(idx, n).astype(np.int64), "optimizer": label, "lr": lr,
-                                  "replicate": np.tile(reps, len(idx)).astype(np.int64),
+        rows.append(pd.DataFrame({"cell": np.repeat(idx, n).astype(np.int32), "optimizer": label, "lr": lr,
+                                  "replicate": np.tile(reps, len(idx)).astype(np.int32),
                                   "final_loss": loss.reshape(-1), "diverged": div.reshape(-1)}))
     tables[""] = (pd.concat(rows, ignore_index=True) if rows else
-                  pd.DataFrame({"cell": pd.Series(dtype=np.int64), "optimizer": pd.Series(dtype=object),
-                                "lr": pd.Series(dtype=float), "replicate": pd.Series(dtype=np.int64),
+                  pd.DataFrame({"cell": pd.Series(dtype=np.int32), "optimizer": pd.Series(dtype=object),
+                                "lr": pd.Series(dtype=float), "replicate": pd.Series(dtype=np.int32),
                                 "final_loss": pd.Series(dtype=float), "diverged": pd.Series(dtype=bool)}))
     return tables
 
@@ -264,19 +264,24 @@ def _state(data: pd.DataFrame, selection: pd.DataFrame, cells: list[int], optimi
     """Each cell's best claim from its estimation replicates so far.  An optimizer whose every lr
     diverged in the scan takes no estimation replicates and counts as diverged in all of them."""
     looks = len(params.looks())
+    d = data.sort_values(["cell", "optimizer", "replicate"], kind="stable")
+    cell_of = d["cell"].to_numpy()
+    opt_of = d["optimizer"].to_numpy()
+    loss_of = d["final_loss"].to_numpy()
+    excluded = {(c, o): e for c, o, e in zip(selection["cell"], selection["optimizer"], selection["excluded"])}
+    sel_mean = {(c, o): m for c, o, m in zip(selection["cell"], selection["optimizer"], selection["selection_mean"])}
     out = {}
-    by_cell = dict(tuple(data.groupby("cell", sort=False))) if len(data) else {}
-    sel = selection.set_index(["cell", "optimizer"])
     for c in cells:
-        kept = [o for o in optimizers if not sel.loc[(c, o), "excluded"]]
-        group = by_cell.get(c)
-        if not kept or group is None:
+        kept = [o for o in optimizers if not excluded[(c, o)]]
+        lo, hi = np.searchsorted(cell_of, c, "left"), np.searchsorted(cell_of, c, "right")
+        if not kept or lo == hi:
             out[c] = Claim("diverged", 0.0, "", (), "", math.nan, math.nan, math.nan)
             continue
-        by_opt = {o: g.sort_values("replicate")["final_loss"].to_numpy() for o, g in group.groupby("optimizer")}
+        names, values = opt_of[lo:hi], loss_of[lo:hi]
+        by_opt = {o: values[names == o] for o in kept}
         n = len(by_opt[kept[0]])
         losses = {o: by_opt[o] if o in kept else np.full(n, np.inf) for o in optimizers}
-        scale = abs(min(float(sel.loc[(c, o), "selection_mean"]) for o in kept))
+        scale = abs(min(float(sel_mean[(c, o)]) for o in kept))
         out[c] = cell_claim(losses, scale, params.equivalence, looks, params.fdr)
     return out
 
@@ -336,9 +341,10 @@ def run_refine(directory: Path, params: RefineParams, jobs: int | None = None, p
     started = time.time()
     steps_done = 0
     per_rep = len(config.optimizers) * config.steps
-    data = {k: [] for k in mine}
+    data = {k: None for k in mine}  # a chunk's fresh replicates so far
     selection = {}
     open_cells = {k: chunks[k] for k in mine}
+    claims, used = {}, {}  # each cell's claim and fresh replicates at its last look
     for look in range(len(looks)):
         units = []
         for k in mine:
@@ -359,30 +365,34 @@ def run_refine(directory: Path, params: RefineParams, jobs: int | None = None, p
             k = int(u.name[1:6])
             if look == 0:
                 selection[k] = read_parquet(unit_path(work, u.name, "selection"))
-            data[k].append(read_parquet(unit_path(work, u.name)))
-            claims = _state(pd.concat(data[k], ignore_index=True), selection[k], open_cells[k], config.optimizers,
-                            params)
-            open_cells[k] = _open(claims, params)
-    attempt = {"wall_seconds": round(time.time() - started, 3), "steps_computed": steps_done,
-               "shard": list(shard) if shard else None}
+            new = read_parquet(unit_path(work, u.name))
+            data[k] = new if data[k] is None else pd.concat([data[k], new], ignore_index=True)
+            now = _state(data[k], selection[k], open_cells[k], config.optimizers, params)
+            claims.update(now)
+            used.update({c: looks[look] for c in now if now[c].kind != "diverged"})
+            open_cells[k] = _open(now, params)
     meta = read_json(directory / "scan.json")
+    summary = {} if shard is not None else _finish(directory, meta, config, cells, selection, data, claims, used,
+                                                     params)
+    attempt = {"wall_seconds": round(time.time() - started, 3), "steps_computed": steps_done,
+               "shard": list(shard) if shard else None, "jobs": jobs}
     meta["refine"].setdefault("attempts", []).append(attempt)
-    if shard is not None:
-        write_json(meta, directory / "scan.json")
-        return {**attempt, "looks": looks}
-    summary = _finish(directory, meta, config, cells, chunks, selection, data, params)
+    write_json(meta, directory / "scan.json")
     return {**attempt, **summary, "looks": looks}
 
 
-def _finish(directory, meta, config, cells, chunks, selection, data, params) -> dict:
-    """All cells' claims, Benjamini-Hochberg over the map, decisions.parquet and replicates.parquet."""
+def _finish(directory, meta, config, cells, selection, data, claims, used, params) -> dict:
+    """Benjamini-Hochberg over the cells' final claims; decisions.parquet, and replicates.parquet
+    written chunk by chunk (tens of millions of rows need not sit in memory at once)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .results import atomic_path
+
     sel = pd.concat([selection[k] for k in sorted(selection)], ignore_index=True)
-    reps = pd.concat([d for k in sorted(data) for d in data[k]], ignore_index=True)
-    claims = _state(reps, sel, list(range(config.n_cells)), config.optimizers, params)
     live = [c for c in range(config.n_cells) if claims[c].kind != "diverged"]
     passed = dict(zip(live, fdr_reject([claims[c].p for c in live], params.fdr)))
-    used = reps.groupby("cell")["replicate"].nunique() if len(reps) else pd.Series(dtype=int)
-    ext = sel.groupby("cell")["lr_extended"].apply(lambda s: int(np.abs(s).max()))
+    ext = sel.assign(steps=sel["lr_extended"].abs()).groupby("cell")["steps"].max()
     checked = sel.groupby("cell")["lr_edge_checked"].any()
     rows = []
     for c in range(config.n_cells):
@@ -398,10 +408,17 @@ def _finish(directory, meta, config, cells, chunks, selection, data, params) -> 
         rows.append(row)
     decisions = pd.DataFrame(rows)
     write_parquet(decisions, directory / DECISIONS)
-    write_parquet(reps.sort_values(["cell", "optimizer", "replicate"]).reset_index(drop=True), directory / REPLICATES)
+    schema = pa.schema([("cell", pa.int32()), ("optimizer", pa.dictionary(pa.int8(), pa.string())),
+                        ("lr", pa.float64()), ("replicate", pa.int32()), ("final_loss", pa.float64()),
+                        ("diverged", pa.bool_())])
+    with atomic_path(directory / REPLICATES) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for k in sorted(data):
+            if data[k] is not None and len(data[k]):
+                chunk = data[k].sort_values(["cell", "optimizer", "replicate"], kind="stable")
+                writer.write_table(pa.Table.from_pandas(chunk.astype({"optimizer": "category"}), schema=schema,
+                                                        preserve_index=False))
     write_parquet(sel, directory / REFINE / "selection.parquet")
     fractions = {o: float((decisions["outcome"] == o).mean()) for o in OUTCOMES}
     meta["refine"].update(status="complete", fractions=fractions,
                           replicates_total=int(decisions["replicates"].sum()))
-    write_json(meta, directory / "scan.json")
     return {"fractions": fractions, "cells": config.n_cells}

@@ -26,6 +26,9 @@ from .common import default_out, opt_param_option, say
 @click.option("--seed", type=int, help="base seed [0].")
 @click.option("--weight-decay", type=float, help="on Linear weights [0.01].")
 @click.option("--eval-every", type=int, help="also evaluate on the test set every N steps [0 = end only].")
+@click.option("--diagnostics-every", type=int, metavar="N",
+              help="measure gradient noise, noise scale and sharpness (replicate 0 at every lr) at step 0 and "
+                   "every N steps into diagnostics.parquet [0 = off].")
 @click.option("--jobs", "-j", type=int, default=None, help="parallel units on CPU [all cores].")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True,
               help="auto: CUDA when present.")
@@ -35,7 +38,7 @@ from .common import default_out, opt_param_option, say
 @click.option("--force", is_flag=True, help="replace a study with a different config in --out.")
 @click.option("--quiet", "-q", is_flag=True)
 def mnist(config_file, dataset, data_dir, batch_size, optimizers, opt_param, lr, replicates, steps, seed,
-          weight_decay, eval_every, jobs, device, out, force, quiet):
+          weight_decay, eval_every, diagnostics_every, jobs, device, out, force, quiet):
     """Train the paper's MLP for every optimizer x batch size x lr x replicate (all lrs and replicates
     of a unit as one batched model) and tabulate the best test loss per optimizer and batch size.
     Re-running the same command resumes; a finished study is left as it is."""
@@ -47,7 +50,8 @@ def mnist(config_file, dataset, data_dir, batch_size, optimizers, opt_param, lr,
         raise FocuslabError(f"--jobs: must be >= 1, got {jobs}")
     flags = {"dataset": dataset, "batch_size": batch_size, "optimizers": optimizers, "lr": lr,
              "replicates": replicates, "steps": steps, "seed": seed, "weight_decay": weight_decay,
-             "eval_every": eval_every, "optimizer": parse_opt_params(opt_param) or None}
+             "eval_every": eval_every, "diagnostics_every": diagnostics_every,
+             "optimizer": parse_opt_params(opt_param) or None}
     config = build_mnist_config(load_toml(config_file, "mnist") if config_file else None, flags)
     if out is None:  # results/mnist-fig2cd for the preset as it is, else results/mnist-DIGEST
         preset = Path(config_file).stem if config_file else PRESET
@@ -59,5 +63,8 @@ def mnist(config_file, dataset, data_dir, batch_size, optimizers, opt_param, lr,
         say(f"{out}: this study is already complete ({info['units_total']} units); nothing to do "
             f"(`focuslab plot {out}` draws it)", quiet)
     else:
-        say(f"{out}: runs.parquet, best.parquet, mnist.json ({info['units_computed']}/{info['units_total']} "
-            f"units computed in {info['wall_seconds']:.1f} s on {info['device']})", quiet)
+        cost = info.get("diagnostics_cost_fraction")
+        say(f"{out}: runs.parquet, best.parquet, mnist.json{', diagnostics.parquet' if cost is not None else ''} "
+            f"({info['units_computed']}/{info['units_total']} units computed in {info['wall_seconds']:.1f} s on "
+            f"{info['device']}" + (f"; diagnostics cost {100 * cost:.0f}% of training time" if cost is not None else "")
+            + ")", quiet)

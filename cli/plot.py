@@ -15,8 +15,11 @@ import click
 @click.option("--significance", type=float, default=2.0, show_default=True, metavar="K",
               help="a cell gets a winner only if it beats the runner-up by more than K combined "
                    "standard errors (Welch); 0 = the paper's raw argmin.")
+@click.option("--overlay", multiple=True, type=click.Path(path_type=Path), metavar="RUN_DIR",
+              help="with a scan: place mnist/gpt2 runs that have diagnostics on its phase map along the noise "
+                   "axis (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="print nothing on success.")
-def plot(results_dir, out, formats, significance, quiet):
+def plot(results_dir, out, formats, significance, overlay, quiet):
     """Draw the figures of results: phase diagrams of a `focuslab scan`, Fig. 2c/2d of a
     `focuslab mnist` study, validation curves of one or several `focuslab gpt2` runs."""
     from focuslab.errors import FocuslabError
@@ -38,14 +41,25 @@ def plot(results_dir, out, formats, significance, quiet):
                             "directory a `focuslab scan`, `mnist` or `gpt2` run wrote (the path it printed)")
     if len(results_dir) > 1 and not (first / "gpt2.json").exists():
         raise FocuslabError("several directories are only for GPT-2 runs; plot one scan or study at a time")
+    if overlay and not (first / "scan.json").exists():
+        raise FocuslabError("--overlay goes with a scan directory (the toy map to draw runs on)")
     if (first / "mnist.json").exists():
         from focuslab.plot.mnist import plot_mnist
         result = plot_mnist(first, out, fmts)
+        if (first / "diagnostics.parquet").exists():
+            from focuslab.plot.diagnostics import plot_mnist_diagnostics
+            files, lines = plot_mnist_diagnostics(first, Path(out or first), fmts)
+            result["files"] += files
+            result["summary"] += lines
     elif (first / "gpt2.json").exists():
         from focuslab.plot.gpt2 import plot_runs
         result = plot_runs(list(results_dir), out, fmts)
+        with_diag = [d for d in results_dir if (d / "diagnostics.parquet").exists()]
+        if with_diag:
+            from focuslab.plot.diagnostics import plot_gpt2_diagnostics
+            result["files"] += plot_gpt2_diagnostics(with_diag, Path(out or first), fmts)
     else:
-        result = plot_scan(first, out, fmts, significance)
+        result = plot_scan(first, out, fmts, significance, overlay)
     if not quiet:
         for line in result["summary"]:
             click.echo(line)

@@ -67,6 +67,12 @@ class TrainConfig(GPTConfig):
                     ("auto", "float32", "bfloat16", "float16"))
     compile: bool = _f(False, "torch.compile the model")
     seed: int = _f(1337, "seed of the initial weights and of the data order")
+    # diagnostics (focuslab.diagnostics); they never change the training itself
+    diagnostics_every: int = _f(0, "measure gradient noise, noise scale and sharpness at iteration 0 and every N "
+                                   "iterations into diagnostics.parquet (0: off)")
+    diagnostics_batches: int = _f(8, "K: diagnostic micro-batches of batch-size/K sequences (one iteration's "
+                                     "worth); the noise is reported at the run's batch")
+    diagnostics_reference: int = _f(2, "reference batches (of --batch-size sequences) for the mean gradient")
     out: str = _f("results/gpt2", "run directory", flag=False)
     wandb: bool = _f(False, "also log to Weights & Biases")
 
@@ -88,7 +94,7 @@ class TrainConfig(GPTConfig):
         directory, logging and compilation -- and the length, when the schedule does not depend on
         it (--lr-decay-iters set), so such a run can be extended by raising --max-iters."""
         d = self.to_dict()
-        for key in ("out", "wandb", "compile"):
+        for key in ("out", "wandb", "compile", "diagnostics_every", "diagnostics_batches", "diagnostics_reference"):
             d.pop(key)
         if self.lr_decay_iters:
             d.pop("max_iters")
@@ -146,7 +152,7 @@ def validate(cfg: TrainConfig, world: int = 1) -> None:
             raise FocuslabError(msg)
 
     for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
-                "max_iters", "eval_interval", "eval_iters"):
+                "max_iters", "eval_interval", "eval_iters", "diagnostics_reference"):
         need(isinstance(getattr(cfg, key), int) and getattr(cfg, key) >= 1,
              f"--{key.replace('_', '-')}: must be an integer >= 1, got {getattr(cfg, key)!r}")
     need(cfg.n_embd % cfg.n_head == 0, f"--n-embd {cfg.n_embd} must be a multiple of --n-head {cfg.n_head}")
@@ -157,6 +163,9 @@ def validate(cfg: TrainConfig, world: int = 1) -> None:
     need(cfg.device.split(":")[0] in ("cpu", "cuda", "auto"), f"--device: expected cpu, cuda, cuda:N or auto, "
          f"got {cfg.device!r}")
     need(cfg.dtype in ("auto", "float32", "bfloat16", "float16"), "--dtype: expected auto, float32, bfloat16 or float16")
+    need(cfg.diagnostics_every >= 0, f"--diagnostics-every: must be >= 0, got {cfg.diagnostics_every}")
+    need(cfg.diagnostics_batches >= 2, f"--diagnostics-batches: must be >= 2 (8 or more recommended), got "
+         f"{cfg.diagnostics_batches}")
     need(cfg.gradient_accumulation_steps % world == 0,
          f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} must be a multiple of the "
          f"world size {world} (nodes x gpus-per-node): the global batch stays the same whatever the world size")

@@ -222,6 +222,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     peak = _peak_flops(device)
     t_start = time.time()
     last = {}
+    diag = _Diagnostics(cfg, raw, data, opt, device, run, amp) if (cfg.diagnostics_every and master) else None
     with _Interrupt() as interrupt:
         for it in range(start, cfg.max_iters + 1):
             if interrupt.requested and not ddp:
@@ -232,6 +233,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
             lr = lr_at(cfg, it)
             for group in opt.param_groups:
                 group["lr"] = lr
+            if diag is not None and it % cfg.diagnostics_every == 0:
+                diag.measure(it, lr, time.time() - t_start)
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
                 losses = evaluate(it) if master else None
                 if master:
@@ -276,10 +279,96 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
                     metrics.log(row)
     if master:
         bar.close()
-        record(status="complete", iter=cfg.max_iters, final=last, wall_seconds=round(time.time() - t_start, 2))
+        extra = {}
+        if diag is not None:
+            wall = time.time() - t_start
+            extra["diagnostics_cost_fraction"] = round(diag.seconds / max(1e-9, wall - diag.seconds), 4)
+            log(f"diagnostics: {len(diag.rows)} measurements, {diag.seconds:.1f} s = "
+                f"{100 * extra['diagnostics_cost_fraction']:.1f}% of the training time")
+        record(status="complete", iter=cfg.max_iters, final=last, wall_seconds=round(time.time() - t_start, 2),
+               **extra)
     if ddp:
         torch.distributed.destroy_process_group()
     return {"final": last, "params": raw.n_params(), "run": str(run), "iter": cfg.max_iters}
+
+
+class _Diagnostics:
+    """focuslab.diagnostics at iteration 0 and every N, on the unwrapped model and fixed batches.
+
+    K micro-batches of batch_size/K sequences (together one iteration's compute; GPT-2's sequences
+    are independent examples, so the noise is rescaled to the run's batch of batch_size x
+    gradient_accumulation_steps sequences), an independent reference of ``diagnostics_reference``
+    batches for the mean gradient, lambda_max on one micro-batch warm-started from the last
+    measurement, and for AdamW also the preconditioned lambda_max.  The torch RNG is saved and
+    restored, so the training is bit-identical with and without diagnostics."""
+
+    def __init__(self, cfg, model, data, opt, device, run, amp):
+        self.cfg, self.model, self.opt, self.run, self.amp = cfg, model, opt, Path(run), amp
+        k = cfg.diagnostics_batches
+        micro = max(1, cfg.batch_size // k)
+        self.micro = micro
+        self.batches = [data.batch("train", micro, cfg.block_size, cfg.seed + 7, 0, j, device) for j in range(k)]
+        self.reference = [data.batch("train", cfg.batch_size, cfg.block_size, cfg.seed + 8, 0, j, device)
+                          for j in range(cfg.diagnostics_reference)]
+        names = [n for n, p in model.named_parameters()]
+        self.groups = {}
+        for i, n in enumerate(names):
+            key = "embeddings" if n.startswith(("wte", "wpe")) else (
+                "block" + n.split(".")[1] if n.startswith("blocks.") else "final_ln")
+            self.groups.setdefault(key, []).append(i)
+        self.rows, self.seconds, self.eigvec = [], 0.0, None
+        path = self.run / "diagnostics.parquet"
+        if path.exists():  # a resumed run keeps the rows measured before
+            import pandas as pd
+
+            self.rows = pd.read_parquet(path).to_dict("records")
+
+    def loss(self, batch):
+        x, y = batch
+        with self.amp:
+            return self.model(x, y)[1].float()
+
+    def measure(self, it: int, lr: float, elapsed: float):
+        import pandas as pd
+
+        from ..diagnostics import measure
+        from ..results import write_parquet
+
+        if any(r["step"] == it for r in self.rows):
+            return
+        t0 = time.perf_counter()
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        pre = None
+        if isinstance(self.opt, torch.optim.AdamW) and it > 0:
+            group = self.opt.param_groups[0]
+            b2, eps = group["betas"][1], group["eps"]
+            pre = []
+            for p in self.model.parameters():
+                st = self.opt.state.get(p, {})
+                if "exp_avg_sq" not in st:
+                    pre = None
+                    break
+                step = float(st["step"])
+                pre.append((st["exp_avg_sq"] / (1 - b2 ** step)).sqrt() + eps)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):  # Hessian-vector products need double backward, which the
+            # fused attention kernels do not implement; the math kernel computes the same attention
+            out = measure(self.model, self.loss, self.batches, reference=self.reference, batch_size=self.micro,
+                          reference_size=self.cfg.batch_size * len(self.reference),
+                          scale_to=self.cfg.batch_size * self.cfg.gradient_accumulation_steps, groups=self.groups,
+                          eigvec=self.eigvec, hessian_iters=20 if self.eigvec is None else 5, preconditioner=pre)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        self.eigvec = out["eigvec"]
+        seconds = time.perf_counter() - t0
+        self.seconds += seconds
+        self.rows.append({"step": it, "tokens": it * self.cfg.batch_size * self.cfg.block_size *
+                          self.cfg.gradient_accumulation_steps, "lr": lr, "optimizer": self.cfg.optimizer,
+                          **out["per_model"][0], "seconds": seconds, "elapsed": elapsed})
+        write_parquet(pd.DataFrame(self.rows), self.run / "diagnostics.parquet")
 
 
 def _peak_flops(device: str) -> float | None:

@@ -92,14 +92,27 @@ class BatchedMLP:
             self.running[f"bn{i}.mean"] = torch.zeros(self.K, n, dtype=dt, device=device)
             self.running[f"bn{i}.var"] = torch.ones(self.K, n, dtype=dt, device=device)
 
-    def _stats(self, i: int, x: torch.Tensor, train: bool, rows: int):
-        """Batch (train) or running (eval) mean/var, (rows, F); updates running stats in train."""
+    def subset(self, models: list[int]) -> "BatchedMLP":
+        """Copies of some of the models (their parameters as new leaves, one replicate's data layout),
+        e.g. for diagnostics that must not touch the training state."""
+        sub = BatchedMLP.__new__(BatchedMLP)
+        sub.depth, sub.K, sub.R = self.depth, len(models), 1
+        index = torch.as_tensor(models, device=next(iter(self.params.values())).device)
+        sub.params = {n: p.detach()[index].clone().requires_grad_() for n, p in self.params.items()}
+        sub.running = {n: r[index].clone() for n, r in self.running.items()}
+        return sub
+
+    def _stats(self, i: int, x: torch.Tensor, train: bool, rows: int, track: bool = True):
+        """Batch (train) or running (eval) mean/var, (rows, F); updates running stats in train unless
+        ``track`` is off."""
         if not train:
             return self.running[f"bn{i}.mean"][:rows], self.running[f"bn{i}.var"][:rows]
         # two passes (mean, then mean squared deviation): torch.var_mean over the middle dim of a
         # (K, B, F) tensor takes a slow reduction path on CPU (~30x slower here)
         mean = x.mean(1)
         var = (x - mean.unsqueeze(1)).square().mean(1)
+        if not track:
+            return mean, var
         with torch.no_grad():
             n = x.shape[1]
             reps = self.K // rows
@@ -107,11 +120,11 @@ class BatchedMLP:
             self.running[f"bn{i}.var"].lerp_(var.detach().repeat(reps, 1) * (n / max(n - 1, 1)), BN_MOMENTUM)
         return mean, var
 
-    def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, train: bool, track: bool = True) -> torch.Tensor:
         """x: (R, B, 784), one minibatch per replicate -> logits (K, B, 10)."""
         P, K, R = self.params, self.K, self.R
         n_lr, B = K // R, x.shape[1]
-        mean, var = self._stats(0, x, train, R)
+        mean, var = self._stats(0, x, train, R, track)
         W0 = P["fc0.weight"]  # (K, 784, out)
         out = W0.shape[2]
         if B >= FOLD_MIN_BATCH:  # fold: cost ~ 6 passes over the K x 784 x out weights
@@ -125,7 +138,7 @@ class BatchedMLP:
             h = self._bn_linear(0, x.repeat(n_lr, 1, 1), mean.repeat(n_lr, 1), var.repeat(n_lr, 1))
         for i in range(1, self.depth):
             h = F.relu(h)
-            mean, var = self._stats(i, h, train, K)
+            mean, var = self._stats(i, h, train, K, track)
             h = self._bn_linear(i, h, mean, var)
         return h
 

@@ -34,7 +34,7 @@ META = "mnist.json"
 UNITS = "units"
 PRESET = "mnist-fig2cd"
 KEYS = ("dataset", "optimizers", "optimizer", "batch_size", "lr", "replicates", "steps", "seed",
-        "weight_decay", "eval_every")
+        "weight_decay", "eval_every", "diagnostics_every")
 #: Per-step work of a unit beyond its samples, in sample-equivalents (optimizer update, BatchNorm
 #: statistics, Python overhead); weighs units for the ETA so that small batches are not free.
 STEP_OVERHEAD = 32
@@ -53,6 +53,7 @@ class MnistConfig:
     seed: int
     weight_decay: float
     eval_every: int
+    diagnostics_every: int = 0
 
     @property
     def optimizers(self) -> tuple[str, ...]:
@@ -66,7 +67,7 @@ class MnistConfig:
                 "optimizer": {e.label: dict(e.settings) for e in self.entries},
                 "batch_sizes": list(self.batch_sizes), "lrs": list(self.lrs), "replicates": self.replicates,
                 "steps": self.steps, "seed": self.seed, "weight_decay": self.weight_decay,
-                "eval_every": self.eval_every}
+                "eval_every": self.eval_every, "diagnostics_every": self.diagnostics_every}
 
     def digest(self) -> str:
         return config_digest(self.to_dict())
@@ -106,8 +107,8 @@ def build_mnist_config(file_values: dict | None = None, overrides: dict | None =
     lrs = parse_grid(merged["lr"], "lr").values
     if any(not (v > 0 and math.isfinite(v)) for v in lrs):
         raise FocuslabError("--lr: learning rates must be > 0")
-    ints = {key: parse_int(merged[key], key, low)
-            for key, low in (("replicates", 1), ("steps", 1), ("seed", 0), ("eval_every", 0))}
+    ints = {key: parse_int(merged.get(key, 0), key, low)
+            for key, low in (("replicates", 1), ("steps", 1), ("seed", 0), ("eval_every", 0), ("diagnostics_every", 0))}
     wd = parse_number(merged["weight_decay"], "--weight-decay")
     if not wd >= 0:
         raise FocuslabError("--weight-decay: must be >= 0")
@@ -152,10 +153,12 @@ def run_unit(config: MnistConfig, label: str, batch_size: int, data_dir, device:
     if threads:
         torch.set_num_threads(threads)
     report = InflightReporter(Path(inflight) if inflight else None)
+    t0 = time.perf_counter()
     out = train_batched(_data(config.dataset, data_dir, device), config.entry(label), batch_size, config.lrs,
                         config.replicates, config.steps, seed=config.seed,
                         weight_decay=config.weight_decay, device=device, eval_every=config.eval_every,
-                        on_step=lambda t: report(t / config.steps))
+                        on_step=lambda t: report(t / config.steps), diagnostics_every=config.diagnostics_every)
+    total = time.perf_counter() - t0
     rows = []
     for i, lr in enumerate(config.lrs):
         for r in range(config.replicates):
@@ -167,7 +170,12 @@ def run_unit(config: MnistConfig, label: str, batch_size: int, data_dir, device:
                "replicate": k % config.replicates, "step": step, "test_loss": loss[k],
                "test_accuracy": acc[k]}
               for step, loss, acc in out["curves"] for k in range(len(loss))]
-    return {"": pd.DataFrame(rows), "curves": pd.DataFrame(curves) if curves else None}
+    diagnostics = None
+    if config.diagnostics_every:
+        diagnostics = pd.DataFrame([{"optimizer": label, "batch_size": batch_size, **r} for r in out["diagnostics"]])
+        diagnostics["unit_seconds"] = total
+        diagnostics["diagnostics_seconds"] = out["diagnostics_seconds"]
+    return {"": pd.DataFrame(rows), "curves": pd.DataFrame(curves) if curves else None, "diagnostics": diagnostics}
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -221,7 +229,8 @@ def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: s
              "version": __version__, "status": "running", "timings": {"attempts": []}}
     out = Path(out)
     meta = open_results_dir(out, META, config.digest(), fresh, UNITS,
-                            ("runs.parquet", "best.parquet", "curves.parquet"), force, "MNIST study")
+                            ("runs.parquet", "best.parquet", "curves.parquet", "diagnostics.parquet"), force,
+                            "MNIST study")
     data_key = str(data_dir) if data_dir else None
     data = _data(config.dataset, data_key, device)  # fail early, fetch once
     n_train = len(data["x_train"])
@@ -229,11 +238,12 @@ def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: s
     if too_big:
         raise FocuslabError(f"--batch-size {too_big[0]} exceeds the {n_train} training images of "
                             f"{config.dataset} (largest possible batch: {n_train})")
-    sides = ("curves",) if config.eval_every else ()
+    sides = ("curves",) * bool(config.eval_every) + ("diagnostics",) * bool(config.diagnostics_every)
     units = [Unit(unit_name(o, b), _unit_cost(config, b), (config, o, b, data_key, device), sides)
              for o, b in config.units()]
     todo = pending(out / UNITS, units, log)
-    outputs = ("runs.parquet", "best.parquet") + (("curves.parquet",) if config.eval_every else ())
+    outputs = ("runs.parquet", "best.parquet") + (("curves.parquet",) if config.eval_every else ()) + \
+        (("diagnostics.parquet",) if config.diagnostics_every else ())
     if not todo and meta.get("status") == "complete" and all((out / f).exists() for f in outputs):
         return {"already_complete": True, "units_computed": 0, "units_total": len(units),
                 "wall_seconds": 0.0, "device": device}
@@ -265,7 +275,15 @@ def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: s
         curves = [unit_path(out / UNITS, n, "curves") for n in ordered]
         write_parquet(pd.concat([read_parquet(c) for c in curves if c.exists()], ignore_index=True),
                       out / "curves.parquet")
+    diag_cost = None
+    if config.diagnostics_every:
+        diag = pd.concat([read_parquet(unit_path(out / UNITS, n, "diagnostics")) for n in ordered], ignore_index=True)
+        write_parquet(diag, out / "diagnostics.parquet")
+        per_unit = diag.groupby(["optimizer", "batch_size"]).first()
+        diag_cost = float(per_unit["diagnostics_seconds"].sum() /
+                          (per_unit["unit_seconds"] - per_unit["diagnostics_seconds"]).sum())
     attempt = {"wall_seconds": round(time.time() - t0, 3), "units_computed": len(todo),
+               "diagnostics_cost_fraction": diag_cost,
                "units_total": len(units), "unit_seconds": {k: round(v, 3) for k, v in seconds.items()},
                "jobs": jobs, "device": device, "threads_per_job": threads}
     meta["status"] = "complete"

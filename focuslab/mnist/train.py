@@ -90,10 +90,12 @@ def evaluate(forward, x_test: torch.Tensor, y_test: torch.Tensor, K: int, chunk:
 
 def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: int, steps: int,
                   seed: int = 0, weight_decay: float = 1e-2, device="cpu", dtype=torch.float32,
-                  eval_every: int = 0, on_step=None) -> dict:
+                  eval_every: int = 0, on_step=None, diagnostics_every: int = 0, diagnostics_batches: int = 8) -> dict:
     """Train len(lrs) * replicates models together; returns per-model arrays of shape (n_lr, R)
     (test_loss, test_accuracy, train_loss, diverged) and, with eval_every, test curves.
-    ``on_step(t)`` is called after every step (progress reporting)."""
+    ``on_step(t)`` is called after every step (progress reporting).  With ``diagnostics_every`` N,
+    replicate 0's model at every lr is measured at step 0 and every N steps (focuslab.diagnostics):
+    rows in out["diagnostics"], their cost in out["diagnostics_seconds"]; training is unchanged."""
     kind, opt = resolve_optimizer(optimizer)
     x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     lrs = [float(v) for v in lrs]
@@ -112,6 +114,10 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
     def eval_forward(x):
         return model(x.unsqueeze(0).expand(R, -1, -1), train=False)
 
+    diag = _Diagnostics(model, data, batch_size, lrs, R, seed, kind, opt, state, diagnostics_batches, device) \
+        if diagnostics_every else None
+    if diag:
+        diag.measure(0)
     for t in range(1, steps + 1):
         idx = order[t - 1].to(device)  # (R, b)
         xb = x_train[idx]  # (R, b, 784): the models of a replicate share its minibatch
@@ -139,6 +145,8 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
                         weight_decay=wd, decay=opt.get("decay", "average"), maximize=False, foreach=False)
         if eval_every and (t % eval_every == 0 or t == steps):
             curves.append((t, *evaluate(eval_forward, x_test, y_test, K)))
+        if diag and t % diagnostics_every == 0:
+            diag.measure(t)
         if on_step is not None:
             on_step(t)
     test_loss, test_acc = evaluate(eval_forward, x_test, y_test, K)
@@ -147,7 +155,58 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
     shape = (n_lr, R)
     return {"test_loss": np.where(diverged, np.inf, test_loss).reshape(shape),
             "test_accuracy": test_acc.reshape(shape), "train_loss": train_loss.numpy().reshape(shape),
-            "diverged": diverged.reshape(shape), "curves": curves}
+            "diverged": diverged.reshape(shape), "curves": curves,
+            "diagnostics": diag.rows if diag else [], "diagnostics_seconds": diag.seconds if diag else 0.0}
+
+
+class _Diagnostics:
+    """Noise and sharpness of replicate 0's model at every lr, on copies (training is untouched):
+    K fixed batches at the run's batch size (BatchNorm couples a batch's examples, so no smaller
+    micro-batches), the whole training set as the exhaustive reference, lambda_max warm-started
+    from the previous measurement, and for AdamW also the preconditioned one."""
+
+    def __init__(self, model, data, batch_size, lrs, R, seed, kind, opt, state, k, device):
+        self.model, self.lrs, self.R, self.kind, self.opt, self.state = model, list(lrs), R, kind, opt, state
+        self.x, self.y = data["x_train"], data["y_train"]
+        n = len(self.x)
+        g = torch.Generator().manual_seed(_seed(seed, 0, 2))  # its own stream: training's draws are untouched
+        b = min(batch_size, n)
+        self.batches = [torch.randperm(n, generator=g)[:b].to(device) for _ in range(k)]
+        self.b = b
+        self.models = [i * R for i in range(len(self.lrs))]  # replicate 0 at every lr
+        self.rows, self.seconds, self.eigvec = [], 0.0, None
+        self.names = list(model.params)
+
+    def measure(self, step: int):
+        import time
+
+        from ..diagnostics import measure
+
+        t0 = time.perf_counter()
+        sub = self.model.subset(self.models)
+        params = [sub.params[n] for n in self.names]
+
+        def loss(index):
+            xb = self.x[index].unsqueeze(0)  # (1, b, 784): one replicate's batch for every model
+            logits = sub(xb, train=True, track=False)
+            return F.cross_entropy(logits.reshape(-1, 10), self.y[index].repeat(sub.K),
+                                   reduction="none").view(sub.K, -1).mean(1)
+
+        pre = None
+        if self.kind == "adamw" and step > 0:  # Adam's diagonal preconditioner sqrt(v_hat) + eps
+            b2, eps = self.opt["beta2"], self.opt["eps"]
+            index = torch.as_tensor(self.models)
+            pre = [(self.state[n][1].detach()[index] / (1 - b2 ** step)).sqrt() + eps for n in self.names]
+        everything = torch.arange(len(self.x), device=self.x.device)
+        out = measure(params, loss, self.batches, reference=[everything], exhaustive=True, batch_size=self.b,
+                      reference_size=len(self.x), models=len(self.models), eigvec=self.eigvec,
+                      hessian_iters=20 if self.eigvec is None else 8, preconditioner=pre,
+                      groups={f"layer{i}": [j for j, n in enumerate(self.names) if n.split(".")[0][2:] == str(i)]
+                              for i in range(sub.depth)})
+        self.eigvec = out["eigvec"]
+        for i, row in enumerate(out["per_model"]):
+            self.rows.append({"step": step, "lr": self.lrs[i], "replicate": 0, **row})
+        self.seconds += time.perf_counter() - t0
 
 
 def train_one(data: dict, optimizer: str, batch_size: int, lr: float, replicate: int, steps: int,

@@ -192,7 +192,7 @@ def decisive_figure(decisions: pd.DataFrame, optimizers, geo: Geometry, title: s
     return fig, ax
 
 
-def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0) -> dict:
+def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, overlay=()) -> dict:
     """Draw every figure for a scan directory; returns {'files': [...], 'summary': [lines]}."""
     import matplotlib.pyplot as plt
 
@@ -245,6 +245,19 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0) 
                  f"loss_{file_slug(opt)}")
             emit(heatmap_figure(geo.grid(rows, "best_lr"), geo, f"{geo.name(opt)}: best lr",
                                 "learning rate", log=True)[0], f"best_lr_{file_slug(opt)}")
+        if overlay:
+            from .diagnostics import load_overlays, overlay_bands
+
+            if geo.x != "noise":
+                raise FocuslabError("--overlay places runs along the noise axis; this scan does not scan noise")
+            fig, ax = phase_figure(raw if significance == 0 else table, opts, geo,
+                                   "You are here: measured gradient-noise ratios on the toy map\n"
+                                   "(band: quartiles over coordinates; sharpness not mapped)")
+            overlay_bands(ax, load_overlays(overlay), geo.log["noise"])
+            handles, labels = ax.get_legend_handles_labels()
+            ax.legend(handles=ax.get_legend().legend_handles + handles, loc="upper left",
+                      bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+            emit(fig, "phase_here")
         decisions_path = directory / "decisions.parquet"
         refine = meta.get("refine") or {}
         if decisions_path.exists() and refine.get("status") == "complete":

@@ -1,0 +1,232 @@
+"""Where does a real model sit on the toy's phase map?  Gradient-noise and sharpness diagnostics for
+any torch training loop:
+
+    from focuslab.diagnostics import measure
+    stats = measure(model, lambda batch: loss_of(model, batch), batches, reference=ref_batches,
+                    batch_size=B, reference_size=len(train_set), exhaustive=True)
+
+What is measured, on the current parameters (nothing is updated):
+
+* **Noise ratio per coordinate**, r_i = std_i / |mean_i|, the toy's sigma: a gradient g (1 + sigma z)
+  has std / |mean| = sigma.  std_i comes from the K ``batches`` (K >= 8 independent minibatch
+  gradients).  The mean does *not*: taken from the same K gradients, |mean_i| is itself noisy and
+  r_i is pulled toward sqrt(K) where noise is high.  It comes from ``reference`` batches instead --
+  the whole training set where it fits (``exhaustive=True``: then it is the true gradient) or a
+  larger batch, whose own noise is removed from the squared mean without bias:
+  G_i^2 = mean_ref_i^2 - var_i * b / reference_size.  Where that estimate is not positive the noise
+  swamps the mean beyond what the reference can resolve and r_i is +inf (the quantiles say how many).
+  Reported as quantiles over coordinates, overall and per parameter group.
+* **Simple gradient noise scale** B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018,
+  arXiv 1812.06162), Sigma the per-example covariance: tr(Sigma) = b * sum_i var_i for minibatches
+  of b examples, |G|^2 as above.  The batch size beyond which bigger batches stop paying.
+* **Sharpness** lambda_max: the dominant eigenvalue of the loss Hessian by power iteration on
+  Hessian-vector products (double backward), warm-started from the previous measurement's vector
+  when one is given; and, with an Adam-style ``preconditioner`` (sqrt(v_hat) + eps per
+  coordinate), the dominant eigenvalue of P^-1/2 H P^-1/2, which is what adaptive optimizers'
+  stability depends on.
+
+``batch_size`` is the size b of the diagnostic batches.  When the run's batch B is larger
+(``scale_to=B``: GPT-2 diagnostics use micro-batches so that K of them cost one training
+iteration), the noise is reported at B assuming independently sampled examples: var_B = var_b * b / B.
+That assumption fails for models whose examples interact within a batch (BatchNorm); there, measure
+at the run's batch size.
+
+Parameters may carry a leading model axis (``models=M``: M independent models stacked, as the MNIST
+study trains them; ``loss_fn`` then returns M per-model losses): every statistic is per model.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def _params(model) -> list:
+    if hasattr(model, "parameters"):
+        return [p for p in model.parameters() if p.requires_grad]
+    return [p for p in model if p.requires_grad]
+
+
+def _per_model(x, models: int):
+    """(models, -1) view of a tensor whose leading axis is the model axis (or (1, -1))."""
+    return x.reshape(models, -1) if models > 1 else x.reshape(1, -1)
+
+
+def _grads(params, loss):
+    import torch
+
+    return torch.autograd.grad(loss.sum(), params)
+
+
+def gradient_stats(params, loss_fn: Callable, batches: Sequence, models: int = 1):
+    """Per-coordinate mean and variance (ddof=1) of the gradients over ``batches`` (float64)."""
+    import torch
+
+    k = len(batches)
+    if k < 2:
+        raise ValueError("gradient statistics need at least two batches (K >= 8 recommended)")
+    total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    square = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    for batch in batches:
+        for t, s, g in zip(total, square, _grads(params, loss_fn(batch))):
+            g = g.detach().double()
+            t += g
+            s += g * g
+    mean = [t / k for t in total]
+    var = [torch.clamp((s - k * m * m) / (k - 1), min=0.0) for s, m in zip(square, mean)]
+    return mean, var
+
+
+def mean_gradient(params, loss_fn: Callable, batches: Sequence, weights: Sequence[float] | None = None):
+    """Weighted mean gradient over ``batches`` (weights: their sizes; default equal)."""
+    import torch
+
+    weights = list(weights) if weights is not None else [1.0] * len(batches)
+    total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    for batch, w in zip(batches, weights):
+        for t, g in zip(total, _grads(params, loss_fn(batch))):
+            t += w * g.detach().double()
+    return [t / sum(weights) for t in total]
+
+
+def top_eigenvalue(params, loss_fn: Callable, batch, models: int = 1, iters: int = 20, tol: float = 1e-6,
+                   v0=None, preconditioner=None, seed: int = 0):
+    """Largest eigenvalue of the Hessian of ``loss_fn(batch)`` (per model), by power iteration on
+    Hessian-vector products; with ``preconditioner`` P (tensors like the parameters), of
+    P^-1/2 H P^-1/2.  Power iteration finds the eigenvalue of largest magnitude; where that is
+    negative (common at initialisation) it runs again on H - lambda I, whose dominant eigenvalue
+    is lambda_max - lambda.  Returns (eigenvalues (models,), vectors for a warm start, iterations)."""
+    import torch
+
+    lam, v, done = _power(params, loss_fn, batch, models, iters, tol, v0, preconditioner, seed, None)
+    if np.any(lam < 0):
+        shift = torch.from_numpy(np.minimum(lam, 0.0))
+        lam2, v2, done2 = _power(params, loss_fn, batch, models, iters, tol, None, preconditioner, seed + 1, shift)
+        lam = np.where(lam < 0, lam2 + shift.numpy(), lam)
+        if models == 1 or np.all(lam < 0):
+            v = v2
+        done += done2
+    return lam, v, done
+
+
+def _power(params, loss_fn, batch, models, iters, tol, v0, preconditioner, seed, shift):
+    """Power iteration on (H - shift I) v (shift per model, or none)."""
+    import torch
+
+    loss = loss_fn(batch)
+    grads = torch.autograd.grad(loss.sum(), params, create_graph=True)
+    scale = [p.double().rsqrt() for p in preconditioner] if preconditioner is not None else None
+    gen = torch.Generator().manual_seed(seed)
+    v = v0 if v0 is not None else [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+    v = [x.to(p.device) for x, p in zip(v, params)]
+
+    def norm(vs):
+        return torch.sqrt(sum((_per_model(x, models) ** 2).sum(1) for x in vs))
+
+    def divide(vs, n):
+        return [x / n.view(-1, *([1] * (x.dim() - 1))) if models > 1 else x / n[0] for x in vs]
+
+    v = divide(v, norm(v))
+    lam = torch.full((models,), math.nan, dtype=torch.float64)
+    done = 0
+    for done in range(1, iters + 1):
+        w = [x * s for x, s in zip(v, scale)] if scale else v
+        hv = torch.autograd.grad(grads, params, grad_outputs=[x.to(p.dtype) for x, p in zip(w, params)],
+                                 retain_graph=True)
+        hv = [h.detach().double() for h in hv]
+        if scale:
+            hv = [h * s for h, s in zip(hv, scale)]
+        if shift is not None:
+            hv = [h - x * (shift.view(-1, *([1] * (x.dim() - 1))).to(x.device) if models > 1 else float(shift[0]))
+                  for h, x in zip(hv, v)]
+        new = sum((_per_model(a, models) * _per_model(b, models)).sum(1) for a, b in zip(v, hv)).cpu()
+        n = norm(hv)
+        v = divide(hv, torch.clamp(n, min=1e-300))
+        converged = bool(torch.all(torch.abs(new - lam) <= tol * torch.abs(new)))
+        lam = new
+        if converged:
+            break
+    return lam.numpy(), v, done
+
+
+_BIG = np.finfo(np.float64).max
+
+
+def _quantile(r, q) -> float:
+    """Interpolated quantile of ratios that may be +inf (unresolved): inf stands in as the largest
+    float, so interpolation stays finite, and a result that large is reported as +inf."""
+    v = float(np.quantile(np.where(np.isfinite(r), r, _BIG), q))
+    return math.inf if v > 1e300 else v
+
+
+def _quantiles(r, qs=QUANTILES) -> dict:
+    finite = r[np.isfinite(r)]
+    out = {f"q{int(round(100 * q)):02d}": _quantile(r, q) if len(r) else math.nan for q in qs}
+    out["median"] = out.get("q50", float(np.median(r))) if len(r) else math.nan
+    out["unresolved"] = float(1 - len(finite) / len(r)) if len(r) else math.nan
+    return out
+
+
+def measure(model, loss_fn: Callable, batches: Sequence, *, reference: Sequence | None = None,
+            batch_size: int, reference_size: int | None = None, exhaustive: bool = False,
+            reference_weights: Sequence[float] | None = None, scale_to: int | None = None, models: int = 1,
+            groups: dict | None = None, hessian: bool = True, hessian_batch=None, hessian_iters: int = 20,
+            eigvec=None, preconditioner=None) -> dict:
+    """All diagnostics at the current parameters (see the module docstring); per model when
+    ``models`` > 1.  ``groups`` maps a group name to indices into the parameter list (default: one
+    group per parameter tensor, named p0, p1, ...).  Returns plain numbers (lists per model), plus
+    "eigvec" to warm-start the next call and "seconds" spent."""
+    t0 = time.perf_counter()
+    params = _params(model)
+    mean, var = gradient_stats(params, loss_fn, batches, models)
+    k = len(batches)
+    if reference is not None:
+        g_ref = mean_gradient(params, loss_fn, reference, reference_weights)
+        size = reference_size or batch_size * len(reference)
+        noise_in_ref = 0.0 if exhaustive else batch_size / size
+    else:  # the K batches themselves: unbiased, but noisy where the noise is high
+        g_ref, noise_in_ref = mean, 1.0 / k
+    scale = batch_size / scale_to if scale_to else 1.0
+    per = lambda xs: [_per_model(x, models).cpu().numpy() for x in xs]  # noqa: E731
+    var_np, ref_np = per(var), per(g_ref)
+    g2 = [r * r - noise_in_ref * v for r, v in zip(ref_np, var_np)]
+    ratio = [np.where(g > 0, np.sqrt(v * scale / np.where(g > 0, g, 1.0)), np.inf) for v, g in zip(var_np, g2)]
+    groups = groups or {f"p{i}": [i] for i in range(len(params))}
+    out = {"models": models, "batches": k, "batch_size": batch_size, "noise_at_batch": scale_to or batch_size,
+           "reference_size": reference_size if reference is not None else k * batch_size,
+           "reference": "exhaustive" if (reference is not None and exhaustive) else
+           ("independent" if reference is not None else "the K batches")}
+    rows = []
+    for m in range(models):
+        r_all = np.concatenate([r[m] for r in ratio])
+        q = _quantiles(r_all)
+        tr = batch_size * sum(float(v[m].sum()) for v in var_np)
+        gsq = sum(float(g[m].sum()) for g in g2)
+        row = {f"noise_ratio_{k_}": v for k_, v in q.items()}
+        row["noise_ratio_median"] = q["median"]
+        row["noise_scale_simple"] = tr / gsq if gsq > 0 else math.inf
+        row["grad_norm"] = math.sqrt(max(gsq, 0.0))
+        row["noise_trace_per_example"] = tr
+        for name, idx in groups.items():
+            rg = np.concatenate([ratio[i][m] for i in idx])
+            row[f"noise_ratio_median.{name}"] = _quantile(rg, 0.5) if len(rg) else math.nan
+        rows.append(row)
+    if hessian:
+        lam, vec, it = top_eigenvalue(params, loss_fn, hessian_batch if hessian_batch is not None else batches[0],
+                                      models, hessian_iters, v0=eigvec)
+        for m in range(models):
+            rows[m]["lambda_max"] = float(lam[m])
+            rows[m]["lambda_iterations"] = it
+        out["eigvec"] = vec
+        if preconditioner is not None:
+            lam_p, _, _ = top_eigenvalue(params, loss_fn, hessian_batch if hessian_batch is not None else batches[0],
+                                         models, hessian_iters, preconditioner=preconditioner)
+            for m in range(models):
+                rows[m]["lambda_max_preconditioned"] = float(lam_p[m])
+    out["per_model"] = rows
+    out["seconds"] = time.perf_counter() - t0
+    return out

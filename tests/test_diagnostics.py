@@ -1,0 +1,212 @@
+"""Gradient-noise and sharpness diagnostics against problems whose answers are known in closed form."""
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from focuslab.diagnostics import measure, top_eigenvalue  # noqa: E402
+
+
+class Valley(torch.nn.Module):
+    """The toy's narrowing valley as a torch module.  A "batch" is a standard normal pair z: the
+    loss's gradient is then g * (1 + noise * z), the toy's multiplicative noise (z=None: the true
+    loss and gradient)."""
+
+    def __init__(self, theta, sharpness=10.0, c=0.1, phi=math.pi / 6, noise=0.5):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.tensor(theta, dtype=torch.float64))
+        self.a, self.c, self.phi, self.noise = sharpness, c, phi, noise
+
+    def uv(self):
+        cp, sp = math.cos(self.phi), math.sin(self.phi)
+        return self.theta[0] * cp + self.theta[1] * sp, self.theta[1] * cp - self.theta[0] * sp
+
+    def loss(self, z=None):
+        u, v = self.uv()
+        L = 0.5 * self.a * u * u * v * v - self.c * u
+        if z is None:
+            return L
+        g = torch.autograd.grad(L, self.theta, create_graph=False, retain_graph=True)[0].detach()
+        return L + (self.noise * z * g * self.theta).sum()  # gradient g (1 + noise z); Hessian unchanged
+
+    def hessian_top(self):
+        u, v = (float(x) for x in self.uv())
+        h = np.array([[self.a * v * v, 2 * self.a * u * v], [2 * self.a * u * v, self.a * u * u]])
+        return float(np.linalg.eigvalsh(h).max())  # the rotation to theta leaves eigenvalues unchanged
+
+
+@pytest.mark.parametrize("noise", [0.3, 1.0, 3.0])
+def test_the_toy_noise_ratio_is_recovered_within_sampling_error(noise):
+    model = Valley([1.3, 0.4], noise=noise)
+    K = 4000
+    z = torch.from_numpy(np.random.default_rng(0).normal(size=(K, 2)))
+    out = measure(model, model.loss, list(z), reference=[None], exhaustive=True, batch_size=1, reference_size=1)
+    r = out["per_model"][0]["noise_ratio_median"]
+    se = noise / math.sqrt(2 * (K - 1))  # standard error of a sample std
+    assert abs(r - noise) < 4 * se, (r, noise)
+    assert out["per_model"][0]["noise_ratio_unresolved"] == 0.0
+
+
+def test_the_toy_sharpness_is_the_analytic_top_eigenvalue():
+    for theta in ([1.3, 0.4], [0.2, -0.9], [2.0, 1.5]):
+        model = Valley(theta)
+        lam, _, _ = top_eigenvalue([model.theta], lambda b: model.loss(), None, iters=200, tol=1e-14)
+        assert lam[0] == pytest.approx(model.hessian_top(), rel=1e-6)
+
+
+def test_a_quadratic_with_known_hessian_gives_its_top_eigenvalue_to_1e_4():
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
+    eig = np.array([10.0, 7.0, 5.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.2, 0.1, 0.05])
+    A = torch.from_numpy(q @ np.diag(eig) @ q.T)
+    theta = torch.zeros(12, dtype=torch.float64, requires_grad=True)
+    lam, vec, iters = top_eigenvalue([theta], lambda b: 0.5 * theta @ A @ theta, None, iters=500, tol=1e-10)
+    assert abs(lam[0] - 10.0) < 1e-4 and iters < 500
+    assert abs(float(vec[0] @ torch.from_numpy(q[:, 0]))) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_noise_scale_of_linear_regression_matches_its_closed_form():
+    """y = x.w* + e, x ~ N(0, I_d), e ~ N(0, s^2), loss 1/2 (x.w - y)^2 at w = w* + delta: the per-example
+    gradient x (x.delta - e) has mean delta and covariance (|delta|^2 + s^2) I + delta delta^T, so
+    B_simple = tr(Sigma) / |G|^2 = (d (|delta|^2 + s^2) + |delta|^2) / |delta|^2."""
+    d, s, b, K = 5, 2.0, 16, 3000
+    rng = np.random.default_rng(2)
+    w_star = rng.normal(size=d)
+    delta = np.array([0.5, -0.3, 0.2, 0.0, 0.1])
+    w = torch.tensor(w_star + delta, requires_grad=True)
+
+    def batch(n):
+        x = rng.normal(size=(n, d))
+        return torch.from_numpy(x), torch.from_numpy(x @ w_star + s * rng.normal(size=n))
+
+    def loss(xy):
+        x, y = xy
+        return 0.5 * ((x @ w - y) ** 2).mean()
+
+    ref = [batch(100_000) for _ in range(4)]
+    out = measure([w], loss, [batch(b) for _ in range(K)], reference=ref, batch_size=b, reference_size=400_000,
+                  hessian=False)
+    n2 = float(delta @ delta)
+    want = (d * (n2 + s * s) + n2) / n2
+    got = out["per_model"][0]["noise_scale_simple"]
+    # tr(Sigma) from K minibatch variances: relative SE ~ sqrt(2 / (d K)) plus the |G|^2 estimate's;
+    # 6 % is over 3 standard errors of the two together (measured spread over seeds: ~1.5 %)
+    assert got == pytest.approx(want, rel=0.06), (got, want)
+
+
+def test_taking_the_mean_from_the_same_batches_is_biased_and_the_reference_is_not():
+    """The issue's warning: with |mean_i| from the same K gradients, r is pulled toward sqrt(K) when
+    the noise is high (sigma >> 1: |mean| ~ sigma |g| |N(0,1)| / sqrt(K), so r ~ sqrt(K) / |N(0,1)|,
+    median sqrt(8) / 0.674 = 4.2, whatever sigma).  With an exhaustive reference sigma comes back."""
+    sigma, K = 50.0, 8
+    model = Valley([1.3, 0.4], noise=sigma)
+    rng = np.random.default_rng(3)
+    naive, ours = [], []
+    for _ in range(200):
+        z = list(torch.from_numpy(rng.normal(size=(K, 2))))
+        g = torch.stack([torch.autograd.grad(model.loss(zz), model.theta)[0] for zz in z])
+        naive.append(np.median((g.std(0, unbiased=True) / g.mean(0).abs()).numpy()))
+        ours.append(measure(model, model.loss, z, reference=[None], exhaustive=True, batch_size=1,
+                            hessian=False)["per_model"][0]["noise_ratio_median"])
+    assert abs(np.median(ours) / sigma - 1) < 0.1  # the sample std of 8 draws: median ~0.96 sigma
+    assert 2.5 < np.median(naive) < 8.0  # about sqrt(K) / 0.674, nowhere near sigma = 50
+
+
+def test_stacked_models_equal_each_model_measured_alone():
+    models = [Valley(t, noise=n) for t, n in (([1.3, 0.4], 0.5), ([0.2, -0.9], 1.0), ([2.0, 1.5], 2.0))]
+    theta = torch.nn.Parameter(torch.stack([m.theta.detach() for m in models]))  # (3, 2)
+    z = list(torch.from_numpy(np.random.default_rng(4).normal(size=(50, 2))))
+
+    def stacked(zz):
+        losses = []
+        for k, m in enumerate(models):
+            cp, sp = math.cos(m.phi), math.sin(m.phi)
+            u, v = theta[k, 0] * cp + theta[k, 1] * sp, theta[k, 1] * cp - theta[k, 0] * sp
+            L = 0.5 * m.a * u * u * v * v - m.c * u
+            if zz is not None:
+                g = torch.autograd.grad(L, theta, retain_graph=True)[0][k].detach()
+                L = L + (m.noise * zz * g * theta[k]).sum()
+            losses.append(L)
+        return torch.stack(losses)
+
+    together = measure([theta], stacked, z, reference=[None], exhaustive=True, batch_size=1, models=3,
+                       hessian_batch=None, hessian_iters=50)
+    for k, m in enumerate(models):
+        alone = measure(m, m.loss, z, reference=[None], exhaustive=True, batch_size=1, hessian_iters=50,
+                        hessian_batch=None)
+        for key in ("noise_ratio_median", "noise_scale_simple"):
+            assert together["per_model"][k][key] == pytest.approx(alone["per_model"][0][key], rel=1e-12)
+        assert together["per_model"][k]["lambda_max"] == pytest.approx(m.hessian_top(), rel=1e-6)
+
+
+# --- in the commands ------------------------------------------------------------------------------
+def test_mnist_diagnostics_leave_training_unchanged_and_fill_the_table(tmp_path):
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from focuslab.cli.main import main
+    from test_mnist import fake_mnist
+
+    fake_mnist(tmp_path / "data" / "mnist")
+    args = ["mnist", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--batch-size", "4,16",
+            "--lr", "1e-3,1e-2", "--replicates", "2", "--steps", "12", "--optimizers", "adamw,signum", "-j", "1"]
+    assert CliRunner().invoke(main, [*args, "--out", str(tmp_path / "plain"), "-q"]).exit_code == 0
+    res = CliRunner().invoke(main, [*args, "--diagnostics-every", "4", "--out", str(tmp_path / "diag")])
+    assert res.exit_code == 0, res.output
+    assert "diagnostics cost" in res.output
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "plain" / "runs.parquet"),
+                                  pd.read_parquet(tmp_path / "diag" / "runs.parquet"), check_exact=True)
+    d = pd.read_parquet(tmp_path / "diag" / "diagnostics.parquet")
+    assert {"step", "noise_ratio_median", "noise_scale_simple", "lambda_max", "optimizer", "batch_size", "lr",
+            "replicate", "noise_ratio_q25", "noise_ratio_q75", "noise_ratio_median.layer0"} <= set(d.columns)
+    assert sorted(d.step.unique()) == [0, 4, 8, 12] and set(d.replicate) == {0}
+    assert len(d) == 4 * 2 * 2 * 2  # steps x lrs x batch sizes x optimizers
+    adam = d[(d.optimizer == "adamw") & (d.step > 0)]
+    assert adam.lambda_max_preconditioned.notna().all() and (d.lambda_max.abs() > 0).all()
+    res = CliRunner().invoke(main, ["plot", str(tmp_path / "diag")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "diag" / "diagnostics.png").exists() and (tmp_path / "diag" / "noise_scale.png").exists()
+    assert "B_simple" in res.output
+
+
+def test_gpt2_diagnostics_leave_training_unchanged_and_place_the_run_on_the_map(tmp_path):
+    import json
+
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from focuslab.cli.main import main
+
+    nano = ["gpt2", "--dropout", "0", "--eval-iters", "2", "--max-iters", "20", "--eval-interval", "10",
+            "--optimizer", "adamw", "-q"]
+    assert CliRunner().invoke(main, [*nano, "--out", str(tmp_path / "plain")]).exit_code == 0
+    assert CliRunner().invoke(main, [*nano, "--diagnostics-every", "10", "--out", str(tmp_path / "diag")]).exit_code == 0
+    a = torch.load(tmp_path / "plain" / "ckpt.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "diag" / "ckpt.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    d = pd.read_parquet(tmp_path / "diag" / "diagnostics.parquet")
+    assert d.step.tolist() == [0, 10, 20]
+    assert d.noise_scale_simple.gt(0).all() and d.lambda_max.gt(0).all()
+    assert d.lambda_max_preconditioned.iloc[1:].notna().all()
+    assert {"noise_ratio_median.embeddings", "noise_ratio_median.block0"} <= set(d.columns)
+    meta = json.loads((tmp_path / "diag" / "gpt2.json").read_text())
+    assert 0 < meta["diagnostics_cost_fraction"]
+    res = CliRunner().invoke(main, ["plot", str(tmp_path / "diag")])
+    assert res.exit_code == 0 and (tmp_path / "diag" / "diagnostics.png").exists()
+    scan = ["scan", "--sharpness", "1,10", "--noise", "0:3:4", "--lr", "0.01,0.1", "--replicates", "3",
+            "--steps", "30", "-q", "-j", "1", "--out", str(tmp_path / "s")]
+    assert CliRunner().invoke(main, scan).exit_code == 0
+    res = CliRunner().invoke(main, ["plot", str(tmp_path / "s"), "--overlay", str(tmp_path / "diag")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s" / "phase_here.png").exists()
+    res = CliRunner().invoke(main, ["plot", str(tmp_path / "s"), "--overlay", str(tmp_path / "plain")])
+    assert res.exit_code == 2 and "no diagnostics.parquet" in res.stderr
+
+
+def test_the_top_eigenvalue_is_the_largest_not_the_largest_in_magnitude():
+    A = torch.diag(torch.tensor([-9.0, 2.0, 1.0, -3.0], dtype=torch.float64))
+    theta = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    lam, _, _ = top_eigenvalue([theta], lambda b: 0.5 * theta @ A @ theta, None, iters=300, tol=1e-12)
+    assert lam[0] == pytest.approx(2.0, abs=1e-6)

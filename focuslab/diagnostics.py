@@ -19,9 +19,9 @@ What is measured, on the current parameters (nothing is updated):
 * **Simple gradient noise scale** B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018,
   arXiv 1812.06162), Sigma the per-example covariance: tr(Sigma) = b * sum_i var_i for minibatches
   of b examples, |G|^2 as above.  The batch size beyond which bigger batches stop paying.
-* **Sharpness** lambda_max: the dominant eigenvalue of the loss Hessian by power iteration on
-  Hessian-vector products (double backward), warm-started from the previous measurement's vector
-  when one is given; and, with an Adam-style ``preconditioner`` (sqrt(v_hat) + eps per
+* **Sharpness** lambda_max: the largest eigenvalue of the loss Hessian by the Lanczos method on
+  Hessian-vector products (double backward, or finite differences of gradients), warm-started
+  from the previous measurement's Ritz vector when one is given; and, with an Adam-style ``preconditioner`` (sqrt(v_hat) + eps per
   coordinate), the dominant eigenvalue of P^-1/2 H P^-1/2, which is what adaptive optimizers'
   stability depends on.
 
@@ -94,63 +94,116 @@ def mean_gradient(params, loss_fn: Callable, batches: Sequence, weights: Sequenc
 
 
 def top_eigenvalue(params, loss_fn: Callable, batch, models: int = 1, iters: int = 20, tol: float = 1e-6,
-                   v0=None, preconditioner=None, seed: int = 0):
-    """Largest eigenvalue of the Hessian of ``loss_fn(batch)`` (per model), by power iteration on
-    Hessian-vector products; with ``preconditioner`` P (tensors like the parameters), of
-    P^-1/2 H P^-1/2.  Power iteration finds the eigenvalue of largest magnitude; where that is
-    negative (common at initialisation) it runs again on H - lambda I, whose dominant eigenvalue
-    is lambda_max - lambda.  Returns (eigenvalues (models,), vectors for a warm start, iterations)."""
+                   v0=None, preconditioner=None, seed: int = 0, hvp: str = "autograd"):
+    """Largest eigenvalue of the Hessian of ``loss_fn(batch)`` (per model) by the Lanczos method on
+    Hessian-vector products (full reorthogonalisation, at most ``iters`` steps, stopping once the
+    top Ritz value changes by less than ``tol`` relative); with ``preconditioner`` P (tensors like
+    the parameters), of P^-1/2 H P^-1/2.  Lanczos finds the largest *algebraic* eigenvalue and
+    converges far faster than power iteration (which at 20 iterations gave 2.4 where the answer was
+    ~140, on a GPT model at initialisation).  ``hvp``: "autograd" (double backward) or
+    "finite-difference" ((grad(theta + e v) - grad(theta - e v)) / 2e: two plain gradients, so fused
+    kernels without a double backward work; exact for quadratics; parameters restored from a copy).
+    ``v0`` warm-starts it (the previous measurement's Ritz vector).  Returns (eigenvalues
+    (models,), the top Ritz vectors, steps)."""
     import torch
 
-    lam, v, done = _power(params, loss_fn, batch, models, iters, tol, v0, preconditioner, seed, None)
-    if np.any(lam < 0):
-        shift = torch.from_numpy(np.minimum(lam, 0.0))
-        lam2, v2, done2 = _power(params, loss_fn, batch, models, iters, tol, None, preconditioner, seed + 1, shift)
-        lam = np.where(lam < 0, lam2 + shift.numpy(), lam)
-        if models == 1 or np.all(lam < 0):
-            v = v2
-        done += done2
-    return lam, v, done
-
-
-def _power(params, loss_fn, batch, models, iters, tol, v0, preconditioner, seed, shift):
-    """Power iteration on (H - shift I) v (shift per model, or none)."""
-    import torch
-
-    loss = loss_fn(batch)
-    grads = torch.autograd.grad(loss.sum(), params, create_graph=True)
+    hessian_times = _hvp(params, loss_fn, batch, hvp)
     scale = [p.double().rsqrt() for p in preconditioner] if preconditioner is not None else None
+
+    def op(vs):
+        w = [x * s for x, s in zip(vs, scale)] if scale else vs
+        hv = [h.detach().double() for h in hessian_times(w)]
+        return [h * s for h, s in zip(hv, scale)] if scale else hv
+
+    def dot(a, b):  # per model
+        return sum((_per_model(x, models) * _per_model(y, models)).sum(1) for x, y in zip(a, b))
+
+    def times(vs, c):  # vs * c (c per model)
+        return [x * (c.view(-1, *([1] * (x.dim() - 1))) if models > 1 else c[0]) for x in vs]
+
     gen = torch.Generator().manual_seed(seed)
     v = v0 if v0 is not None else [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
-    v = [x.to(p.device) for x, p in zip(v, params)]
-
-    def norm(vs):
-        return torch.sqrt(sum((_per_model(x, models) ** 2).sum(1) for x in vs))
-
-    def divide(vs, n):
-        return [x / n.view(-1, *([1] * (x.dim() - 1))) if models > 1 else x / n[0] for x in vs]
-
-    v = divide(v, norm(v))
-    lam = torch.full((models,), math.nan, dtype=torch.float64)
-    done = 0
-    for done in range(1, iters + 1):
-        w = [x * s for x, s in zip(v, scale)] if scale else v
-        hv = torch.autograd.grad(grads, params, grad_outputs=[x.to(p.dtype) for x, p in zip(w, params)],
-                                 retain_graph=True)
-        hv = [h.detach().double() for h in hv]
-        if scale:
-            hv = [h * s for h, s in zip(hv, scale)]
-        if shift is not None:
-            hv = [h - x * (shift.view(-1, *([1] * (x.dim() - 1))).to(x.device) if models > 1 else float(shift[0]))
-                  for h, x in zip(hv, v)]
-        new = sum((_per_model(a, models) * _per_model(b, models)).sum(1) for a, b in zip(v, hv)).cpu()
-        n = norm(hv)
-        v = divide(hv, torch.clamp(n, min=1e-300))
-        converged = bool(torch.all(torch.abs(new - lam) <= tol * torch.abs(new)))
-        lam = new
-        if converged:
+    v = [x.to(p.device, torch.float64) for x, p in zip(v, params)]
+    v = times(v, 1.0 / torch.sqrt(dot(v, v)))
+    basis, alphas, betas = [v], [], []
+    top = torch.full((models,), math.nan, dtype=torch.float64)
+    ritz = None
+    steps = 0
+    for steps in range(1, iters + 1):
+        w = op(basis[-1])
+        alpha = dot(basis[-1], w)
+        w = [a - b for a, b in zip(w, times(basis[-1], alpha))]
+        if len(basis) > 1:
+            w = [a - b for a, b in zip(w, times(basis[-2], betas[-1]))]
+        for _ in range(2):  # full reorthogonalisation, twice for stability
+            for q in basis:
+                w = [a - b for a, b in zip(w, times(q, dot(q, w)))]
+        alphas.append(alpha.cpu())
+        beta = torch.sqrt(torch.clamp(dot(w, w), min=0.0))
+        new_top, ritz = _ritz(alphas, betas, models)
+        done = bool(torch.all(torch.abs(new_top - top) <= tol * torch.abs(new_top))) or bool(torch.all(beta < 1e-12))
+        top = new_top
+        if done:
             break
-    return lam.numpy(), v, done
+        betas.append(beta.cpu())
+        basis.append(times(w, 1.0 / torch.clamp(beta, min=1e-300)))
+    vec = v
+    if ritz is not None:  # the top Ritz vector: the Lanczos basis weighted by the eigenvector's coordinates
+        vec = [sum(times([basis[j][i]], ritz[:, j].to(basis[j][i].device))[0] for j in range(ritz.shape[1]))
+               for i in range(len(params))]
+    return top.numpy(), vec, steps
+
+
+def _ritz(alphas, betas, models):
+    """Top eigenvalue of each model's Lanczos tridiagonal matrix and its eigenvector (coordinates
+    in the Lanczos basis), shapes (models,) and (models, k)."""
+    import torch
+
+    k = len(alphas)
+    tops, vecs = [], []
+    for m in range(models):
+        t = np.zeros((k, k))
+        for i in range(k):
+            t[i, i] = float(alphas[i][m])
+            if i + 1 < k:
+                t[i, i + 1] = t[i + 1, i] = float(betas[i][m])
+        values, vectors = np.linalg.eigh(t)
+        tops.append(values[-1])
+        vecs.append(vectors[:, -1])
+    return torch.tensor(tops, dtype=torch.float64), torch.tensor(np.array(vecs), dtype=torch.float64)
+
+
+def _hvp(params, loss_fn, batch, how: str):
+    """v -> H v for the loss on ``batch``."""
+    import torch
+
+    if how == "autograd":
+        grads = torch.autograd.grad(loss_fn(batch).sum(), params, create_graph=True)
+
+        def hessian_times(w):
+            return torch.autograd.grad(grads, params, grad_outputs=[x.to(p.dtype) for x, p in zip(w, params)],
+                                       retain_graph=True)
+        return hessian_times
+    if how != "finite-difference":
+        raise ValueError(f"hvp: autograd or finite-difference, not {how!r}")
+    saved = [p.detach().clone() for p in params]
+    root_eps = math.sqrt(float(torch.finfo(params[0].dtype).eps))
+    size = 1.0 + math.sqrt(sum(float((s.double() ** 2).sum()) for s in saved))
+
+    def hessian_times(w):
+        norm = math.sqrt(sum(float((x ** 2).sum()) for x in w)) or 1.0
+        eps = root_eps * size / norm
+        out = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for p, s, x in zip(params, saved, w):
+                    p.copy_(s + sign * eps * x.to(p.dtype))
+            out.append([g.double() for g in torch.autograd.grad(loss_fn(batch).sum(), params)])
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+        return [(a - b) / (2 * eps) for a, b in zip(*out)]
+    return hessian_times
 
 
 _BIG = np.finfo(np.float64).max
@@ -175,11 +228,13 @@ def measure(model, loss_fn: Callable, batches: Sequence, *, reference: Sequence 
             batch_size: int, reference_size: int | None = None, exhaustive: bool = False,
             reference_weights: Sequence[float] | None = None, scale_to: int | None = None, models: int = 1,
             groups: dict | None = None, hessian: bool = True, hessian_batch=None, hessian_iters: int = 20,
-            eigvec=None, preconditioner=None) -> dict:
+            eigvec=None, preconditioner=None, hvp: str = "autograd", pool: bool = False,
+            hessian_tol: float = 1e-3) -> dict:
     """All diagnostics at the current parameters (see the module docstring); per model when
     ``models`` > 1.  ``groups`` maps a group name to indices into the parameter list (default: one
-    group per parameter tensor, named p0, p1, ...).  Returns plain numbers (lists per model), plus
-    "eigvec" to warm-start the next call and "seconds" spent."""
+    group per parameter tensor, named p0, p1, ...).  ``pool``: fold the K batches into a
+    non-exhaustive reference's mean (more data for the same cost).  Returns plain numbers (lists
+    per model), plus "eigvec" to warm-start the next call and "seconds" spent."""
     t0 = time.perf_counter()
     params = _params(model)
     mean, var = gradient_stats(params, loss_fn, batches, models)
@@ -187,6 +242,9 @@ def measure(model, loss_fn: Callable, batches: Sequence, *, reference: Sequence 
     if reference is not None:
         g_ref = mean_gradient(params, loss_fn, reference, reference_weights)
         size = reference_size or batch_size * len(reference)
+        if pool and not exhaustive:  # the K batches are more examples of the same mean
+            g_ref = [(size * r + k * batch_size * m) / (size + k * batch_size) for r, m in zip(g_ref, mean)]
+            size += k * batch_size
         noise_in_ref = 0.0 if exhaustive else batch_size / size
     else:  # the K batches themselves: unbiased, but noisy where the noise is high
         g_ref, noise_in_ref = mean, 1.0 / k
@@ -197,7 +255,7 @@ def measure(model, loss_fn: Callable, batches: Sequence, *, reference: Sequence 
     ratio = [np.where(g > 0, np.sqrt(v * scale / np.where(g > 0, g, 1.0)), np.inf) for v, g in zip(var_np, g2)]
     groups = groups or {f"p{i}": [i] for i in range(len(params))}
     out = {"models": models, "batches": k, "batch_size": batch_size, "noise_at_batch": scale_to or batch_size,
-           "reference_size": reference_size if reference is not None else k * batch_size,
+           "reference_size": (size if reference is not None else k * batch_size),
            "reference": "exhaustive" if (reference is not None and exhaustive) else
            ("independent" if reference is not None else "the K batches")}
     rows = []
@@ -217,14 +275,15 @@ def measure(model, loss_fn: Callable, batches: Sequence, *, reference: Sequence 
         rows.append(row)
     if hessian:
         lam, vec, it = top_eigenvalue(params, loss_fn, hessian_batch if hessian_batch is not None else batches[0],
-                                      models, hessian_iters, v0=eigvec)
+                                      models, hessian_iters, hessian_tol, v0=eigvec, hvp=hvp)
         for m in range(models):
             rows[m]["lambda_max"] = float(lam[m])
             rows[m]["lambda_iterations"] = it
         out["eigvec"] = vec
         if preconditioner is not None:
             lam_p, _, _ = top_eigenvalue(params, loss_fn, hessian_batch if hessian_batch is not None else batches[0],
-                                         models, hessian_iters, preconditioner=preconditioner)
+                                         models, hessian_iters, hessian_tol, preconditioner=preconditioner,
+                                         hvp=hvp)
             for m in range(models):
                 rows[m]["lambda_max_preconditioned"] = float(lam_p[m])
     out["per_model"] = rows

@@ -210,3 +210,19 @@ def test_the_top_eigenvalue_is_the_largest_not_the_largest_in_magnitude():
     theta = torch.zeros(4, dtype=torch.float64, requires_grad=True)
     lam, _, _ = top_eigenvalue([theta], lambda b: 0.5 * theta @ A @ theta, None, iters=300, tol=1e-12)
     assert lam[0] == pytest.approx(2.0, abs=1e-6)
+
+
+def test_finite_difference_hessian_products_agree_with_double_backward():
+    rng = np.random.default_rng(6)
+    q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    A = torch.from_numpy(q @ np.diag([6.0, 3.0, 2.0, 1.0, 0.5, 0.2, -1.0, -2.0]) @ q.T)
+    theta = torch.nn.Parameter(torch.from_numpy(rng.normal(size=8)))
+    before = theta.detach().clone()
+    quad = lambda b: 0.5 * theta @ A @ theta + (theta ** 4).sum() * 0.0  # noqa: E731
+    fd, _, _ = top_eigenvalue([theta], quad, None, iters=300, tol=1e-12, hvp="finite-difference")
+    assert fd[0] == pytest.approx(6.0, rel=1e-6) and torch.equal(theta.detach(), before)  # restored exactly
+    model = Valley([1.3, 0.4])
+    ad, _, _ = top_eigenvalue([model.theta], lambda b: model.loss(), None, iters=200, tol=1e-12)
+    fdv, _, _ = top_eigenvalue([model.theta], lambda b: model.loss(), None, iters=200, tol=1e-12,
+                               hvp="finite-difference")
+    assert fdv[0] == pytest.approx(ad[0], rel=1e-5)

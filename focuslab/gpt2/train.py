@@ -297,9 +297,10 @@ class _Diagnostics:
 
     K micro-batches of batch_size/K sequences (together one iteration's compute; GPT-2's sequences
     are independent examples, so the noise is rescaled to the run's batch of batch_size x
-    gradient_accumulation_steps sequences), an independent reference of ``diagnostics_reference``
-    batches for the mean gradient, lambda_max on one micro-batch warm-started from the last
-    measurement, and for AdamW also the preconditioned lambda_max.  The torch RNG is saved and
+    gradient_accumulation_steps sequences), a reference of ``diagnostics_reference`` batches pooled
+    with the K micro-batches for the mean gradient, lambda_max on one micro-batch by
+    finite-difference Hessian-vector products warm-started from the last measurement, and for AdamW
+    also the preconditioned lambda_max.  The torch RNG is saved and
     restored, so the training is bit-identical with and without diagnostics."""
 
     def __init__(self, cfg, model, data, opt, device, run, amp):
@@ -351,14 +352,13 @@ class _Diagnostics:
                     break
                 step = float(st["step"])
                 pre.append((st["exp_avg_sq"] / (1 - b2 ** step)).sqrt() + eps)
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        with sdpa_kernel(SDPBackend.MATH):  # Hessian-vector products need double backward, which the
-            # fused attention kernels do not implement; the math kernel computes the same attention
-            out = measure(self.model, self.loss, self.batches, reference=self.reference, batch_size=self.micro,
-                          reference_size=self.cfg.batch_size * len(self.reference),
-                          scale_to=self.cfg.batch_size * self.cfg.gradient_accumulation_steps, groups=self.groups,
-                          eigvec=self.eigvec, hessian_iters=20 if self.eigvec is None else 5, preconditioner=pre)
+        # finite-difference Hessian-vector products: two plain gradients each, with the fused attention
+        # kernels (which have no double backward); the reference pools the K micro-batches in
+        out = measure(self.model, self.loss, self.batches, reference=self.reference, batch_size=self.micro,
+                      reference_size=self.cfg.batch_size * len(self.reference), pool=True,
+                      scale_to=self.cfg.batch_size * self.cfg.gradient_accumulation_steps, groups=self.groups,
+                      eigvec=self.eigvec, hessian_iters=20 if self.eigvec is None else 6, preconditioner=pre,
+                      hvp="finite-difference")
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)

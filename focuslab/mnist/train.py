@@ -200,7 +200,7 @@ class _Diagnostics:
         everything = torch.arange(len(self.x), device=self.x.device)
         out = measure(params, loss, self.batches, reference=[everything], exhaustive=True, batch_size=self.b,
                       reference_size=len(self.x), models=len(self.models), eigvec=self.eigvec,
-                      hessian_iters=20 if self.eigvec is None else 8, preconditioner=pre,
+                      hessian_iters=30 if self.eigvec is None else 10, preconditioner=pre,
                       groups={f"layer{i}": [j for j, n in enumerate(self.names) if n.split(".")[0][2:] == str(i)]
                               for i in range(sub.depth)})
         self.eigvec = out["eigvec"]

@@ -1,4 +1,5 @@
 """Gradient-noise and sharpness diagnostics against problems whose answers are known in closed form."""
+import contextlib
 import math
 
 import numpy as np
@@ -212,17 +213,47 @@ def test_the_top_eigenvalue_is_the_largest_not_the_largest_in_magnitude():
     assert lam[0] == pytest.approx(2.0, abs=1e-6)
 
 
-def test_finite_difference_hessian_products_agree_with_double_backward():
-    rng = np.random.default_rng(6)
-    q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
-    A = torch.from_numpy(q @ np.diag([6.0, 3.0, 2.0, 1.0, 0.5, 0.2, -1.0, -2.0]) @ q.T)
-    theta = torch.nn.Parameter(torch.from_numpy(rng.normal(size=8)))
-    before = theta.detach().clone()
-    quad = lambda b: 0.5 * theta @ A @ theta + (theta ** 4).sum() * 0.0  # noqa: E731
-    fd, _, _ = top_eigenvalue([theta], quad, None, iters=300, tol=1e-12, hvp="finite-difference")
-    assert fd[0] == pytest.approx(6.0, rel=1e-6) and torch.equal(theta.detach(), before)  # restored exactly
-    model = Valley([1.3, 0.4])
-    ad, _, _ = top_eigenvalue([model.theta], lambda b: model.loss(), None, iters=200, tol=1e-12)
-    fdv, _, _ = top_eigenvalue([model.theta], lambda b: model.loss(), None, iters=200, tol=1e-12,
-                               hvp="finite-difference")
-    assert fdv[0] == pytest.approx(ad[0], rel=1e-5)
+def test_gpt2_sharpness_is_the_dense_hessians_top_eigenvalue(tmp_path):
+    """The GPT-2 path (micro-batch, math attention for double backward, AdamW preconditioner) against
+    the top eigenvalue of the full Hessian, built column by column, of a GPT small enough to hold it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from focuslab.gpt2.config import TrainConfig
+    from focuslab.gpt2.data import TokenData, embedded_corpus, prepare
+    from focuslab.gpt2.model import GPT
+    from focuslab.gpt2.train import _Diagnostics
+
+    prepare(embedded_corpus()[:20000], tmp_path / "data", "bytes")
+    data = TokenData(tmp_path / "data")
+    cfg = TrainConfig(n_layer=1, n_head=2, n_embd=4, block_size=8, vocab_size=256, batch_size=8,
+                      optimizer="adamw", diagnostics_every=1, diagnostics_reference=1, out=str(tmp_path / "run"))
+    torch.manual_seed(0)
+    model = GPT(cfg.model_config(256))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)  # well away from the initialisation's near-linear regime
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for it in range(3):
+        x, y = data.batch("train", 8, 8, 0, it, 0, "cpu")
+        model(x, y)[1].backward()
+        opt.step()
+        opt.zero_grad()
+    (tmp_path / "run").mkdir()
+    diag = _Diagnostics(cfg, model, data, opt, "cpu", tmp_path / "run", contextlib.nullcontext())
+    diag.measure(3, 1e-2, 0.0)
+    row = diag.rows[-1]
+    params = list(model.parameters())
+    x, y = diag.batches[0]
+    with sdpa_kernel(SDPBackend.MATH):
+        grads = torch.autograd.grad(model(x, y)[1], params, create_graph=True)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        n = flat.numel()
+        H = torch.stack([torch.cat([h.reshape(-1) for h in torch.autograd.grad(flat[i], params, retain_graph=True)])
+                         for i in range(n)]).double().numpy()
+    H = 0.5 * (H + H.T)
+    assert row["lambda_max"] == pytest.approx(np.linalg.eigvalsh(H).max(), rel=2e-3)
+    st = [opt.state[p] for p in params]
+    pre = torch.cat([((s["exp_avg_sq"] / (1 - 0.999 ** float(s["step"]))).sqrt() + 1e-8).reshape(-1)
+                     for s in st]).double().numpy()
+    scaled = H / np.sqrt(pre)[:, None] / np.sqrt(pre)[None, :]
+    assert row["lambda_max_preconditioned"] == pytest.approx(np.linalg.eigvalsh(scaled).max(), rel=2e-3)

@@ -299,8 +299,8 @@ class _Diagnostics:
     are independent examples, so the noise is rescaled to the run's batch of batch_size x
     gradient_accumulation_steps sequences), a reference of ``diagnostics_reference`` batches pooled
     with the K micro-batches for the mean gradient, lambda_max on one micro-batch by
-    finite-difference Hessian-vector products warm-started from the last measurement, and for AdamW
-    also the preconditioned lambda_max.  The torch RNG is saved and
+    double-backward Hessian-vector products (math attention backend) warm-started from the last measurement, and for AdamW
+    also the preconditioned lambda_max (warm-started the same way).  The torch RNG is saved and
     restored, so the training is bit-identical with and without diagnostics."""
 
     def __init__(self, cfg, model, data, opt, device, run, amp):
@@ -317,7 +317,7 @@ class _Diagnostics:
             key = "embeddings" if n.startswith(("wte", "wpe")) else (
                 "block" + n.split(".")[1] if n.startswith("blocks.") else "final_ln")
             self.groups.setdefault(key, []).append(i)
-        self.rows, self.seconds, self.eigvec = [], 0.0, None
+        self.rows, self.seconds, self.eigvec, self.eigvec_p = [], 0.0, None, None
         path = self.run / "diagnostics.parquet"
         if path.exists():  # a resumed run keeps the rows measured before
             import pandas as pd
@@ -328,6 +328,12 @@ class _Diagnostics:
         x, y = batch
         with self.amp:
             return self.model(x, y)[1].float()
+
+    def hessian_loss(self, batch):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            return self.loss(batch)
 
     def measure(self, it: int, lr: float, elapsed: float):
         import pandas as pd
@@ -352,17 +358,18 @@ class _Diagnostics:
                     break
                 step = float(st["step"])
                 pre.append((st["exp_avg_sq"] / (1 - b2 ** step)).sqrt() + eps)
-        # finite-difference Hessian-vector products: two plain gradients each, with the fused attention
-        # kernels (which have no double backward); the reference pools the K micro-batches in
+        # the reference pools the K micro-batches in; the Hessian by double backward through the
+        # math attention backend (the fused kernels have none)
         out = measure(self.model, self.loss, self.batches, reference=self.reference, batch_size=self.micro,
                       reference_size=self.cfg.batch_size * len(self.reference), pool=True,
                       scale_to=self.cfg.batch_size * self.cfg.gradient_accumulation_steps, groups=self.groups,
-                      eigvec=self.eigvec, hessian_iters=20 if self.eigvec is None else 6, preconditioner=pre,
-                      hvp="finite-difference")
+                      eigvec=self.eigvec, eigvec_preconditioned=self.eigvec_p if pre is not None else None,
+                      hessian_iters=20 if self.eigvec is None else 6, preconditioner=pre,
+                      hessian_loss_fn=self.hessian_loss)
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
-        self.eigvec = out["eigvec"]
+        self.eigvec, self.eigvec_p = out["eigvec"], out.get("eigvec_preconditioned")
         seconds = time.perf_counter() - t0
         self.seconds += seconds
         self.rows.append({"step": it, "tokens": it * self.cfg.batch_size * self.cfg.block_size *

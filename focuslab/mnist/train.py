@@ -174,7 +174,7 @@ class _Diagnostics:
         self.batches = [torch.randperm(n, generator=g)[:b].to(device) for _ in range(k)]
         self.b = b
         self.models = [i * R for i in range(len(self.lrs))]  # replicate 0 at every lr
-        self.rows, self.seconds, self.eigvec = [], 0.0, None
+        self.rows, self.seconds, self.eigvec, self.eigvec_p = [], 0.0, None, None
         self.names = list(model.params)
 
     def measure(self, step: int):
@@ -200,10 +200,10 @@ class _Diagnostics:
         everything = torch.arange(len(self.x), device=self.x.device)
         out = measure(params, loss, self.batches, reference=[everything], exhaustive=True, batch_size=self.b,
                       reference_size=len(self.x), models=len(self.models), eigvec=self.eigvec,
-                      hessian_iters=30 if self.eigvec is None else 10, preconditioner=pre,
+                      eigvec_preconditioned=self.eigvec_p if pre is not None else None, hessian_iters=30 if self.eigvec is None else 10, preconditioner=pre,
                       groups={f"layer{i}": [j for j, n in enumerate(self.names) if n.split(".")[0][2:] == str(i)]
                               for i in range(sub.depth)})
-        self.eigvec = out["eigvec"]
+        self.eigvec, self.eigvec_p = out["eigvec"], out.get("eigvec_preconditioned")
         for i, row in enumerate(out["per_model"]):
             self.rows.append({"step": step, "lr": self.lrs[i], "replicate": 0, **row})
         self.seconds += time.perf_counter() - t0

@@ -15,6 +15,9 @@ What is measured, on the current parameters (nothing is updated):
   larger batch, whose own noise is removed from the squared mean without bias:
   G_i^2 = mean_ref_i^2 - var_i * b / reference_size.  Where that estimate is not positive the noise
   swamps the mean beyond what the reference can resolve and r_i is +inf (the quantiles say how many).
+  A gradient the training loop has already computed at these parameters on other examples (the
+  step's own minibatch gradient, read between backward and the optimizer step) can join the
+  reference for free: ``reference_gradient=[p.grad ...]``, ``reference_gradient_size=B``.
   Reported as quantiles over coordinates, overall and per parameter group.
 * **Simple gradient noise scale** B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018,
   arXiv 1812.06162), Sigma the per-example covariance: tr(Sigma) = b * sum_i var_i for minibatches
@@ -97,7 +100,7 @@ def mean_gradient(params, loss_fn: Callable, batches: Sequence, weights: Sequenc
 
 
 def top_eigenvalue(params, loss_fn: Callable, batch, models: int = 1, iters: int = 20, tol: float = 1e-6,
-                   v0=None, preconditioner=None, seed: int = 0):
+                   v0=None, preconditioner=None, seed: int = 0, hvp: Callable | None = None):
     """Largest eigenvalue of the Hessian of ``loss_fn(batch)`` (per model) by the Lanczos method on
     Hessian-vector products (full reorthogonalisation, at most ``iters`` steps, stopping once the
     top Ritz value changes by less than ``tol`` relative); with ``preconditioner`` P (tensors like
@@ -108,11 +111,12 @@ def top_eigenvalue(params, loss_fn: Callable, batch, models: int = 1, iters: int
     The Lanczos vectors are flat (models, n) tensors: one matrix product per reorthogonalisation
     instead of a loop over parameter tensors.  They are stored in float64 for float64 parameters,
     else float32 (memory: up to ``iters`` + 1 vectors of the parameters' size).  ``v0`` warm-starts
-    it (the previous measurement's Ritz vector, as returned).  Returns (eigenvalues (models,), the
+    it (the previous measurement's Ritz vector, as returned); ``hvp`` reuses the retained graph of
+    an earlier call on the same loss and batch.  Returns (eigenvalues (models,), the
     top Ritz vector (models, n), steps)."""
     import torch
 
-    hessian_times = _hvp(params, loss_fn, batch)
+    hessian_times = hvp or _hvp(params, loss_fn, batch)
     dtype = torch.float64 if params[0].dtype == torch.float64 else torch.float32
     device = params[0].device
     shapes = [p.shape for p in params]
@@ -222,24 +226,35 @@ def measure(model, loss_fn: Callable, batches: Sequence, *, reference: Sequence 
             reference_weights: Sequence[float] | None = None, scale_to: int | None = None, models: int = 1,
             groups: dict | None = None, hessian: bool = True, hessian_batch=None, hessian_iters: int = 20,
             eigvec=None, preconditioner=None, eigvec_preconditioned=None, pool: bool = False,
-            hessian_tol: float = 1e-3, hessian_loss_fn: Callable | None = None) -> dict:
+            hessian_tol: float = 1e-3, hessian_loss_fn: Callable | None = None,
+            reference_gradient: Sequence | None = None, reference_gradient_size: int | None = None) -> dict:
     """All diagnostics at the current parameters (see the module docstring); per model when
     ``models`` > 1.  ``groups`` maps a group name to indices into the parameter list (default: one
     group per parameter tensor, named p0, p1, ...).  ``pool``: fold the K batches into a
     non-exhaustive reference's mean (more data for the same cost).  ``hessian_loss_fn`` (default
-    ``loss_fn``) is the loss the Hessian is taken of: it must support double backward.  Returns
+    ``loss_fn``) is the loss the Hessian is taken of: it must support double backward.
+    ``reference_gradient``: a mean gradient (tensors like the parameters) already computed at these
+    parameters on ``reference_gradient_size`` examples independent of ``batches``, pooled into the
+    reference mean by size (not with ``exhaustive``).  Returns
     plain numbers (lists per model), plus "eigvec" (and "eigvec_preconditioned") to warm-start the
     next call, and "seconds" spent."""
     t0 = time.perf_counter()
+    if reference_gradient is not None and (exhaustive or not reference_gradient_size):
+        raise ValueError("reference_gradient needs reference_gradient_size and cannot join an exhaustive reference")
     params = _params(model)
     mean, var = gradient_stats(params, loss_fn, batches, models)
     k = len(batches)
-    if reference is not None:
-        g_ref = mean_gradient(params, loss_fn, reference, reference_weights)
-        size = reference_size or batch_size * len(reference)
+    parts = []  # (mean gradient, examples) pooled into the reference by size
+    if reference:
+        parts.append((mean_gradient(params, loss_fn, reference, reference_weights),
+                      reference_size or batch_size * len(reference)))
+    if reference_gradient is not None:
+        parts.append(([g.detach().double() for g in reference_gradient], reference_gradient_size))
+    if parts:
         if pool and not exhaustive:  # the K batches are more examples of the same mean
-            g_ref = [(size * r + k * batch_size * m) / (size + k * batch_size) for r, m in zip(g_ref, mean)]
-            size += k * batch_size
+            parts.append((mean, k * batch_size))
+        size = sum(n for _, n in parts)
+        g_ref = parts[0][0] if len(parts) == 1 else [sum(n * g[i] for g, n in parts) / size for i in range(len(params))]
         noise_in_ref = 0.0 if exhaustive else batch_size / size
     else:  # the K batches themselves: unbiased, but noisy where the noise is high
         g_ref, noise_in_ref = mean, 1.0 / k
@@ -250,9 +265,8 @@ def measure(model, loss_fn: Callable, batches: Sequence, *, reference: Sequence 
     ratio = [np.where(g > 0, np.sqrt(v * scale / np.where(g > 0, g, 1.0)), np.inf) for v, g in zip(var_np, g2)]
     groups = groups or {f"p{i}": [i] for i in range(len(params))}
     out = {"models": models, "batches": k, "batch_size": batch_size, "noise_at_batch": scale_to or batch_size,
-           "reference_size": (size if reference is not None else k * batch_size),
-           "reference": "exhaustive" if (reference is not None and exhaustive) else
-           ("independent" if reference is not None else "the K batches")}
+           "reference_size": (size if parts else k * batch_size),
+           "reference": "exhaustive" if (parts and exhaustive) else ("independent" if parts else "the K batches")}
     rows = []
     for m in range(models):
         r_all = np.concatenate([r[m] for r in ratio])
@@ -271,14 +285,15 @@ def measure(model, loss_fn: Callable, batches: Sequence, *, reference: Sequence 
     if hessian:
         h_loss = hessian_loss_fn or loss_fn
         h_batch = hessian_batch if hessian_batch is not None else batches[0]
-        lam, vec, it = top_eigenvalue(params, h_loss, h_batch, models, hessian_iters, hessian_tol, v0=eigvec)
+        hvp = _hvp(params, h_loss, h_batch)  # one graph for both eigenproblems
+        lam, vec, it = top_eigenvalue(params, h_loss, h_batch, models, hessian_iters, hessian_tol, v0=eigvec, hvp=hvp)
         for m in range(models):
             rows[m]["lambda_max"] = float(lam[m])
             rows[m]["lambda_iterations"] = it
         out["eigvec"] = vec
         if preconditioner is not None:
             lam_p, vec_p, _ = top_eigenvalue(params, h_loss, h_batch, models, hessian_iters, hessian_tol,
-                                             v0=eigvec_preconditioned, preconditioner=preconditioner)
+                                             v0=eigvec_preconditioned, preconditioner=preconditioner, hvp=hvp)
             for m in range(models):
                 rows[m]["lambda_max_preconditioned"] = float(lam_p[m])
             out["eigvec_preconditioned"] = vec_p

@@ -115,6 +115,49 @@ def test_taking_the_mean_from_the_same_batches_is_biased_and_the_reference_is_no
     assert 2.5 < np.median(naive) < 8.0  # about sqrt(K) / 0.674, nowhere near sigma = 50
 
 
+def test_a_gradient_already_computed_joins_the_reference_by_size():
+    """The training step's own gradient (read before the optimizer step) as part of the reference:
+    the pooled mean weights the reference batches, that gradient and the K batches by their
+    example counts, and the squared mean loses b / size of the variance.  Checked against the
+    estimator written out in numpy, and against passing the same examples as a reference batch."""
+    d, b, K = 6, 4, 12
+    rng = np.random.default_rng(5)
+    w_star = rng.normal(size=d)
+    w = torch.tensor(w_star + rng.normal(size=d), requires_grad=True)
+
+    def batch(n):
+        x = rng.normal(size=(n, d))
+        return torch.from_numpy(x), torch.from_numpy(x @ w_star + rng.normal(size=n))
+
+    def loss(xy):
+        x, y = xy
+        return 0.5 * ((x @ w - y) ** 2).mean()
+
+    def grad(xy):
+        return torch.autograd.grad(loss(xy), w)[0].numpy()
+
+    small, ref, step = [batch(b) for _ in range(K)], batch(40), batch(24)
+    out = measure([w], loss, small, reference=[ref], reference_size=40, batch_size=b, pool=True, hessian=False,
+                  reference_gradient=[torch.from_numpy(grad(step))], reference_gradient_size=24)
+    g = np.array([grad(xy) for xy in small])
+    var = g.var(0, ddof=1)
+    size = 40 + 24 + K * b
+    mean = (40 * grad(ref) + 24 * grad(step) + K * b * g.mean(0)) / size
+    g2 = mean ** 2 - b / size * var
+    want_r = np.median(np.where(g2 > 0, np.sqrt(var / np.where(g2 > 0, g2, 1)), np.inf))
+    got = out["per_model"][0]
+    assert out["reference_size"] == size
+    assert got["noise_ratio_median"] == pytest.approx(want_r, rel=1e-12)
+    assert got["noise_scale_simple"] == pytest.approx(b * var.sum() / g2.sum(), rel=1e-12)
+    # the same examples given as two reference batches (weighted by size) read the same
+    both = measure([w], loss, small, reference=[ref, step], reference_size=64, reference_weights=[40, 24],
+                   batch_size=b, pool=True, hessian=False)["per_model"][0]
+    assert both["noise_ratio_median"] == pytest.approx(got["noise_ratio_median"], rel=1e-12)
+    with pytest.raises(ValueError):
+        measure([w], loss, small, reference=[None], exhaustive=True, batch_size=b, hessian=False,
+                reference_gradient=[torch.from_numpy(grad(step))], reference_gradient_size=24)
+
+
 def test_stacked_models_equal_each_model_measured_alone():
     models = [Valley(t, noise=n) for t, n in (([1.3, 0.4], 0.5), ([0.2, -0.9], 1.0), ([2.0, 1.5], 2.0))]
     theta = torch.nn.Parameter(torch.stack([m.theta.detach() for m in models]))  # (3, 2)
@@ -257,3 +300,29 @@ def test_gpt2_sharpness_is_the_dense_hessians_top_eigenvalue(tmp_path):
                      for s in st]).double().numpy()
     scaled = H / np.sqrt(pre)[:, None] / np.sqrt(pre)[None, :]
     assert row["lambda_max_preconditioned"] == pytest.approx(np.linalg.eigvalsh(scaled).max(), rel=2e-3)
+
+
+def test_gpt2_reads_the_training_steps_own_gradient_as_the_reference(tmp_path, monkeypatch):
+    """The free part of the GPT-2 reference: p.grad after the accumulated backward is the mean gradient
+    over that iteration's training batches, i.e. what ``step_gradient`` computes where no step follows."""
+    from focuslab.gpt2 import train as gtrain
+    from focuslab.gpt2.config import build_train_config
+
+    seen = []
+    original = gtrain._Diagnostics.measure
+
+    def check(self, it, lr, elapsed, step_gradient=None, grad_scale=1.0):
+        if step_gradient is not None:
+            want = self.step_gradient(it)
+            seen.append(it)
+            for g, w in zip(step_gradient, want):
+                torch.testing.assert_close(g.double() / grad_scale, w, rtol=1e-5, atol=1e-7)
+        return original(self, it, lr, elapsed, step_gradient, grad_scale)
+
+    monkeypatch.setattr(gtrain._Diagnostics, "measure", check)
+    cfg = build_train_config(flags=dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4,
+                                        gradient_accumulation_steps=2, dropout=0.0, max_iters=6, eval_interval=3,
+                                        eval_iters=1, optimizer="focus", diagnostics_every=3),
+                             out=str(tmp_path / "run"))
+    gtrain.train(cfg, log=lambda *a: None, progress=False)
+    assert seen == [0, 3]

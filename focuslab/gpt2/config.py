@@ -72,7 +72,8 @@ class TrainConfig(GPTConfig):
                                    "iterations into diagnostics.parquet (0: off)")
     diagnostics_batches: int = _f(8, "K: diagnostic micro-batches of batch-size/K sequences (one iteration's "
                                      "worth); the noise is reported at the run's batch")
-    diagnostics_reference: int = _f(2, "reference batches (of --batch-size sequences) for the mean gradient")
+    diagnostics_reference: int = _f(1, "further reference batches (of --batch-size sequences) for the mean "
+                                       "gradient, besides the training step's own gradient and the K micro-batches")
     out: str = _f("results/gpt2", "run directory", flag=False)
     wandb: bool = _f(False, "also log to Weights & Biases")
 
@@ -152,7 +153,7 @@ def validate(cfg: TrainConfig, world: int = 1) -> None:
             raise FocuslabError(msg)
 
     for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
-                "max_iters", "eval_interval", "eval_iters", "diagnostics_reference"):
+                "max_iters", "eval_interval", "eval_iters"):
         need(isinstance(getattr(cfg, key), int) and getattr(cfg, key) >= 1,
              f"--{key.replace('_', '-')}: must be an integer >= 1, got {getattr(cfg, key)!r}")
     need(cfg.n_embd % cfg.n_head == 0, f"--n-embd {cfg.n_embd} must be a multiple of --n-head {cfg.n_head}")
@@ -163,6 +164,8 @@ def validate(cfg: TrainConfig, world: int = 1) -> None:
     need(cfg.device.split(":")[0] in ("cpu", "cuda", "auto"), f"--device: expected cpu, cuda, cuda:N or auto, "
          f"got {cfg.device!r}")
     need(cfg.dtype in ("auto", "float32", "bfloat16", "float16"), "--dtype: expected auto, float32, bfloat16 or float16")
+    need(isinstance(cfg.diagnostics_reference, int) and cfg.diagnostics_reference >= 0,
+         f"--diagnostics-reference: must be an integer >= 0, got {cfg.diagnostics_reference!r}")
     need(cfg.diagnostics_every >= 0, f"--diagnostics-every: must be >= 0, got {cfg.diagnostics_every}")
     need(cfg.diagnostics_batches >= 2, f"--diagnostics-batches: must be >= 2 (8 or more recommended), got "
          f"{cfg.diagnostics_batches}")

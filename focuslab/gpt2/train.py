@@ -233,8 +233,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
             lr = lr_at(cfg, it)
             for group in opt.param_groups:
                 group["lr"] = lr
-            if diag is not None and it % cfg.diagnostics_every == 0:
-                diag.measure(it, lr, time.time() - t_start)
+            if diag is not None and it == cfg.max_iters and it % cfg.diagnostics_every == 0:
+                diag.measure(it, lr, time.time() - t_start)  # no step follows: its gradient is computed
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
                 losses = evaluate(it) if master else None
                 if master:
@@ -262,6 +262,10 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
                 with ctx:
                     scaler.scale(loss).backward()
                 total += loss.detach()
+            if diag is not None and it % cfg.diagnostics_every == 0:  # the step's gradient joins the reference
+                spent = diag.measure(it, lr, time.time() - t_start, [p.grad for p in raw.parameters()],
+                                     scaler.get_scale() if scaler.is_enabled() else 1.0)
+                t0 += spent  # step_time stays the training's own
             if cfg.grad_clip:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
@@ -297,14 +301,17 @@ class _Diagnostics:
 
     K micro-batches of batch_size/K sequences (together one iteration's compute; GPT-2's sequences
     are independent examples, so the noise is rescaled to the run's batch of batch_size x
-    gradient_accumulation_steps sequences), a reference of ``diagnostics_reference`` batches pooled
-    with the K micro-batches for the mean gradient, lambda_max on one micro-batch by
+    gradient_accumulation_steps sequences); the mean gradient from the training step's own gradient
+    (read after its backward, before clipping and the optimizer step: free; computed from the same
+    batches at the last iteration, where no step follows, or when a float16 step overflowed),
+    pooled with ``diagnostics_reference`` further batches and the K micro-batches; lambda_max on one micro-batch by
     double-backward Hessian-vector products (math attention backend) warm-started from the last measurement, and for AdamW
     also the preconditioned lambda_max (warm-started the same way).  The torch RNG is saved and
     restored, so the training is bit-identical with and without diagnostics."""
 
     def __init__(self, cfg, model, data, opt, device, run, amp):
         self.cfg, self.model, self.opt, self.run, self.amp = cfg, model, opt, Path(run), amp
+        self.data, self.device = data, device
         k = cfg.diagnostics_batches
         micro = max(1, cfg.batch_size // k)
         self.micro = micro
@@ -335,16 +342,34 @@ class _Diagnostics:
         with sdpa_kernel(SDPBackend.MATH):
             return self.loss(batch)
 
-    def measure(self, it: int, lr: float, elapsed: float):
+    def step_gradient(self, it: int):
+        """The mean gradient over iteration ``it``'s training batches (all ranks' together), as the
+        training step would compute it."""
+        from ..diagnostics import mean_gradient
+
+        cfg = self.cfg
+        batches = [self.data.batch("train", cfg.batch_size, cfg.block_size, cfg.seed, it, k, self.device)
+                   for k in range(cfg.gradient_accumulation_steps)]
+        return mean_gradient([p for p in self.model.parameters()], self.loss, batches)
+
+    def measure(self, it: int, lr: float, elapsed: float, step_gradient=None, grad_scale: float = 1.0) -> float:
+        """One row at iteration ``it``; ``step_gradient``: the training step's gradient at these
+        parameters (p.grad after backward, scaled by ``grad_scale``).  Returns the seconds spent."""
         import pandas as pd
 
         from ..diagnostics import measure
         from ..results import write_parquet
 
         if any(r["step"] == it for r in self.rows):
-            return
+            return 0.0
         t0 = time.perf_counter()
         cpu_rng = torch.get_rng_state()
+        if step_gradient is not None:
+            step_gradient = [g.detach().double() / grad_scale for g in step_gradient]
+            if not all(bool(torch.isfinite(g).all()) for g in step_gradient):
+                step_gradient = None  # an overflowed float16 step
+        if step_gradient is None:
+            step_gradient = self.step_gradient(it)
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         pre = None
         if isinstance(self.opt, torch.optim.AdamW) and it > 0:
@@ -365,7 +390,8 @@ class _Diagnostics:
                       scale_to=self.cfg.batch_size * self.cfg.gradient_accumulation_steps, groups=self.groups,
                       eigvec=self.eigvec, eigvec_preconditioned=self.eigvec_p if pre is not None else None,
                       hessian_iters=20 if self.eigvec is None else 6, preconditioner=pre,
-                      hessian_loss_fn=self.hessian_loss)
+                      hessian_loss_fn=self.hessian_loss, reference_gradient=step_gradient,
+                      reference_gradient_size=self.cfg.batch_size * self.cfg.gradient_accumulation_steps)
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
@@ -376,6 +402,7 @@ class _Diagnostics:
                           self.cfg.gradient_accumulation_steps, "lr": lr, "optimizer": self.cfg.optimizer,
                           **out["per_model"][0], "seconds": seconds, "elapsed": elapsed})
         write_parquet(pd.DataFrame(self.rows), self.run / "diagnostics.parquet")
+        return seconds
 
 
 def _peak_flops(device: str) -> float | None:

@@ -29,6 +29,9 @@ from .common import default_out, opt_param_option, say
 @click.option("--diagnostics-every", type=int, metavar="N",
               help="measure gradient noise, noise scale and sharpness (replicate 0 at every lr) at step 0 and "
                    "every N steps into diagnostics.parquet [0 = off].")
+@click.option("--diagnostics-reference", type=int, metavar="M",
+              help="further fixed batches (at the run's batch size) pooled with the 8 diagnostic batches for the "
+                   "mean gradient: ratios up to ~sqrt(8 + M) are resolved [8].")
 @click.option("--jobs", "-j", type=int, default=None, help="parallel units on CPU [all cores].")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True,
               help="auto: CUDA when present.")
@@ -38,7 +41,7 @@ from .common import default_out, opt_param_option, say
 @click.option("--force", is_flag=True, help="replace a study with a different config in --out.")
 @click.option("--quiet", "-q", is_flag=True)
 def mnist(config_file, dataset, data_dir, batch_size, optimizers, opt_param, lr, replicates, steps, seed,
-          weight_decay, eval_every, diagnostics_every, jobs, device, out, force, quiet):
+          weight_decay, eval_every, diagnostics_every, diagnostics_reference, jobs, device, out, force, quiet):
     """Train the paper's MLP for every optimizer x batch size x lr x replicate (all lrs and replicates
     of a unit as one batched model) and tabulate the best test loss per optimizer and batch size.
     Re-running the same command resumes; a finished study is left as it is."""
@@ -51,6 +54,7 @@ def mnist(config_file, dataset, data_dir, batch_size, optimizers, opt_param, lr,
     flags = {"dataset": dataset, "batch_size": batch_size, "optimizers": optimizers, "lr": lr,
              "replicates": replicates, "steps": steps, "seed": seed, "weight_decay": weight_decay,
              "eval_every": eval_every, "diagnostics_every": diagnostics_every,
+             "diagnostics_reference": diagnostics_reference,
              "optimizer": parse_opt_params(opt_param) or None}
     config = build_mnist_config(load_toml(config_file, "mnist") if config_file else None, flags)
     if out is None:  # results/mnist-fig2cd for the preset as it is, else results/mnist-DIGEST

@@ -305,7 +305,9 @@ class _Diagnostics:
     (read after its backward, before clipping and the optimizer step: free; computed from the same
     batches at the last iteration, where no step follows, or when a float16 step overflowed),
     pooled with ``diagnostics_reference`` further batches and the K micro-batches; lambda_max on one micro-batch by
-    double-backward Hessian-vector products (math attention backend) warm-started from the last measurement, and for AdamW
+    double-backward Hessian-vector products (math attention backend) warm-started from the last measurement,
+    Lanczos stopped once the top Ritz value moves < 1 % (geometric convergence: on gpt2-mini that left
+    it 0.36 % below a converged solve at initialisation and 0.05 % below after 1000 iterations), and for AdamW
     also the preconditioned lambda_max (warm-started the same way).  The torch RNG is saved and
     restored, so the training is bit-identical with and without diagnostics."""
 
@@ -389,7 +391,7 @@ class _Diagnostics:
                       reference_size=self.cfg.batch_size * len(self.reference), pool=True,
                       scale_to=self.cfg.batch_size * self.cfg.gradient_accumulation_steps, groups=self.groups,
                       eigvec=self.eigvec, eigvec_preconditioned=self.eigvec_p if pre is not None else None,
-                      hessian_iters=20 if self.eigvec is None else 6, preconditioner=pre,
+                      hessian_iters=20 if self.eigvec is None else 6, hessian_tol=1e-2, preconditioner=pre,
                       hessian_loss_fn=self.hessian_loss, reference_gradient=step_gradient,
                       reference_gradient_size=self.cfg.batch_size * self.cfg.gradient_accumulation_steps)
         torch.set_rng_state(cpu_rng)

@@ -34,7 +34,7 @@ META = "mnist.json"
 UNITS = "units"
 PRESET = "mnist-fig2cd"
 KEYS = ("dataset", "optimizers", "optimizer", "batch_size", "lr", "replicates", "steps", "seed",
-        "weight_decay", "eval_every", "diagnostics_every")
+        "weight_decay", "eval_every", "diagnostics_every", "diagnostics_reference")
 #: Per-step work of a unit beyond its samples, in sample-equivalents (optimizer update, BatchNorm
 #: statistics, Python overhead); weighs units for the ETA so that small batches are not free.
 STEP_OVERHEAD = 32
@@ -54,6 +54,7 @@ class MnistConfig:
     weight_decay: float
     eval_every: int
     diagnostics_every: int = 0
+    diagnostics_reference: int = 8
 
     @property
     def optimizers(self) -> tuple[str, ...]:
@@ -67,7 +68,9 @@ class MnistConfig:
                 "optimizer": {e.label: dict(e.settings) for e in self.entries},
                 "batch_sizes": list(self.batch_sizes), "lrs": list(self.lrs), "replicates": self.replicates,
                 "steps": self.steps, "seed": self.seed, "weight_decay": self.weight_decay,
-                "eval_every": self.eval_every, "diagnostics_every": self.diagnostics_every}
+                "eval_every": self.eval_every, "diagnostics_every": self.diagnostics_every,
+                # only where diagnostics run, so that other studies keep their digests
+                **({"diagnostics_reference": self.diagnostics_reference} if self.diagnostics_every else {})}
 
     def digest(self) -> str:
         return config_digest(self.to_dict())
@@ -108,7 +111,8 @@ def build_mnist_config(file_values: dict | None = None, overrides: dict | None =
     if any(not (v > 0 and math.isfinite(v)) for v in lrs):
         raise FocuslabError("--lr: learning rates must be > 0")
     ints = {key: parse_int(merged.get(key, 0), key, low)
-            for key, low in (("replicates", 1), ("steps", 1), ("seed", 0), ("eval_every", 0), ("diagnostics_every", 0))}
+            for key, low in (("replicates", 1), ("steps", 1), ("seed", 0), ("eval_every", 0), ("diagnostics_every", 0),
+                             ("diagnostics_reference", 0))}
     wd = parse_number(merged["weight_decay"], "--weight-decay")
     if not wd >= 0:
         raise FocuslabError("--weight-decay: must be >= 0")
@@ -157,7 +161,8 @@ def run_unit(config: MnistConfig, label: str, batch_size: int, data_dir, device:
     out = train_batched(_data(config.dataset, data_dir, device), config.entry(label), batch_size, config.lrs,
                         config.replicates, config.steps, seed=config.seed,
                         weight_decay=config.weight_decay, device=device, eval_every=config.eval_every,
-                        on_step=lambda t: report(t / config.steps), diagnostics_every=config.diagnostics_every)
+                        on_step=lambda t: report(t / config.steps), diagnostics_every=config.diagnostics_every,
+                        diagnostics_reference=config.diagnostics_reference)
     total = time.perf_counter() - t0
     rows = []
     for i, lr in enumerate(config.lrs):

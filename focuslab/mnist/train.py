@@ -90,7 +90,8 @@ def evaluate(forward, x_test: torch.Tensor, y_test: torch.Tensor, K: int, chunk:
 
 def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: int, steps: int,
                   seed: int = 0, weight_decay: float = 1e-2, device="cpu", dtype=torch.float32,
-                  eval_every: int = 0, on_step=None, diagnostics_every: int = 0, diagnostics_batches: int = 8) -> dict:
+                  eval_every: int = 0, on_step=None, diagnostics_every: int = 0, diagnostics_batches: int = 8,
+                  diagnostics_reference: int = 8) -> dict:
     """Train len(lrs) * replicates models together; returns per-model arrays of shape (n_lr, R)
     (test_loss, test_accuracy, train_loss, diverged) and, with eval_every, test curves.
     ``on_step(t)`` is called after every step (progress reporting).  With ``diagnostics_every`` N,
@@ -114,8 +115,8 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
     def eval_forward(x):
         return model(x.unsqueeze(0).expand(R, -1, -1), train=False)
 
-    diag = _Diagnostics(model, data, batch_size, lrs, R, seed, kind, opt, state, diagnostics_batches, device) \
-        if diagnostics_every else None
+    diag = _Diagnostics(model, data, batch_size, lrs, R, seed, kind, opt, state, diagnostics_batches,
+                        diagnostics_reference, device) if diagnostics_every else None
     if diag:
         diag.measure(0)
     for t in range(1, steps + 1):
@@ -160,18 +161,24 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
 
 
 class _Diagnostics:
-    """Noise and sharpness of replicate 0's model at every lr, on copies (training is untouched):
-    K fixed batches at the run's batch size (BatchNorm couples a batch's examples, so no smaller
-    micro-batches), the whole training set as the exhaustive reference, lambda_max warm-started
-    from the previous measurement, and for AdamW also the preconditioned one."""
+    """Noise and sharpness of replicate 0's model at every lr, on copies (training is untouched).
+    Every gradient is a minibatch gradient at the run's batch size b, because BatchNorm couples a
+    batch's examples: the mean of b-sample minibatch gradients is not the full-set gradient (at b=2
+    BatchNorm maps each feature to +-1), so neither smaller micro-batches nor the whole training set
+    can stand in.  K fixed batches give the variance; they are pooled with ``reference`` further
+    fixed batches for the mean (resolution: ratios up to ~sqrt(K + reference) at b).  Batches are
+    drawn from their own stream, each without replacement, independently of each other.  lambda_max
+    on the first batch, warm-started from the previous measurement (for AdamW also the
+    preconditioned one)."""
 
-    def __init__(self, model, data, batch_size, lrs, R, seed, kind, opt, state, k, device):
+    def __init__(self, model, data, batch_size, lrs, R, seed, kind, opt, state, k, reference, device):
         self.model, self.lrs, self.R, self.kind, self.opt, self.state = model, list(lrs), R, kind, opt, state
         self.x, self.y = data["x_train"], data["y_train"]
         n = len(self.x)
         g = torch.Generator().manual_seed(_seed(seed, 0, 2))  # its own stream: training's draws are untouched
         b = min(batch_size, n)
-        self.batches = [torch.randperm(n, generator=g)[:b].to(device) for _ in range(k)]
+        drawn = [torch.randperm(n, generator=g)[:b].to(device) for _ in range(k + reference)]
+        self.batches, self.reference = drawn[:k], drawn[k:]
         self.b = b
         self.models = [i * R for i in range(len(self.lrs))]  # replicate 0 at every lr
         self.rows, self.seconds, self.eigvec, self.eigvec_p = [], 0.0, None, None
@@ -197,10 +204,10 @@ class _Diagnostics:
             b2, eps = self.opt["beta2"], self.opt["eps"]
             index = torch.as_tensor(self.models)
             pre = [(self.state[n][1].detach()[index] / (1 - b2 ** step)).sqrt() + eps for n in self.names]
-        everything = torch.arange(len(self.x), device=self.x.device)
-        out = measure(params, loss, self.batches, reference=[everything], exhaustive=True, batch_size=self.b,
-                      reference_size=len(self.x), models=len(self.models), eigvec=self.eigvec,
-                      eigvec_preconditioned=self.eigvec_p if pre is not None else None, hessian_iters=30 if self.eigvec is None else 10, preconditioner=pre,
+        out = measure(params, loss, self.batches, reference=self.reference, pool=True, batch_size=self.b,
+                      reference_size=self.b * len(self.reference), models=len(self.models), eigvec=self.eigvec,
+                      eigvec_preconditioned=self.eigvec_p if pre is not None else None,
+                      hessian_iters=30 if self.eigvec is None else 10, hessian_tol=1e-2, preconditioner=pre,
                       groups={f"layer{i}": [j for j, n in enumerate(self.names) if n.split(".")[0][2:] == str(i)]
                               for i in range(sub.depth)})
         self.eigvec, self.eigvec_p = out["eigvec"], out.get("eigvec_preconditioned")

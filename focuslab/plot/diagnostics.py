@@ -39,8 +39,19 @@ def run_band(directory: Path) -> tuple[float, float, float, str]:
 def _along_steps(axes, d: pd.DataFrame, label: str, c):
     d = d.sort_values("step")
     axes[0].plot(d["step"], d["noise_ratio_median"], color=c, label=label, marker="o", ms=3)
-    axes[0].fill_between(d["step"], d["noise_ratio_q25"].clip(upper=1e6), d["noise_ratio_q75"].clip(upper=1e6),
+    # an unresolved quartile (+inf: the reference cannot resolve the mean there) runs the band to
+    # 3x the largest resolved value, and the unresolved fraction is drawn dotted on the right axis
+    finite = pd.concat([d["noise_ratio_q25"], d["noise_ratio_median"], d["noise_ratio_q75"]])
+    finite = finite[np.isfinite(finite)]
+    cap = 3 * float(finite.max()) if len(finite) else 1e6
+    axes[0].fill_between(d["step"], d["noise_ratio_q25"].clip(upper=cap), d["noise_ratio_q75"].clip(upper=cap),
                          color=c, alpha=0.15)
+    if "noise_ratio_unresolved" in d:
+        twin = getattr(axes[0], "_unresolved_axis", None) or axes[0].twinx()
+        axes[0]._unresolved_axis = twin
+        twin.plot(d["step"], d["noise_ratio_unresolved"], color=c, ls=":", lw=1)
+        twin.set_ylim(0, 1)
+        twin.set_ylabel("unresolved fraction of coordinates (dotted)", fontsize=8)
     axes[1].plot(d["step"], d["lambda_max"], color=c, label=label, marker="o", ms=3)
     if "lambda_max_preconditioned" in d and d["lambda_max_preconditioned"].notna().any():
         axes[1].plot(d["step"], d["lambda_max_preconditioned"], color=c, ls="--", marker="x", ms=3,

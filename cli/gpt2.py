@@ -83,8 +83,7 @@ def gpt2(ctx, preset, config_file, opt_param, out, force, nodes, gpus_per_node, 
     from focuslab.config import load_toml, parse_opt_params
     from focuslab.errors import FocuslabError
     from focuslab.gpt2.config import DEFAULT_PRESET, build_train_config, validate
-    from focuslab.gpt2.launch import (in_slurm, run_config_path, sbatch_script, slurm_command, torchrun_args,
-                                      write_run_config)
+    from focuslab.gpt2.launch import in_slurm, slurm_command, torchrun_args, write_run_config
     from focuslab.slurm import parse_sbatch_options
 
     if nodes < 1 or gpus_per_node < 1:

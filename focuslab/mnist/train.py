@@ -13,7 +13,6 @@ common).  There the two trainers may take different +-lr steps; neither is more 
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import torch

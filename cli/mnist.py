@@ -27,11 +27,14 @@ from .common import default_out, opt_param_option, say
 @click.option("--weight-decay", type=float, help="on Linear weights [0.01].")
 @click.option("--eval-every", type=int, help="also evaluate on the test set every N steps [0 = end only].")
 @click.option("--diagnostics-every", type=int, metavar="N",
-              help="measure gradient noise, noise scale and sharpness (replicate 0 at every lr) at step 0 and "
-                   "every N steps into diagnostics.parquet [0 = off].")
+              help="measure gradient noise, noise scale and sharpness of replicate 0 at step 0 and every N "
+                   "steps into diagnostics.parquet [0 = off].")
 @click.option("--diagnostics-reference", type=int, metavar="M",
               help="further fixed batches (at the run's batch size) pooled with the 8 diagnostic batches for the "
                    "mean gradient: ratios up to ~sqrt(8 + M) are resolved [8].")
+@click.option("--diagnostics-lrs", type=click.Choice(["best", "all"]),
+              help="measure replicate 0 at the lr with the lowest mean test loss (its parameters are kept at "
+                   "each measured step and measured after training) or at every lr (~n_lr times the cost) [best].")
 @click.option("--jobs", "-j", type=int, default=None, help="parallel units on CPU [all cores].")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True,
               help="auto: CUDA when present.")
@@ -41,7 +44,8 @@ from .common import default_out, opt_param_option, say
 @click.option("--force", is_flag=True, help="replace a study with a different config in --out.")
 @click.option("--quiet", "-q", is_flag=True)
 def mnist(config_file, dataset, data_dir, batch_size, optimizers, opt_param, lr, replicates, steps, seed,
-          weight_decay, eval_every, diagnostics_every, diagnostics_reference, jobs, device, out, force, quiet):
+          weight_decay, eval_every, diagnostics_every, diagnostics_reference, diagnostics_lrs, jobs, device, out,
+          force, quiet):
     """Train the paper's MLP for every optimizer x batch size x lr x replicate (all lrs and replicates
     of a unit as one batched model) and tabulate the best test loss per optimizer and batch size.
     Re-running the same command resumes; a finished study is left as it is."""
@@ -54,7 +58,7 @@ def mnist(config_file, dataset, data_dir, batch_size, optimizers, opt_param, lr,
     flags = {"dataset": dataset, "batch_size": batch_size, "optimizers": optimizers, "lr": lr,
              "replicates": replicates, "steps": steps, "seed": seed, "weight_decay": weight_decay,
              "eval_every": eval_every, "diagnostics_every": diagnostics_every,
-             "diagnostics_reference": diagnostics_reference,
+             "diagnostics_reference": diagnostics_reference, "diagnostics_lrs": diagnostics_lrs,
              "optimizer": parse_opt_params(opt_param) or None}
     config = build_mnist_config(load_toml(config_file, "mnist") if config_file else None, flags)
     if out is None:  # results/mnist-fig2cd for the preset as it is, else results/mnist-DIGEST

@@ -87,6 +87,26 @@ def gradient_stats(params, loss_fn: Callable, batches: Sequence, models: int = 1
     return mean, var
 
 
+def stacked_stats(stack: Sequence, k: int, weights: Sequence[float] | None = None):
+    """The same statistics from gradients computed together: ``stack`` holds one tensor per
+    parameter, shape (n, *param.shape), row j the gradient of batch j.  Returns the mean and
+    variance (ddof=1) of the first ``k`` rows and the weighted mean of the others (None when there
+    are none), all float64."""
+    import torch
+
+    stack = [g.detach().double() for g in stack]
+    mean = [g[:k].mean(0) for g in stack]
+    # two passes by hand: torch.var over the leading axis takes a slow CPU path (~10x here)
+    var = [(g[:k] - m).square().sum(0) / (k - 1) for g, m in zip(stack, mean)]
+    rest = None
+    n = stack[0].shape[0] - k
+    if n > 0:
+        w = torch.as_tensor(list(weights) if weights is not None else [1.0] * n, dtype=torch.float64,
+                            device=stack[0].device)
+        rest = [torch.tensordot(w, g[k:], dims=1) / w.sum() for g in stack]
+    return mean, var, rest
+
+
 def mean_gradient(params, loss_fn: Callable, batches: Sequence, weights: Sequence[float] | None = None):
     """Weighted mean gradient over ``batches`` (weights: their sizes; default equal)."""
     import torch
@@ -227,7 +247,8 @@ def measure(model, loss_fn: Callable, batches: Sequence, *, reference: Sequence 
             groups: dict | None = None, hessian: bool = True, hessian_batch=None, hessian_iters: int = 20,
             eigvec=None, preconditioner=None, eigvec_preconditioned=None, pool: bool = False,
             hessian_tol: float = 1e-3, hessian_loss_fn: Callable | None = None,
-            reference_gradient: Sequence | None = None, reference_gradient_size: int | None = None) -> dict:
+            reference_gradient: Sequence | None = None, reference_gradient_size: int | None = None,
+            batch_gradients: Callable | None = None) -> dict:
     """All diagnostics at the current parameters (see the module docstring); per model when
     ``models`` > 1.  ``groups`` maps a group name to indices into the parameter list (default: one
     group per parameter tensor, named p0, p1, ...).  ``pool``: fold the K batches into a
@@ -235,19 +256,28 @@ def measure(model, loss_fn: Callable, batches: Sequence, *, reference: Sequence 
     ``loss_fn``) is the loss the Hessian is taken of: it must support double backward.
     ``reference_gradient``: a mean gradient (tensors like the parameters) already computed at these
     parameters on ``reference_gradient_size`` examples independent of ``batches``, pooled into the
-    reference mean by size (not with ``exhaustive``).  Returns
+    reference mean by size (not with ``exhaustive``).  ``batch_gradients(batches)``, where a model
+    can do it faster than one backward pass per batch (stacked copies of a small model): one tensor
+    per parameter, shape (len(batches), *param.shape), row j the gradient of ``loss_fn(batches[j])``;
+    it then computes the K batches' and the reference's gradients in one call.  Returns
     plain numbers (lists per model), plus "eigvec" (and "eigvec_preconditioned") to warm-start the
     next call, and "seconds" spent."""
     t0 = time.perf_counter()
     if reference_gradient is not None and (exhaustive or not reference_gradient_size):
         raise ValueError("reference_gradient needs reference_gradient_size and cannot join an exhaustive reference")
     params = _params(model)
-    mean, var = gradient_stats(params, loss_fn, batches, models)
     k = len(batches)
+    if k < 2:
+        raise ValueError("gradient statistics need at least two batches (K >= 8 recommended)")
+    if batch_gradients is not None:
+        mean, var, ref_mean = stacked_stats(batch_gradients(list(batches) + list(reference or [])), k,
+                                            reference_weights)
+    else:
+        mean, var = gradient_stats(params, loss_fn, batches, models)
+        ref_mean = mean_gradient(params, loss_fn, reference, reference_weights) if reference else None
     parts = []  # (mean gradient, examples) pooled into the reference by size
     if reference:
-        parts.append((mean_gradient(params, loss_fn, reference, reference_weights),
-                      reference_size or batch_size * len(reference)))
+        parts.append((ref_mean, reference_size or batch_size * len(reference)))
     if reference_gradient is not None:
         parts.append(([g.detach().double() for g in reference_gradient], reference_gradient_size))
     if parts:

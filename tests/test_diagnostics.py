@@ -206,13 +206,78 @@ def test_mnist_diagnostics_leave_training_unchanged_and_fill_the_table(tmp_path)
     assert {"step", "noise_ratio_median", "noise_scale_simple", "lambda_max", "optimizer", "batch_size", "lr",
             "replicate", "noise_ratio_q25", "noise_ratio_q75", "noise_ratio_median.layer0"} <= set(d.columns)
     assert sorted(d.step.unique()) == [0, 4, 8, 12] and set(d.replicate) == {0}
-    assert len(d) == 4 * 2 * 2 * 2  # steps x lrs x batch sizes x optimizers
+    assert len(d) == 4 * 1 * 2 * 2  # steps x the best lr x batch sizes x optimizers
+    best = pd.read_parquet(tmp_path / "diag" / "best.parquet").set_index(["optimizer", "batch_size"])["best_lr"]
+    for (opt, b), g in d.groupby(["optimizer", "batch_size"]):
+        assert set(g.lr) == {best[(opt, b)]}, (opt, b)
     adam = d[(d.optimizer == "adamw") & (d.step > 0)]
     assert adam.lambda_max_preconditioned.notna().all() and (d.lambda_max.abs() > 0).all()
     res = CliRunner().invoke(main, ["plot", str(tmp_path / "diag")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "diag" / "diagnostics.png").exists() and (tmp_path / "diag" / "noise_scale.png").exists()
     assert "B_simple" in res.output
+
+
+def test_mnist_best_lr_diagnostics_are_the_every_lr_measurement_of_that_lr():
+    """``best`` measures kept copies after training; ``all`` measures every lr as it goes: the
+    best lr's rows must agree (the noise statistics to rounding, lambda_max within Lanczos' 1 %
+    stopping rule, which in ``all`` waits for every model)."""
+    from focuslab.mnist.train import to_tensors, train_batched
+
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for split, n in (("train", 256), ("test", 64)):  # learnable: the label painted into the image
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 * label:2 * label + 3] = 255
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    data = to_tensors(arrays)
+    kw = dict(lrs=[1e-3, 1e-2, 1e-1], replicates=2, steps=8, seed=1, diagnostics_every=4, diagnostics_reference=4)
+    for opt in ("adamw", "signum"):
+        best = train_batched(data, opt, 8, diagnostics_lrs="best", **kw)
+        every = train_batched(data, opt, 8, diagnostics_lrs="all", **kw)
+        np.testing.assert_array_equal(best["test_loss"], every["test_loss"])
+        lr = kw["lrs"][int(np.argmin(best["test_loss"].mean(1)))]
+        rows = best["diagnostics"]
+        assert [r["step"] for r in rows] == [0, 4, 8] and {r["lr"] for r in rows} == {lr}
+        same = [r for r in every["diagnostics"] if r["lr"] == lr]
+        assert len(every["diagnostics"]) == 3 * len(kw["lrs"])
+        for a, b in zip(rows, same):
+            for key in ("noise_ratio_median", "noise_ratio_q25", "noise_scale_simple", "grad_norm"):
+                assert a[key] == pytest.approx(b[key], rel=1e-6), (opt, a["step"], key)
+            assert a["lambda_max"] == pytest.approx(b["lambda_max"], rel=0.05), (opt, a["step"])
+        if opt == "adamw":
+            assert all(np.isfinite(r["lambda_max_preconditioned"]) for r in rows if r["step"] > 0)
+
+
+def test_stacked_batch_gradients_give_the_same_statistics_as_one_pass_per_batch():
+    """The MNIST model's one-pass gradients over stacked copies (``batch_gradients``) against the
+    plain loop over batches, for two models at once."""
+    import torch.nn.functional as F
+
+    from focuslab.mnist.model import BatchedMLP
+    from focuslab.mnist.train import batch_gradients, initial_params
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 784, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    model = BatchedMLP([initial_params(0, r, torch.float32) for r in range(2)], 1)
+    names = list(model.params)
+    params = [model.params[n] for n in names]
+    batches = [torch.randperm(64, generator=gen)[:4] for _ in range(10)]
+
+    def loss(i):
+        logits = model(x[i].unsqueeze(0), train=True, track=False)
+        return F.cross_entropy(logits.reshape(-1, 10), y[i].repeat(2), reduction="none").view(2, -1).mean(1)
+
+    kw = dict(reference=batches[6:], pool=True, batch_size=4, models=2, hessian=False)
+    loop = measure(params, loss, batches[:6], **kw)["per_model"]
+    fast = measure(params, loss, batches[:6], batch_gradients=lambda idx: batch_gradients(model, x, y, idx),
+                   **kw)["per_model"]
+    for a, b in zip(loop, fast):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
 
 
 def test_gpt2_diagnostics_leave_training_unchanged_and_place_the_run_on_the_map(tmp_path):

@@ -198,6 +198,8 @@ def test_improvement_propagates_errors():
     (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/x"], "--data-dir /nonexistent/x: no such directory"),
     (["--optimizers", "adamw", "--opt-param", "focus.gamma=0.4"], "focus is not among the optimizers (adamw)"),
     (["--optimizers", "adamw,adam"], "repeats"),
+    (["--steps", "20000", "--diagnostics-every", "10"], "GiB per unit; use a larger --diagnostics-every"),
+    (["--diagnostics-lrs", "worst"], "'worst' is not one of 'best', 'all'"),
 ])
 def test_bad_options_exit_2(tmp_path, args, needle):
     if args[0] == "--device" and torch.cuda.is_available():

@@ -102,6 +102,15 @@ class BatchedMLP:
         sub.running = {n: r[index].clone() for n, r in self.running.items()}
         return sub
 
+    def repeated(self, n: int) -> "BatchedMLP":
+        """Each model n times in a row as new leaves, copy j reading data replicate j (model k * n + j
+        is a copy of model k): the gradients of n copies on n different batches in one pass."""
+        rep = BatchedMLP.__new__(BatchedMLP)
+        rep.depth, rep.K, rep.R = self.depth, self.K * n, n
+        rep.params = {k: p.detach().repeat_interleave(n, dim=0).requires_grad_() for k, p in self.params.items()}
+        rep.running = {k: r.repeat_interleave(n, dim=0) for k, r in self.running.items()}
+        return rep
+
     def _stats(self, i: int, x: torch.Tensor, train: bool, rows: int, track: bool = True):
         """Batch (train) or running (eval) mean/var, (rows, F); updates running stats in train unless
         ``track`` is off."""

@@ -34,7 +34,7 @@ META = "mnist.json"
 UNITS = "units"
 PRESET = "mnist-fig2cd"
 KEYS = ("dataset", "optimizers", "optimizer", "batch_size", "lr", "replicates", "steps", "seed",
-        "weight_decay", "eval_every", "diagnostics_every", "diagnostics_reference")
+        "weight_decay", "eval_every", "diagnostics_every", "diagnostics_reference", "diagnostics_lrs")
 #: Per-step work of a unit beyond its samples, in sample-equivalents (optimizer update, BatchNorm
 #: statistics, Python overhead); weighs units for the ETA so that small batches are not free.
 STEP_OVERHEAD = 32
@@ -55,6 +55,7 @@ class MnistConfig:
     eval_every: int
     diagnostics_every: int = 0
     diagnostics_reference: int = 8
+    diagnostics_lrs: str = "best"
 
     @property
     def optimizers(self) -> tuple[str, ...]:
@@ -70,7 +71,8 @@ class MnistConfig:
                 "steps": self.steps, "seed": self.seed, "weight_decay": self.weight_decay,
                 "eval_every": self.eval_every, "diagnostics_every": self.diagnostics_every,
                 # only where diagnostics run, so that other studies keep their digests
-                **({"diagnostics_reference": self.diagnostics_reference} if self.diagnostics_every else {})}
+                **({"diagnostics_reference": self.diagnostics_reference, "diagnostics_lrs": self.diagnostics_lrs}
+                   if self.diagnostics_every else {})}
 
     def digest(self) -> str:
         return config_digest(self.to_dict())
@@ -116,7 +118,31 @@ def build_mnist_config(file_values: dict | None = None, overrides: dict | None =
     wd = parse_number(merged["weight_decay"], "--weight-decay")
     if not wd >= 0:
         raise FocuslabError("--weight-decay: must be >= 0")
-    return MnistConfig(merged["dataset"], entries, tuple(bs), tuple(lrs), weight_decay=wd, **ints)
+    which = str(merged.get("diagnostics_lrs") or "best")
+    if which not in ("best", "all"):
+        raise FocuslabError(f"--diagnostics-lrs: {which!r} is not 'best' or 'all'")
+    if ints["diagnostics_every"] and which == "best":
+        kept = snapshot_bytes(len(lrs), ints["steps"] // ints["diagnostics_every"] + 1)
+        if kept > SNAPSHOT_LIMIT:
+            raise FocuslabError(f"--diagnostics-lrs best keeps replicate 0's parameters at every lr for each of the "
+                                f"{ints['steps'] // ints['diagnostics_every'] + 1} measured steps: "
+                                f"{kept / 2 ** 30:.1f} GiB per unit; use a larger --diagnostics-every, fewer --lr "
+                                "values or --diagnostics-lrs all")
+    return MnistConfig(merged["dataset"], entries, tuple(bs), tuple(lrs), weight_decay=wd, diagnostics_lrs=which,
+                       **ints)
+
+
+#: Most memory a unit may hold in parameter copies for ``--diagnostics-lrs best``.
+SNAPSHOT_LIMIT = 2 * 2 ** 30
+
+
+def snapshot_bytes(n_lr: int, measurements: int) -> int:
+    """Memory of the copies ``--diagnostics-lrs best`` keeps: parameters and AdamW's second
+    moments (float32) of n_lr models at each measured step."""
+    from .model import WIDTHS
+
+    per_model = sum(2 * a + a * b + b for a, b in zip(WIDTHS[:-1], WIDTHS[1:]))
+    return measurements * n_lr * per_model * 4 * 2
 
 
 @lru_cache(maxsize=2)
@@ -162,7 +188,7 @@ def run_unit(config: MnistConfig, label: str, batch_size: int, data_dir, device:
                         config.replicates, config.steps, seed=config.seed,
                         weight_decay=config.weight_decay, device=device, eval_every=config.eval_every,
                         on_step=lambda t: report(t / config.steps), diagnostics_every=config.diagnostics_every,
-                        diagnostics_reference=config.diagnostics_reference)
+                        diagnostics_reference=config.diagnostics_reference, diagnostics_lrs=config.diagnostics_lrs)
     total = time.perf_counter() - t0
     rows = []
     for i, lr in enumerate(config.lrs):

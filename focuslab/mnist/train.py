@@ -20,7 +20,13 @@ import torch.nn.functional as F
 
 from ..optim._sign import SLICE, sign_momentum_update
 from ..optim.registry import TORCH_OPTIMIZERS
-from .model import BatchedMLP, MLP, decays, init_params
+from .model import FOLD_MIN_BATCH, BatchedMLP, MLP, decays, init_params
+
+#: Diagnostics compute their minibatch gradients in one pass over stacked model copies when the
+#: batch is below FOLD_MIN_BATCH and there are at most this many copies: one model, 32 batches of
+#: 2 / 8 / 64 took 28 / 31 / 97 ms stacked against 61 / 101 / 168 ms one by one (512: 645 vs 423);
+#: 12 models x 32 batches were slower stacked (memory traffic of 384 copies).
+STACK_MAX = 64
 
 def resolve_optimizer(spec) -> tuple[str, dict]:
     """'adamw' | 'signum' | 'focus' | 'focus:gamma=0.4' ... (or an OptimizerEntry) -> (name, settings),
@@ -90,12 +96,16 @@ def evaluate(forward, x_test: torch.Tensor, y_test: torch.Tensor, K: int, chunk:
 def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: int, steps: int,
                   seed: int = 0, weight_decay: float = 1e-2, device="cpu", dtype=torch.float32,
                   eval_every: int = 0, on_step=None, diagnostics_every: int = 0, diagnostics_batches: int = 8,
-                  diagnostics_reference: int = 8) -> dict:
+                  diagnostics_reference: int = 8, diagnostics_lrs: str = "best") -> dict:
     """Train len(lrs) * replicates models together; returns per-model arrays of shape (n_lr, R)
     (test_loss, test_accuracy, train_loss, diverged) and, with eval_every, test curves.
     ``on_step(t)`` is called after every step (progress reporting).  With ``diagnostics_every`` N,
-    replicate 0's model at every lr is measured at step 0 and every N steps (focuslab.diagnostics):
-    rows in out["diagnostics"], their cost in out["diagnostics_seconds"]; training is unchanged."""
+    replicate 0's model is measured at step 0 and every N steps (focuslab.diagnostics): at every lr
+    (``diagnostics_lrs="all"``), or at the lr that ends with the lowest mean test loss over the
+    replicates (``"best"``, the lr the study's best.parquet picks): then replicate 0's parameters at
+    every lr are kept at each of those steps and the winner's are measured once training is over.
+    Rows in out["diagnostics"], their cost (copies included) in out["diagnostics_seconds"];
+    training is unchanged."""
     kind, opt = resolve_optimizer(optimizer)
     x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     lrs = [float(v) for v in lrs]
@@ -115,9 +125,9 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
         return model(x.unsqueeze(0).expand(R, -1, -1), train=False)
 
     diag = _Diagnostics(model, data, batch_size, lrs, R, seed, kind, opt, state, diagnostics_batches,
-                        diagnostics_reference, device) if diagnostics_every else None
+                        diagnostics_reference, device, diagnostics_lrs) if diagnostics_every else None
     if diag:
-        diag.measure(0)
+        diag.at(0)
     for t in range(1, steps + 1):
         idx = order[t - 1].to(device)  # (R, b)
         xb = x_train[idx]  # (R, b, 784): the models of a replicate share its minibatch
@@ -146,32 +156,54 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
         if eval_every and (t % eval_every == 0 or t == steps):
             curves.append((t, *evaluate(eval_forward, x_test, y_test, K)))
         if diag and t % diagnostics_every == 0:
-            diag.measure(t)
+            diag.at(t)
         if on_step is not None:
             on_step(t)
     test_loss, test_acc = evaluate(eval_forward, x_test, y_test, K)
     train_loss = train_loss.double().cpu()
     diverged = ~np.isfinite(test_loss) | ~np.isfinite(train_loss.numpy())
     shape = (n_lr, R)
+    if diag:
+        diag.finish(np.where(diverged, np.inf, test_loss).reshape(shape))
     return {"test_loss": np.where(diverged, np.inf, test_loss).reshape(shape),
             "test_accuracy": test_acc.reshape(shape), "train_loss": train_loss.numpy().reshape(shape),
             "diverged": diverged.reshape(shape), "curves": curves,
             "diagnostics": diag.rows if diag else [], "diagnostics_seconds": diag.seconds if diag else 0.0}
 
 
-class _Diagnostics:
-    """Noise and sharpness of replicate 0's model at every lr, on copies (training is untouched).
-    Every gradient is a minibatch gradient at the run's batch size b, because BatchNorm couples a
-    batch's examples: the mean of b-sample minibatch gradients is not the full-set gradient (at b=2
-    BatchNorm maps each feature to +-1), so neither smaller micro-batches nor the whole training set
-    can stand in.  K fixed batches give the variance; they are pooled with ``reference`` further
-    fixed batches for the mean (resolution: ratios up to ~sqrt(K + reference) at b).  Batches are
-    drawn from their own stream, each without replacement, independently of each other.  lambda_max
-    on the first batch, warm-started from the previous measurement (for AdamW also the
-    preconditioned one)."""
+def batch_gradients(model: BatchedMLP, x: torch.Tensor, y: torch.Tensor, indices) -> list:
+    """Each of ``model``'s K models' minibatch gradients on every batch of ``indices`` (one index
+    tensor per batch, all of one size) in one pass over stacked copies: one tensor per parameter,
+    shape (len(indices), K, *per-model shape), in the order of model.params."""
+    n = len(indices)
+    rep = model.repeated(n)
+    logits = rep(torch.stack([x[i] for i in indices]), train=True, track=False)  # (K n, b, 10)
+    labels = torch.stack([y[i] for i in indices]).repeat(model.K, 1)  # row k n + j: batch j
+    per = F.cross_entropy(logits.reshape(-1, 10), labels.reshape(-1), reduction="none").view(rep.K, -1)
+    grads = torch.autograd.grad(per.mean(1).sum(), list(rep.params.values()))
+    return [g.view(model.K, n, *g.shape[1:]).transpose(0, 1) for g in grads]
 
-    def __init__(self, model, data, batch_size, lrs, R, seed, kind, opt, state, k, reference, device):
+
+class _Diagnostics:
+    """Noise and sharpness of replicate 0's model, at every lr or at the best one, on copies
+    (training is untouched).  Every gradient is a minibatch gradient at the run's batch size b,
+    because BatchNorm couples a batch's examples: the mean of b-sample minibatch gradients is not
+    the full-set gradient (at b=2 BatchNorm maps each feature to +-1), so neither smaller
+    micro-batches nor the whole training set can stand in.  K fixed batches give the variance; they
+    are pooled with ``reference`` further fixed batches for the mean (resolution: ratios up to
+    ~sqrt(K + reference) at b).  Batches are drawn from their own stream, each without replacement,
+    independently of each other.  lambda_max on the first batch, warm-started from the previous
+    measurement (for AdamW also the preconditioned one).
+
+    ``which="best"``: the best lr is known only at the end, so each measurement step keeps a copy
+    of replicate 0's parameters at every lr (and AdamW's second moments), n_lr x 2 x 167k floats;
+    ``finish`` measures the winner's copies in step order.  ``"all"`` measures every lr at once."""
+
+    def __init__(self, model, data, batch_size, lrs, R, seed, kind, opt, state, k, reference, device, which):
+        if which not in ("best", "all"):
+            raise ValueError(f"diagnostics_lrs must be 'best' or 'all', not {which!r}")
         self.model, self.lrs, self.R, self.kind, self.opt, self.state = model, list(lrs), R, kind, opt, state
+        self.which = which
         self.x, self.y = data["x_train"], data["y_train"]
         n = len(self.x)
         g = torch.Generator().manual_seed(_seed(seed, 0, 2))  # its own stream: training's draws are untouched
@@ -181,15 +213,43 @@ class _Diagnostics:
         self.b = b
         self.models = [i * R for i in range(len(self.lrs))]  # replicate 0 at every lr
         self.rows, self.seconds, self.eigvec, self.eigvec_p = [], 0.0, None, None
+        self.snapshots = []
         self.names = list(model.params)
 
-    def measure(self, step: int):
+    def at(self, step: int):
+        """Step ``step`` is to be measured: now (every lr) or later (a copy for ``finish``)."""
+        import time
+
+        t0 = time.perf_counter()
+        sub = self.model.subset(self.models)
+        pre = None
+        if self.kind == "adamw" and step > 0:  # Adam's diagonal preconditioner sqrt(v_hat) + eps
+            b2, eps = self.opt["beta2"], self.opt["eps"]
+            index = torch.as_tensor(self.models)
+            pre = [(self.state[n][1].detach()[index] / (1 - b2 ** step)).sqrt() + eps for n in self.names]
+        self.seconds += time.perf_counter() - t0
+        if self.which == "all":
+            self._measure(step, sub, pre, list(range(len(self.lrs))))
+        else:
+            self.snapshots.append((step, sub, pre))
+
+    def finish(self, test_loss: np.ndarray):
+        """Measure the kept copies at the lr with the lowest mean test loss (n_lr, R; +inf diverged)."""
+        if self.which != "best":
+            return
+        with np.errstate(invalid="ignore"):
+            best = int(np.argmin(np.nan_to_num(test_loss.mean(1), nan=np.inf)))
+        for step, sub, pre in self.snapshots:
+            one = sub.subset([best])
+            self._measure(step, one, None if pre is None else [p[best:best + 1] for p in pre], [best])
+        self.snapshots = []
+
+    def _measure(self, step: int, sub, pre, lr_index: list[int]):
         import time
 
         from ..diagnostics import measure
 
         t0 = time.perf_counter()
-        sub = self.model.subset(self.models)
         params = [sub.params[n] for n in self.names]
 
         def loss(index):
@@ -198,19 +258,16 @@ class _Diagnostics:
             return F.cross_entropy(logits.reshape(-1, 10), self.y[index].repeat(sub.K),
                                    reduction="none").view(sub.K, -1).mean(1)
 
-        pre = None
-        if self.kind == "adamw" and step > 0:  # Adam's diagonal preconditioner sqrt(v_hat) + eps
-            b2, eps = self.opt["beta2"], self.opt["eps"]
-            index = torch.as_tensor(self.models)
-            pre = [(self.state[n][1].detach()[index] / (1 - b2 ** step)).sqrt() + eps for n in self.names]
+        stack = self.b < FOLD_MIN_BATCH and sub.K * (len(self.batches) + len(self.reference)) <= STACK_MAX
         out = measure(params, loss, self.batches, reference=self.reference, pool=True, batch_size=self.b,
-                      reference_size=self.b * len(self.reference), models=len(self.models), eigvec=self.eigvec,
+                      batch_gradients=(lambda idx: batch_gradients(sub, self.x, self.y, idx)) if stack else None,
+                      reference_size=self.b * len(self.reference), models=sub.K, eigvec=self.eigvec,
                       eigvec_preconditioned=self.eigvec_p if pre is not None else None,
                       hessian_iters=30 if self.eigvec is None else 10, hessian_tol=1e-2, preconditioner=pre,
                       groups={f"layer{i}": [j for j, n in enumerate(self.names) if n.split(".")[0][2:] == str(i)]
                               for i in range(sub.depth)})
         self.eigvec, self.eigvec_p = out["eigvec"], out.get("eigvec_preconditioned")
-        for i, row in enumerate(out["per_model"]):
+        for i, row in zip(lr_index, out["per_model"]):
             self.rows.append({"step": step, "lr": self.lrs[i], "replicate": 0, **row})
         self.seconds += time.perf_counter() - t0
 

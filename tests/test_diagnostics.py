@@ -321,6 +321,25 @@ def test_the_top_eigenvalue_is_the_largest_not_the_largest_in_magnitude():
     assert lam[0] == pytest.approx(2.0, abs=1e-6)
 
 
+def test_a_warm_start_on_a_lower_eigenvector_still_finds_the_top():
+    """The previous measurement's top eigenvector can become an interior one as training moves:
+    started exactly there, the Krylov space never leaves it (stopping when the Ritz value stops
+    moving, or when the basis is exhausted, reported 10 here), so the start is mixed with a random
+    vector and the stop waits for a small residual."""
+    eig = torch.arange(1.0, 51.0, dtype=torch.float64)
+    theta = torch.zeros(50, dtype=torch.float64, requires_grad=True)
+    start = torch.zeros(1, 50, dtype=torch.float64)
+    start[0, 9] = 1.0  # the eigenvector of 10
+    lam, vec, _ = top_eigenvalue([theta], lambda b: 0.5 * (eig * theta * theta).sum(), None, iters=50, tol=1e-8,
+                                 v0=start)
+    assert lam[0] == pytest.approx(50.0, rel=1e-6)
+    assert abs(float(vec[0, 49])) == pytest.approx(1.0, abs=1e-3)
+    near = start + 1e-3 * torch.randn(1, 50, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lam, _, steps = top_eigenvalue([theta], lambda b: 0.5 * (eig * theta * theta).sum(), None, iters=50,
+                                   tol=1e-2, v0=near)
+    assert lam[0] == pytest.approx(50.0, rel=1e-2) and steps < 50
+
+
 def test_gpt2_sharpness_is_the_dense_hessians_top_eigenvalue(tmp_path):
     """The GPT-2 path (micro-batch, math attention for double backward, AdamW preconditioner) against
     the top eigenvalue of the full Hessian, built column by column, of a GPT small enough to hold it."""

@@ -391,7 +391,7 @@ class _Diagnostics:
                       reference_size=self.cfg.batch_size * len(self.reference), pool=True,
                       scale_to=self.cfg.batch_size * self.cfg.gradient_accumulation_steps, groups=self.groups,
                       eigvec=self.eigvec, eigvec_preconditioned=self.eigvec_p if pre is not None else None,
-                      hessian_iters=20 if self.eigvec is None else 6, hessian_tol=1e-2, preconditioner=pre,
+                      hessian_iters=20 if self.eigvec is None else 10, hessian_tol=1e-2, preconditioner=pre,
                       hessian_loss_fn=self.hessian_loss, reference_gradient=step_gradient,
                       reference_gradient_size=self.cfg.batch_size * self.cfg.gradient_accumulation_steps)
         torch.set_rng_state(cpu_rng)

@@ -223,7 +223,8 @@ def run_units(work: Path, todo: list[Unit], compute: Callable, *, jobs: int, pro
         Path(inflight).mkdir(parents=True, exist_ok=True)
         for old in Path(inflight).glob("*.json"):
             old.unlink(missing_ok=True)
-        monitor = threading.Thread(target=_watch, args=(Path(inflight), by_name, counts, progress, stop), daemon=True)
+        monitor = threading.Thread(target=_watch, args=(Path(inflight), by_name, counts, progress, stop, seconds),
+                                   daemon=True)
         monitor.start()
     tasks = (delayed(_call)(compute, u.name, u.args) for u in todo)
     try:
@@ -235,6 +236,7 @@ def run_units(work: Path, todo: list[Unit], compute: Callable, *, jobs: int, pro
             seconds[name] = secs
             if inflight is not None:
                 (Path(inflight) / f"{name}.json").unlink(missing_ok=True)
+                progress.set_partial(*_partial(Path(inflight), by_name, counts, seconds))  # not counted twice
             progress.update(by_name[name].cost, units=1, count=counts.get(name, 0.0))
     finally:
         stop.set()
@@ -244,20 +246,27 @@ def run_units(work: Path, todo: list[Unit], compute: Callable, *, jobs: int, pro
 WATCH_EVERY = 2.0  # seconds between reads of the in-flight reports
 
 
-def _watch(inflight: Path, units: dict, counts: dict, progress: Progress, stop) -> None:
+def _partial(inflight: Path, units: dict, counts: dict, finished) -> tuple[float, float]:
+    """Cost and count done in the units still in flight, from their reports (a finished unit's
+    report may linger a moment: it is skipped, being counted in full already)."""
     import json
 
+    cost = count = 0.0
+    for f in inflight.glob("*.json"):
+        if f.stem not in units or f.stem in finished:
+            continue
+        try:
+            fraction = min(1.0, max(0.0, json.loads(f.read_text())["fraction"]))
+        except (OSError, ValueError, KeyError):
+            continue
+        cost += fraction * units[f.stem].cost
+        count += fraction * counts.get(f.stem, 0.0)
+    return cost, count
+
+
+def _watch(inflight: Path, units: dict, counts: dict, progress: Progress, stop, finished) -> None:
     while not stop.wait(WATCH_EVERY):
-        cost = count = 0.0
-        for f in inflight.glob("*.json"):
-            try:
-                fraction = min(1.0, max(0.0, json.loads(f.read_text())["fraction"]))
-            except (OSError, ValueError, KeyError):
-                continue
-            if f.stem in units:
-                cost += fraction * units[f.stem].cost
-                count += fraction * counts.get(f.stem, 0.0)
-        progress.set_partial(cost, count)
+        progress.set_partial(*_partial(inflight, units, counts, finished))
 
 
 def _call(compute, name, args):

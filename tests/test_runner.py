@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from focuslab.cli.main import main
@@ -129,3 +130,5 @@ def test_in_flight_work_shows_in_the_progress_line(tmp_path, monkeypatch):
     assert partial, lines  # progress while the only unit was still running
     assert any("% of the work" in line and "model-steps" in line and "ETA" in line for line in partial)
     assert (tmp_path / "u.parquet").exists() and not (inflight / "u.json").exists()
+    # a finished unit is counted once: its last report no longer adds to the total (it did: 103 %)
+    assert bar.done + bar.partial == pytest.approx(100.0) and bar.count + bar.partial_count == pytest.approx(5000)

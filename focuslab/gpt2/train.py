@@ -306,9 +306,10 @@ class _Diagnostics:
     batches at the last iteration, where no step follows, or when a float16 step overflowed),
     pooled with ``diagnostics_reference`` further batches and the K micro-batches; lambda_max on one micro-batch by
     double-backward Hessian-vector products (math attention backend) warm-started from the last measurement,
-    Lanczos stopped once the top Ritz value moves < 1 % (geometric convergence: on gpt2-mini that left
-    it 0.36 % below a converged solve at initialisation and 0.05 % below after 1000 iterations), and for AdamW
-    also the preconditioned lambda_max (warm-started the same way).  The torch RNG is saved and
+    Lanczos stopped once the top Ritz pair's residual is below 1 % of it (focuslab.diagnostics.top_eigenvalue),
+    and for AdamW also the preconditioned lambda_max (warm-started the same way).  The first batch's
+    gradient is read from the Hessian's graph (computed with the math attention backend: the same
+    gradient to rounding).  The torch RNG is saved and
     restored, so the training is bit-identical with and without diagnostics."""
 
     def __init__(self, cfg, model, data, opt, device, run, amp):

@@ -338,6 +338,9 @@ def test_a_warm_start_on_a_lower_eigenvector_still_finds_the_top():
     lam, _, steps = top_eigenvalue([theta], lambda b: 0.5 * (eig * theta * theta).sum(), None, iters=50,
                                    tol=1e-2, v0=near)
     assert lam[0] == pytest.approx(50.0, rel=1e-2) and steps < 50
+    lam, _, _ = top_eigenvalue([theta], lambda b: 0.5 * (eig * theta * theta).sum(), None, iters=50, tol=1e-8,
+                               v0=torch.zeros(1, 50, dtype=torch.float64))  # a zero start (a zero gradient)
+    assert lam[0] == pytest.approx(50.0, rel=1e-6)
 
 
 def test_gpt2_sharpness_is_the_dense_hessians_top_eigenvalue(tmp_path):

@@ -356,15 +356,18 @@ def measure(model, loss_fn: Callable, batches: Sequence, *, reference: Sequence 
         # eigenspace (Gur-Ari et al. 2018, arXiv 1812.04754): gpt2-mini at initialisation took 12
         # Lanczos steps from it against 21 from a random vector, to the same residual (an MNIST
         # batch-64 unit took 14 against 11: not a rule, but GPT's solves are the costly ones)
-        grad = torch.cat([_per_model(g, models) for g in hvp.gradient], dim=1)
+        def gradient():  # flat (models, n), only for a cold solve
+            return torch.cat([_per_model(g, models) for g in hvp.gradient], dim=1)
+
         lam, vec, it = top_eigenvalue(params, h_loss, h_batch, models, hessian_iters, hessian_tol,
-                                      v0=eigvec if eigvec is not None else grad, hvp=hvp)
+                                      v0=eigvec if eigvec is not None else gradient(), hvp=hvp)
         for m in range(models):
             rows[m]["lambda_max"] = float(lam[m])
             rows[m]["lambda_iterations"] = it
         out["eigvec"] = vec
         if preconditioner is not None:
             if eigvec_preconditioned is None:  # the gradient in the preconditioned coordinates
+                grad = gradient()
                 scale = torch.cat([_per_model(x.detach(), models) for x in preconditioner], dim=1).double().rsqrt()
                 eigvec_preconditioned = grad * scale.to(grad.dtype)
             lam_p, vec_p, _ = top_eigenvalue(params, h_loss, h_batch, models, hessian_iters, hessian_tol,

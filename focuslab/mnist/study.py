@@ -122,10 +122,11 @@ def build_mnist_config(file_values: dict | None = None, overrides: dict | None =
     if which not in ("best", "all"):
         raise FocuslabError(f"--diagnostics-lrs: {which!r} is not 'best' or 'all'")
     if ints["diagnostics_every"] and which == "best":
-        kept = snapshot_bytes(len(lrs), ints["steps"] // ints["diagnostics_every"] + 1)
+        measured = ints["steps"] // ints["diagnostics_every"] + 1
+        kept = snapshot_bytes(len(lrs), measured)
         if kept > SNAPSHOT_LIMIT:
             raise FocuslabError(f"--diagnostics-lrs best keeps replicate 0's parameters at every lr for each of the "
-                                f"{ints['steps'] // ints['diagnostics_every'] + 1} measured steps: "
+                                f"{measured} measured steps: "
                                 f"{kept / 2 ** 30:.1f} GiB per unit; use a larger --diagnostics-every, fewer --lr "
                                 "values or --diagnostics-lrs all")
     return MnistConfig(merged["dataset"], entries, tuple(bs), tuple(lrs), weight_decay=wd, diagnostics_lrs=which,

@@ -6,6 +6,8 @@
     python benchmarks/bench_toy.py --cpu-name haswell --fig2a       # also the full fig2a preset
     python benchmarks/bench_toy.py --device cuda --fig2a            # the GPU path (torch), and fig2a on it
     python benchmarks/bench_toy.py --device torch-cpu               # the GPU code path on the CPU (a check)
+    python benchmarks/bench_toy.py --plugins                        # any torch optimizer, beside native
+    python benchmarks/bench_toy.py --plugins --default-scan         # ... and one on the default map, 2 cores
 
 One "step" is one optimizer update of one 2-D trajectory, including its share of the gradient-noise
 normals and the loss/metric bookkeeping.  The grid is 20 cells x 20 lrs x 50 replicates for 1000
@@ -51,7 +53,8 @@ def grid(n_cells, n_lr, n_rep):
 
 def time_kernels(shape, repeats=1, steps=1000):
     """ns/step of each rule on ``shape``: interleaved, fastest of ``repeats``."""
-    from focuslab.toy import kernel, updates
+    from focuslab.optimizers import builtin as updates
+    from focuslab.toy import kernel
 
     cells, lrs, keys = grid(*shape)
     settings = {name: updates.get(name).resolve({}) for name in RULES}
@@ -68,7 +71,8 @@ def time_kernels(shape, repeats=1, steps=1000):
 def worker(args):
     """Runs in a process compiled for one target: reports its assembly, then answers requests
     read from stdin ("kernel", "shapes", "fig2a JOBS"), one JSON line each."""
-    from focuslab.toy import kernel, updates
+    from focuslab.optimizers import builtin as updates
+    from focuslab.toy import kernel
     from focuslab.toy.asm import current_target, host_can_run, kernel_asm, packed_stats
 
     out = {"target": current_target(), "simd": {name: packed_stats(kernel_asm(name)) for name in RULES}}
@@ -95,7 +99,7 @@ def bench_reference(name, steps=2000):
     """ns/step of the plain-Python reference stepper (fastest of 3)."""
     from focuslab.toy.reference import trajectory
     from focuslab.toy.rng import normal_pairs
-    from focuslab.toy.updates import get
+    from focuslab.optimizers.builtin import get
 
     normals = normal_pairs(np.uint64(1), 0, steps + 1).tolist()
     settings = get(name).resolve({})
@@ -176,7 +180,7 @@ def flops_per_lane_step(name: str) -> float:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from focuslab.toy import updates
+    from focuslab.optimizers import builtin as updates
     from focuslab.toy.rng import trajectory_keys
     from focuslab.toy.torch_kernel import TorchSimulator
 
@@ -211,7 +215,7 @@ def bench_torch(device: str, fig2a: bool, rounds: int):
 
     from focuslab.errors import FocuslabError
     from focuslab.scan import resolve_device
-    from focuslab.toy import updates
+    from focuslab.optimizers import builtin as updates
 
     try:
         _, sim = resolve_device(device)
@@ -253,6 +257,56 @@ def bench_torch(device: str, fig2a: bool, rounds: int):
             wall = time.perf_counter() - t0
         print(f"  fig2a preset: {cfg.total_steps():.3g} steps in {wall:.1f} s wall "
               f"({cfg.total_steps() / wall:.3g} lane-steps/s, compilation included)")
+
+
+PLUGINS = ("torch.optim.AdamW", "pytorch_optimizer.AdaBelief", "pytorch_optimizer.Lion")
+
+
+def bench_plugins(rounds: int, specs, default_scan: bool, jobs: int):
+    """The torch engine for external optimizers (focuslab.toy.plugin) beside the native kernel, in
+    one process on one core, interleaved, fastest of ``rounds``: ns per trajectory-step on a scan
+    chunk's shape (500 cells x 20 lrs x 20 replicates, the default preset's chunk), 100 steps.
+    Then optionally a whole default-preset scan of each plug-in through `focuslab scan` on ``jobs``
+    worker processes: wall time and ns per trajectory-step of wall time."""
+    import torch
+
+    from focuslab.config import build_scan_config
+    from focuslab.optimizers import parse_one
+    from focuslab.toy import kernel
+    from focuslab.toy.engine import plans, simulate
+
+    torch.set_num_threads(1)
+    cells, lrs, keys = grid(500, 20, 20)
+    steps = 100
+    entries = [parse_one("adam")] + [parse_one(s) for s in specs]
+    found = plans(entries, [0.1])
+    kernel.warm("adam", entries[0].settings)
+    best = {e.label: math.inf for e in entries}
+    for _ in range(rounds):
+        for e in entries:
+            t0 = time.perf_counter()
+            simulate(e, cells, lrs, keys, steps, found.get(e.label))
+            best[e.label] = min(best[e.label], time.perf_counter() - t0)
+    lanes = cells.shape[0] * len(lrs) * keys.shape[1]
+    native = best["adam"] / (lanes * steps) * 1e9
+    print(f"\nplug-in engine, one core, {cells.shape[0]} cells x {len(lrs)} lrs x {keys.shape[1]} replicates x "
+          f"{steps} steps; fastest of {rounds}")
+    for e in entries:
+        ns = best[e.label] / (lanes * steps) * 1e9
+        mode = found[e.label].mode if e.label in found else "native numba kernel"
+        print(f"  {e.label:<32} {ns:8.2f} ns/trajectory-step  ({ns / native:5.1f}x native adam; {mode})")
+    if default_scan:
+        from focuslab.scan import run_scan
+
+        for e in entries[1:]:
+            cfg = build_scan_config(None, {"optimizers": e.spec})
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                run_scan(cfg, tmp, jobs=jobs, progress=False)
+                wall = time.perf_counter() - t0
+            print(f"  default preset with {e.label} alone: {cfg.total_steps():.3g} trajectory-steps in {wall:.1f} s "
+                  f"wall on {jobs} worker(s) ({wall / cfg.total_steps() * 1e9:.1f} ns per trajectory-step of wall "
+                  "time, probe and start-up included)")
 
 
 def steal_ticks() -> int | None:
@@ -299,6 +353,10 @@ def main():
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
     ap.add_argument("--device", choices=["cuda", "torch-cpu"], default=None,
                     help="time the torch path (the GPU code path) on this device instead of the CPU kernel")
+    ap.add_argument("--plugins", nargs="*", default=None, metavar="SPEC",
+                    help=f"time external torch optimizers on the toy beside native adam [{', '.join(PLUGINS)}]")
+    ap.add_argument("--default-scan", action="store_true",
+                    help="with --plugins: also scan the default preset with each plug-in (wall time, --jobs workers)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -306,6 +364,9 @@ def main():
     if args.device:
         print(host_line())
         return bench_torch(args.device, args.fig2a, max(1, args.rounds // 3))
+    if args.plugins is not None:
+        print(host_line())
+        return bench_plugins(max(1, args.rounds // 3), args.plugins or PLUGINS, args.default_scan, args.jobs)
     targets = [t.strip() for t in args.cpu_name.split(",") if t.strip()] or [None]
     print(host_line())
     print(f"kernel grid: {GRID[0]} cells x {GRID[1]} lrs x {GRID[2]} replicates x 1000 steps, one core; "

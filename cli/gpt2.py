@@ -80,7 +80,8 @@ def gpt2(ctx, preset, config_file, opt_param, out, force, nodes, gpus_per_node, 
     """
     if ctx.invoked_subcommand is not None:
         return
-    from focuslab.config import load_toml, parse_opt_params
+    from focuslab.config import load_toml
+    from focuslab.optimizers import parse_opt_params
     from focuslab.errors import FocuslabError
     from focuslab.gpt2.config import DEFAULT_PRESET, build_train_config, validate
     from focuslab.gpt2.launch import in_slurm, slurm_command, torchrun_args, write_run_config
@@ -101,12 +102,14 @@ def gpt2(ctx, preset, config_file, opt_param, out, force, nodes, gpus_per_node, 
     cfg = build_train_config(preset, file_values, given, opt_params)
     preset_name = preset or DEFAULT_PRESET
     if out is None:
-        from focuslab.config import file_slug
+        from focuslab.gpt2.config import optimizer_entry
 
-        plain = build_train_config(preset, file_values, {"optimizer": cfg.optimizer.split(":", 1)[0]})
+        entry = optimizer_entry(cfg)
+        plain = build_train_config(preset, file_values, {"optimizer": entry.label.split(":", 1)[0]
+                                                         if entry.kind == "builtin" else entry.name})
         base = Path(config_file).stem if config_file else preset_name
         base = base if base.startswith("gpt2") else f"gpt2-{base}"
-        out = default_out(f"{base}-{file_slug(cfg.optimizer)}", cfg.digest(), plain.digest())
+        out = default_out(f"{base}-{entry.slug}", cfg.digest(), plain.digest())
     cfg = build_train_config(preset, file_values, given, opt_params, out=str(out))
     validate(cfg, nodes * gpus_per_node)
     if sbatch_file or dry_run:

@@ -50,12 +50,14 @@ def main():
     focuslab merge  assemble the tables of a sharded scan
     focuslab mnist  the MNIST batch-size study (Fig. 2c/2d)
     focuslab gpt2   GPT-2 training with FOCUS/AdamW/Signum (Fig. 3), CPU to multi-node
+    focuslab optimizers  the built-in optimizers, and how any torch optimizer runs on the toy
     """
 
 
 from .gpt2 import gpt2  # noqa: E402
 from .merge import merge  # noqa: E402
 from .mnist import mnist  # noqa: E402
+from .optimizers import optimizers  # noqa: E402
 from .plot import plot  # noqa: E402
 from .refine import refine  # noqa: E402
 from .scan import scan  # noqa: E402
@@ -66,3 +68,4 @@ main.add_command(plot)
 main.add_command(merge)
 main.add_command(mnist)
 main.add_command(gpt2)
+main.add_command(optimizers)

@@ -49,7 +49,8 @@ def mnist(config_file, dataset, data_dir, batch_size, optimizers, opt_param, lr,
     """Train the paper's MLP for every optimizer x batch size x lr x replicate (all lrs and replicates
     of a unit as one batched model) and tabulate the best test loss per optimizer and batch size.
     Re-running the same command resumes; a finished study is left as it is."""
-    from focuslab.config import load_toml, parse_opt_params
+    from focuslab.config import load_toml
+    from focuslab.optimizers import parse_opt_params
     from focuslab.errors import FocuslabError
     from focuslab.mnist.study import PRESET, build_mnist_config, run_study
 

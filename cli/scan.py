@@ -57,7 +57,8 @@ def scan(config_file, sharpness, noise, weight_decay, lr, phi, old_theta, c, opt
     Without options it runs the `default` preset: a quick Fig. 2a-style sharpness x noise phase
     diagram.  Re-running the same command resumes an interrupted scan.
     """
-    from focuslab.config import build_scan_config, load_toml, parse_opt_params
+    from focuslab.config import build_scan_config, load_toml
+    from focuslab.optimizers import parse_opt_params
     from focuslab.errors import FocuslabError
     from focuslab.scan import parse_shard, run_scan
 

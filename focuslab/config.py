@@ -1,24 +1,23 @@
-"""Configuration shared by every command: numbers and grids, TOML presets, the layered merge, and
-optimizer lists.  Imports neither numba nor torch.
+"""Configuration shared by every command: grids, TOML presets, the layered merge, and the toy
+scan's frozen config.  Imports neither numba nor torch.
 
 * A grid is ``START:STOP:NUM`` (linear, endpoints included), ``START:STOP:NUM:log`` (log-spaced),
   a comma list ``1,10,100``, or one number.  Numbers may use ``pi`` (``pi/6``).
 * Every command merges its settings the same way: built-in defaults < ``--config`` file or preset
   < command-line flags (``layered``).  Unknown keys are errors that list the known ones.
-* An optimizer list names each optimizer once, optionally with settings after colons:
-  ``adam,signum,focus,focus:gamma=0.4``.  ``--opt-param focus.gamma=0.4`` sets a value for every
-  ``focus`` entry that does not set it itself.  The same syntax serves scan, mnist and gpt2.
+* Optimizer lists follow one grammar for every command (focuslab.optimizers.spec):
+  ``adam,signum,focus:gamma=0.4,pytorch_optimizer.AdaBelief:betas=(0.9,0.95)``;
+  ``--opt-param focus.gamma=0.4`` (or a ``[scan.optimizer.focus]`` table) sets a value for every
+  ``focus`` entry that does not set it itself.
 
-``ScanConfig`` (the toy scans' frozen config) lives here too; MNIST and GPT-2 keep theirs beside
-their engines and build them with ``layered``.
+``ScanConfig`` (the toy scans' frozen config) lives here; MNIST and GPT-2 keep theirs beside their
+engines and build them with ``layered``.
 """
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import math
-import operator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,43 +26,12 @@ import numpy as np
 
 from . import axes
 from .errors import FocuslabError
+from .values import jsonable, parse_number  # noqa: F401  (parse_number re-exported)
 
 try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover
     import tomli as tomllib
-
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-        ast.Div: operator.truediv, ast.Pow: operator.pow, ast.USub: operator.neg,
-        ast.UAdd: operator.pos}
-
-
-def parse_number(text, where: str | None = None) -> float:
-    """A float from a literal or a tiny arithmetic expression over numbers and ``pi``.
-    ``where`` (e.g. "--sharpness") prefixes the error message."""
-    prefix = f"{where}: " if where else ""
-    if isinstance(text, bool):
-        raise FocuslabError(f"{prefix}expected a number, got {text!r}")
-    if isinstance(text, (int, float)):
-        return float(text)
-
-    def ev(node):
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
-                and not isinstance(node.value, bool):
-            return float(node.value)
-        if isinstance(node, ast.Name) and node.id == "pi":
-            return math.pi
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.operand))
-        raise ValueError
-
-    try:
-        return ev(ast.parse(str(text).strip(), mode="eval").body)
-    except (ValueError, SyntaxError, ZeroDivisionError, OverflowError, TypeError):
-        raise FocuslabError(f"{prefix}not a number: {text!r}") from None
-
 
 @dataclass(frozen=True)
 class Grid:
@@ -219,102 +187,6 @@ def config_digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# --- optimizer lists (every command) ---------------------------------------------------------
-def parse_opt_params(items) -> dict:
-    """``['focus.gamma=0.4', ...]`` -> ``{'focus': {'gamma': '0.4'}}`` (values validated later)."""
-    out: dict = {}
-    for item in items or ():
-        key, sep, value = str(item).partition("=")
-        opt, dot, name = key.partition(".")
-        if not sep or not dot or not opt.strip() or not name.strip():
-            raise FocuslabError(f"--opt-param: expected OPTIMIZER.NAME=VALUE, got {item!r}")
-        out.setdefault(opt.strip(), {})[name.strip()] = value.strip()
-    return out
-
-
-def split_entry(entry: str) -> tuple[str, dict]:
-    """'focus:gamma=0.4:beta2=0.95' -> ('focus', {'gamma': '0.4', 'beta2': '0.95'})."""
-    name, *pairs = [p.strip() for p in str(entry).split(":")]
-    params = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise FocuslabError(f"--optimizers: expected NAME:KEY=VALUE in {entry!r}, got {pair!r}")
-        params[key.strip()] = value.strip()
-    return name, params
-
-
-def file_slug(label: str) -> str:
-    """An optimizer label as a file-name-safe string ('focus:gamma=0.4' -> 'focus_gamma-0.4')."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._=-]", "_", label).replace("=", "-")
-
-
-def format_value(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-@dataclass(frozen=True)
-class OptimizerEntry:
-    """One optimizer of a study: its label (the tables' ``optimizer`` column), the rule it runs and
-    its full resolved settings."""
-
-    label: str
-    name: str
-    settings: dict
-
-    def changed(self, defaults: dict) -> dict:
-        """Settings that differ from the rule's defaults (what a legend should show)."""
-        return {k: v for k, v in self.settings.items() if defaults.get(k) != v}
-
-
-def parse_optimizers(spec, opt_params: dict | None, registry) -> tuple[OptimizerEntry, ...]:
-    """Resolve an optimizer list against ``registry`` (an object with ``get(name)`` returning a
-    definition with ``name``, ``resolve(params, where)`` and ``defaults``).
-
-    Each entry's label is the canonical name plus the settings written inline (values
-    normalised), e.g. ``focus:gamma=0.4``; ``opt_params`` (``--opt-param``) fill in, for every entry
-    of an optimizer, what the entry does not set itself.  Two entries with the same settings are an
-    error.
-    """
-    if isinstance(spec, str):
-        items = [s.strip() for s in spec.split(",") if s.strip()]
-    else:
-        items = [str(s).strip() for s in (spec or ()) if str(s).strip()]
-    if not items:
-        raise FocuslabError("--optimizers: give at least one optimizer")
-    opt_params = dict(opt_params or {})
-    entries, seen = [], {}
-    used_params = set()
-    for item in items:
-        name, inline = split_entry(item)
-        definition = registry.get(name)
-        inline_clean = definition.resolve(inline, definition.name)
-        inline_clean = {k: inline_clean[k] for k in inline}  # normalised inline values only
-        extra = {}
-        for key in (name, definition.name):
-            if key in opt_params:
-                extra.update(opt_params[key])
-                used_params.add(key)
-        settings = definition.resolve({**extra, **inline}, definition.name)
-        label = ":".join([definition.name, *(f"{k}={format_value(inline_clean[k])}"
-                                             for k in definition.defaults if k in inline_clean)])
-        frozen = json.dumps(settings, sort_keys=True)
-        key = (definition.name, frozen)
-        if key in seen or label in {e.label for e in entries}:
-            raise FocuslabError(f"--optimizers: {item!r} repeats {seen.get(key, label)!r} (same settings)")
-        seen[key] = item
-        entries.append(OptimizerEntry(label, definition.name, settings))
-    for key in opt_params:
-        if key not in used_params:
-            definition = registry.get(key)  # unknown names raise here
-            listed = ", ".join(e.label for e in entries)
-            raise FocuslabError(f"--opt-param {key}.{next(iter(opt_params[key]))}=...: {definition.name} is not "
-                                f"among the optimizers ({listed})")
-    return tuple(entries)
-
-
 # --- the toy scan's config --------------------------------------------------------------------
 SCAN_SCALARS = ("replicates", "steps", "seed", "chunk_steps")
 SCAN_KEYS = set(axes.AXIS_NAMES) | set(SCAN_SCALARS) | {"optimizers", "optimizer"}
@@ -340,7 +212,7 @@ class ScanConfig:
         """Labels of the optimizers (the tables' ``optimizer`` column)."""
         return tuple(e.label for e in self.entries)
 
-    def entry(self, label: str) -> OptimizerEntry:
+    def entry(self, label: str):
         return next(e for e in self.entries if e.label == label)
 
     @property
@@ -354,9 +226,12 @@ class ScanConfig:
             "values": {name: list(self.axes[name].values) for name in axes.AXIS_NAMES},
             "scales": {name: self.axes[name].scale for name in axes.AXIS_NAMES},
             "optimizers": list(self.optimizers),
-            "optimizer": {e.label: dict(e.settings) for e in self.entries},
+            "optimizer": {e.label: jsonable(e.settings) for e in self.entries},
             "replicates": self.replicates, "steps": self.steps, "seed": self.seed,
             "chunk_steps": self.chunk_steps, "engine": dict(ENGINE),
+            # only where a study names an external torch optimizer, so that others keep their digests
+            **({"external": {e.label: e.record() for e in self.entries if e.kind != "builtin"}}
+               if any(e.kind != "builtin" for e in self.entries) else {}),
         }
 
     def digest(self) -> str:
@@ -365,6 +240,9 @@ class ScanConfig:
         for name in axes.AXIS_NAMES:
             d.pop(name)
         d.pop("scales")
+        for rec in d.get("external", {}).values():  # which code and settings, not how it is shown
+            for key in ("title", "defaults", "spec"):
+                rec.pop(key)
         return config_digest(d)
 
     @property
@@ -376,26 +254,31 @@ class ScanConfig:
                 * len(self.entries))
 
 
+def _optimizer_tables(layer: dict | None, section: str = "scan") -> dict:
+    """A layer's ``[SECTION.optimizer.NAME]`` tables, checked to be tables."""
+    value = (layer or {}).get("optimizer")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise FocuslabError(f"[{section}.optimizer] must hold one table per optimizer, e.g. "
+                            f"[{section}.optimizer.focus]")
+    return value
+
+
 def build_scan_config(file_values: dict | None = None, overrides: dict | None = None) -> ScanConfig:
     """Merge preset ``default`` < file values < overrides, validate, and freeze.
 
     ``overrides`` uses the same keys as the TOML [scan] table; ``optimizer`` maps an optimizer to
     a dict of hyperparameters (what ``--opt-param`` gives).
     """
-    from .toy import updates  # numba-free registry
+    from .optimizers import parse_list
 
     base = load_toml("default", "scan")
     layers = [base, file_values or {}, overrides or {}]
+    tables = [_optimizer_tables(layer) for layer in layers]
     opt_params: dict = {}
-    for layer in layers:
-        value = (layer or {}).get("optimizer")
-        if value is None:
-            continue
-        if not isinstance(value, dict):
-            raise FocuslabError("[scan.optimizer] must be a table of optimizer tables")
-        for opt, params in value.items():
-            if not isinstance(params, dict):
-                raise FocuslabError(f"[scan.optimizer.{opt}] must be a table")
+    for table in tables[1:]:
+        for opt, params in table.items():
             opt_params.setdefault(opt, {}).update(params)
     merged = layered(SCAN_KEYS, *layers, what="scan config")
     grids = {}
@@ -403,7 +286,7 @@ def build_scan_config(file_values: dict | None = None, overrides: dict | None = 
         grid = parse_grid(merged[name], name)
         check_axis(name, grid)
         grids[name] = grid
-    entries = parse_optimizers(merged["optimizers"], opt_params, updates)
+    entries = parse_list(merged["optimizers"], opt_params, base_params=tables[0])
     ints = {key: parse_int(merged[key], key, low)
             for key, low in (("replicates", 1), ("steps", 1), ("seed", 0), ("chunk_steps", 1))}
     if ints["seed"] >= 2 ** 63:
@@ -412,6 +295,8 @@ def build_scan_config(file_values: dict | None = None, overrides: dict | None = 
 
 
 def _toml_value(value) -> str:
+    if value is None:
+        return '"None"'  # TOML has no null; settings read "None" back as None
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, bool):
@@ -425,19 +310,18 @@ def _toml_value(value) -> str:
 
 def scan_table(config: ScanConfig) -> dict:
     """The resolved config as a [scan] table (the keys of TOML files and flags) that rebuilds the
-    same config (same digest): the labels as the optimizer list, and whatever else differs from a
-    rule's defaults as [scan.optimizer.RULE] (as ``--opt-param`` would give it)."""
-    from .toy import updates
+    same config (same digest): each entry's spec as the optimizer list, and whatever else differs
+    from an optimizer's defaults as [scan.optimizer.NAME] (as ``--opt-param`` would give it)."""
+    from .optimizers.spec import parse_spec
 
     table = {name: config.axes[name].spec for name in axes.AXIS_NAMES}
-    table["optimizers"] = list(config.optimizers)
+    table["optimizers"] = [e.spec for e in config.entries]
     table.update({key: getattr(config, key) for key in SCAN_SCALARS})
     extra: dict = {}
     for e in config.entries:
-        inline = split_entry(e.label)[1]
-        extra.setdefault(e.name, {}).update(
-            {k: v for k, v in e.changed(updates.get(e.name).defaults).items() if k not in inline})
-    table["optimizer"] = {rule: params for rule, params in extra.items() if params}
+        inline = parse_spec(e.spec).settings
+        extra.setdefault(e.name, {}).update({k: jsonable(v) for k, v in e.changed().items() if k not in inline})
+    table["optimizer"] = {name: params for name, params in extra.items() if params}
     return table
 
 
@@ -447,6 +331,6 @@ def config_to_toml(config: ScanConfig) -> str:
     per_optimizer = table.pop("optimizer")
     lines = ["[scan]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
     for rule, params in per_optimizer.items():
-        lines.append(f"\n[scan.optimizer.{rule}]")
+        lines.append(f"\n[scan.optimizer.{rule if rule.isidentifier() else json.dumps(rule)}]")
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in params.items())
     return "\n".join(lines) + "\n"

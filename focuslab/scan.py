@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import __version__
 from .axes import CELL_NAMES
-from .config import ScanConfig, build_scan_config, file_slug, scan_table
+from .config import ScanConfig, build_scan_config, scan_table
 from .errors import FocuslabError
 from .phase import best_per_cell
 from .results import (BEST, CHUNKS, META, RUNS, SHARDS, atomic_write_bytes, open_results_dir,
@@ -53,13 +53,6 @@ def cell_values(config: ScanConfig) -> np.ndarray:
     return np.column_stack([g.ravel() for g in grids])
 
 
-def _slugs(labels) -> list[str]:
-    slugs = [file_slug(label) for label in labels]
-    if len(set(slugs)) != len(slugs):  # labels that differ only in odd characters
-        slugs = [f"{s}-{k}" for k, s in enumerate(slugs)]
-    return slugs
-
-
 def plan_chunks(config: ScanConfig) -> list[Chunk]:
     """Deterministic chunk layout: optimizers in order, each split into runs of whole cells of about
     ``chunk_steps`` optimizer steps; a cell larger than that is split into runs of learning rates."""
@@ -67,7 +60,7 @@ def plan_chunks(config: ScanConfig) -> list[Chunk]:
     per_lr = config.replicates * config.steps
     per_cell = n_lr * per_lr
     chunks = []
-    for label, slug in zip(config.optimizers, _slugs(config.optimizers)):
+    for label, slug in ((e.label, e.slug) for e in config.entries):
         index = 0
         if per_cell <= config.chunk_steps:
             cells_per_chunk = max(1, config.chunk_steps // per_cell)
@@ -85,16 +78,17 @@ def plan_chunks(config: ScanConfig) -> list[Chunk]:
     return chunks
 
 
-def compute_chunk(config: ScanConfig, chunk: Chunk) -> pd.DataFrame:
-    """Simulate one chunk and summarise it into runs-table rows."""
-    from .toy.kernel import run
+def compute_chunk(config: ScanConfig, chunk: Chunk, plan=None) -> pd.DataFrame:
+    """Simulate one chunk and summarise it into runs-table rows (``plan``: how an external
+    optimizer runs, from focuslab.toy.engine.plans)."""
+    from .toy.engine import simulate
     from .toy.rng import trajectory_keys
 
     cells = cell_values(config)[chunk.cell_start:chunk.cell_stop]
     lrs = np.asarray(config.axes["lr"].values)[chunk.lr_start:chunk.lr_stop]
     entry = config.entry(chunk.optimizer)
     keys = trajectory_keys(config.seed, cells, np.arange(config.replicates))
-    out = run(entry.name, entry.settings, cells, lrs, keys, config.steps)
+    out = simulate(entry, cells, lrs, keys, config.steps, plan)
     return summarise(chunk.optimizer, cells, lrs, out)
 
 
@@ -165,23 +159,12 @@ def _environment() -> dict:
 
 def config_from_meta(meta: dict) -> ScanConfig:
     """The ScanConfig a scan.json describes, checked against its digest."""
-    from .config import OptimizerEntry
-    from .toy.updates import get
-
-    if "scan" in meta:
-        config = build_scan_config(meta["scan"])
-    else:  # written before scan.json kept the [scan] table: rebuild from the resolved config
-        cfg = meta["config"]
-        table = {name: cfg[name] for name in (*CELL_NAMES, "lr")}
-        table.update({k: cfg[k] for k in ("replicates", "steps", "seed", "chunk_steps")})
-        table["optimizers"] = "adam"  # the base gives the axes and scalars; the entries come below
-        base = build_scan_config(table)
-        entries = tuple(OptimizerEntry(label, get(label.split(":", 1)[0]).name, dict(cfg["optimizer"][label]))
-                        for label in cfg["optimizers"])
-        config = ScanConfig(axes=base.axes, entries=entries, replicates=base.replicates, steps=base.steps,
-                            seed=base.seed, chunk_steps=base.chunk_steps)
+    if "scan" not in meta:
+        raise FocuslabError("scan.json has no [scan] table (written by a focuslab older than 0.1); re-run the scan")
+    config = build_scan_config(meta["scan"])
     if config.digest() != meta.get("digest"):
-        raise FocuslabError("scan.json's config does not rebuild to its digest (written by another focuslab version?)")
+        raise FocuslabError("scan.json's config does not rebuild to its digest (written by another focuslab "
+                            "version, or an optimizer's code changed since)")
     return config
 
 
@@ -287,9 +270,27 @@ def _run_torch(config: ScanConfig, out: Path, todo: list, sim, progress) -> dict
     return seconds
 
 
-def _compute_unit(config: ScanConfig, chunk: Chunk) -> dict:
+def _plans(config: ScanConfig, out: Path, force: bool) -> dict:
+    """How each external optimizer runs on the toy: what this directory recorded for this very
+    config, else a fresh probe (focuslab.toy.engine.plans)."""
+    if not any(e.kind != "builtin" for e in config.entries):
+        return {}
+    try:
+        old = read_json(Path(out) / META) if (Path(out) / META).exists() and not force else {}
+    except FocuslabError:
+        old = {}
+    labels = [e.label for e in config.entries if e.kind != "builtin"]
+    recorded = old.get("plugins") or {}
+    if old.get("digest") == config.digest() and all(label in recorded for label in labels):
+        return {label: recorded[label] for label in labels}
+    from .toy.engine import plans
+
+    return {label: plan.to_dict() for label, plan in plans(config.entries, config.axes["weight_decay"].values).items()}
+
+
+def _compute_unit(config: ScanConfig, chunk: Chunk, plan=None) -> dict:
     """Worker body: a chunk's table (the caller stores it, so workers need no shared filesystem)."""
-    return {"": compute_chunk(config, chunk)}
+    return {"": compute_chunk(config, chunk, plan)}
 
 
 def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool = False,
@@ -309,10 +310,18 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
     if sim is not None and backend == "dask":
         raise FocuslabError("--backend dask runs the CPU kernel on its workers; drop --device or --backend")
     out = Path(out)
+    external = [e for e in config.entries if e.kind != "builtin"]
+    if external and sim is not None:
+        raise FocuslabError(f"--device {device}: {external[0].label} is an external torch optimizer, which runs on "
+                            "the CPU engine; scan it without --device (or scan the built-ins alone on the GPU)")
+    plans = _plans(config, out, force)  # probes external optimizers before anything is written
     meta = open_scan_dir(config, out, force)
+    if plans and meta.get("plugins") != plans:
+        meta["plugins"] = plans
+        write_json(meta, out / META)
     chunks = plan_chunks(config)
     mine = chunks if shard is None else assign_shards(chunks, shard[1])[shard[0] - 1]
-    units = [Unit(c.name, c.cost, (config, c)) for c in mine]
+    units = [Unit(c.name, c.cost, (config, c, plans.get(c.optimizer))) for c in mine]
     todo = pending(out / CHUNKS, units, log)
     if (shard is None and not todo and meta.get("status") == "complete"
             and (out / RUNS).exists() and (out / BEST).exists()):
@@ -328,11 +337,10 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
             seconds = _run_torch(config, out, todo, sim, bar)
         else:
             if todo and backend != "dask":  # compile (or load) each kernel once, before the workers start
-                from .toy.kernel import warm
+                from .toy.engine import warm
 
                 for label in dict.fromkeys(u.args[1].optimizer for u in todo):
-                    entry = config.entry(label)
-                    warm(entry.name, entry.settings)
+                    warm(config.entry(label))
             seconds = run_units(out / CHUNKS, todo, _compute_unit, jobs=jobs, progress=bar)
         bar.close()
     compute_s = sum(seconds.values())

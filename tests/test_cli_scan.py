@@ -62,13 +62,13 @@ def test_grid_syntax():
     (["--lr", "0,0.1"], "--lr: 0 must be > 0"),
     (["--steps", "0"], "--steps: must be >= 1"),
     (["--replicates", "-3"], "--replicates"),
-    (["--optimizers", "adam,rmsprop"], "unknown optimizer 'rmsprop'"),
-    (["--opt-param", "focus.delta=1"], "unknown parameter focus.delta"),
+    (["--optimizers", "adam,rmsporp"], "unknown optimizer 'rmsporp' (did you mean rmsprop?)"),
+    (["--opt-param", "focus.delta=1"], "unknown setting focus.delta"),
     (["--opt-param", "adam.beta1=1.5"], "adam.beta1 must be in [0, 1)"),
     (["--opt-param", "focus.decay=sideways"], "focus.decay must be one of"),
-    (["--opt-param", "gamma"], "expected OPTIMIZER.NAME=VALUE"),
+    (["--opt-param", "gamma"], "expected OPTIMIZER.SETTING=VALUE"),
     (["--config", "/no/such/file.toml"], "config file not found"),
-    (["--config", "nosuchpreset"], "no scan preset named 'nosuchpreset' (available: default, fig2a, fig2b-quick, fig2b)"),
+    (["--config", "nosuchpreset"], "no scan preset named 'nosuchpreset' (available: default, fig2a, fig2b-quick, fig2b, zoo)"),
     (["--jobs", "0"], "--jobs"),
     (["--steps", "many"], "'many' is not a valid integer"),
     (["--frobnicate"], "No such option"),
@@ -76,12 +76,13 @@ def test_grid_syntax():
     (["--sharpness", "0.1:1000:0:log"], "--sharpness: in '0.1:1000:0:log', NUM must be >= 1, got 0"),
     (["--optimizers", "adam", "--opt-param", "focus.gamma=0.4"], "focus is not among the optimizers (adam)"),
     (["--optimizers", "focus,focus:gamma=0.2"], "repeats 'focus' (same settings)"),
-    (["--optimizers", "focus:gamma"], "expected NAME:KEY=VALUE"),
+    (["--optimizers", "focus:gamma"], "expected KEY=VALUE, got 'gamma'"),
     (["--theta", "0.5"], "--theta was renamed --phi"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(args, needle, tmp_path):
     res = invoke("scan", *args, "--out", str(tmp_path / "x"))
     assert res.exit_code == 2, res.output
+    assert not (tmp_path / "x").exists()  # nothing written
     assert needle in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert "Traceback" not in res.output

@@ -166,7 +166,7 @@ def test_plot_of_several_runs(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--optimizer", "sgd"], "unknown optimizer"), (["--n-embd", "65"], "multiple of --n-head"),
+    (["--optimizer", "sgdd"], "unknown optimizer 'sgdd'"), (["--n-embd", "65"], "multiple of --n-head"),
     (["--gpus-per-node", "2"], "multiple of the world size"), (["--dtype", "bfloat16"], "mixed precision"),
     (["--gamma", "0.4"], "--opt-param OPTIMIZER.gamma=VALUE"), (["--data", "/no/such/dir"], "not a prepared token directory"),
     (["--preset", "gpt2-huge"], "no gpt2 preset named 'gpt2-huge' (available: gpt2-mini"), (["--learning-rate", "-1"], "--learning-rate"),

@@ -13,14 +13,15 @@ from focuslab.axes import cell_array
 from focuslab.toy import kernel
 from focuslab.toy.asm import host_can_run, packed_stats, target_env
 from focuslab.toy.rng import trajectory_keys
-from focuslab.toy.updates import OPTIMIZERS
+from focuslab.optimizers.builtin import BY_NAME as OPTIMIZERS
 
-VARIANTS = [(name, {}) for name in OPTIMIZERS] + [("focus", {"decay": "average", "gamma": 0.4})]
+VARIANTS = [(name, {}) for name in OPTIMIZERS] + [("focus", {"decay": "theta", "beta2": 0.9, "gamma": 0.4})]
 
 PROBE = r"""
 import json, math, sys
 import numpy as np
-from focuslab.toy import kernel, updates
+from focuslab.optimizers import builtin as updates
+from focuslab.toy import kernel
 from focuslab.toy.asm import current_target, kernel_asm, packed_stats
 from focuslab.toy.rng import trajectory_keys
 variants = json.loads(sys.argv[2])

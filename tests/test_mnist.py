@@ -190,7 +190,7 @@ def test_improvement_propagates_errors():
 
 @pytest.mark.parametrize("args,needle", [
     (["--batch-size", "1"], "integer >= 2"), (["--batch-size", "2.5"], "integer >= 2"),
-    (["--optimizers", "adamw,rmsprop"], "unknown optimizer 'rmsprop'"), (["--lr", "0"], "--lr"),
+    (["--optimizers", "adamw,rmsporp"], "unknown optimizer 'rmsporp'"), (["--lr", "0"], "--lr"),
     (["--steps", "0"], "--steps"), (["--device", "cuda"], "no CUDA"), (["--dataset", "emnist"], "emnist"),
     (["--config", "/nope.toml"], "not found"),
     (["--batch-size", "8,5000"], "--batch-size 5000 exceeds the 4000 training images of mnist-5k"),

@@ -17,9 +17,9 @@ from focuslab.scan import run_scan  # noqa: E402
 from focuslab.toy import kernel  # noqa: E402
 from focuslab.toy.rng import normal_pairs, trajectory_keys  # noqa: E402
 from focuslab.toy.torch_kernel import TorchSimulator, generator  # noqa: E402
-from focuslab.toy.updates import OPTIMIZERS  # noqa: E402
+from focuslab.optimizers.builtin import BY_NAME as OPTIMIZERS  # noqa: E402
 
-VARIANTS = [(name, {}) for name in OPTIMIZERS] + [("focus", {"decay": "average", "gamma": 0.4}),
+VARIANTS = [(name, {}) for name in OPTIMIZERS] + [("focus", {"decay": "theta", "beta2": 0.9, "gamma": 0.4}),
                                                   ("adam", {"beta2": 0.99, "eps": 1e-6})]
 CELLS = cell_array(sharpness=[0.5, 30.0, 300.0, 5.0], noise=[0.0, 2.5, 1.0, 3.0], weight_decay=[0.1, 0.0, 0.2, 0.05],
                    phi=[math.pi / 6, 1.1, -0.4, 0.3], c=[0.1, 0.3, 0.1, 2.0])

@@ -12,7 +12,7 @@ from focuslab.scan import run_scan
 from focuslab.toy import kernel, reference
 from focuslab.toy.landscape import grad_theta, loss, rotate
 from focuslab.toy.rng import normal_pairs, trajectory_keys
-from focuslab.toy.updates import OPTIMIZERS, get
+from focuslab.optimizers.builtin import BY_NAME as OPTIMIZERS, get
 
 
 def test_rotation_matches_row_vector_times_R():
@@ -49,7 +49,9 @@ CASES = [
     ("signum", {"beta1": 0.5}, dict(sharpness=3.0, noise=2.0, weight_decay=0.05, lr=0.02)),
     ("focus", {}, dict(sharpness=10.0, noise=1.5, weight_decay=0.1, lr=0.01)),
     ("focus", {"gamma": 0.4, "decay": "average"}, dict(sharpness=3.0, noise=2.5, weight_decay=0.2, lr=0.02)),
-    ("focus", {"gamma": 1.0, "beta2": 0.5}, dict(sharpness=30.0, noise=3.0, weight_decay=0.1, lr=0.005)),
+    ("focus", {"gamma": 1.0, "beta2": 0.5, "decay": "theta"}, dict(sharpness=30.0, noise=3.0, weight_decay=0.1,
+                                                                   lr=0.005)),
+    ("focus", {"beta2": 0.9, "decay": "theta"}, dict(sharpness=10.0, noise=1.5, weight_decay=0.1, lr=0.01)),
     ("sgd", {}, dict(sharpness=1.0, noise=0.3, weight_decay=0.05, lr=0.005)),
     ("sgd", {"momentum": 0.5}, dict(sharpness=1.0, noise=0.3, weight_decay=0.05, lr=0.05)),
     ("lion", {}, dict(sharpness=30.0, noise=1.0, weight_decay=0.1, lr=0.005)),

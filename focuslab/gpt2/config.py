@@ -3,18 +3,21 @@ choices.  ``GPTConfig`` holds the model's fields; ``TrainConfig`` adds training 
 by inheritance; ``focuslab gpt2`` builds one flag per field from this metadata; TOML presets
 (configs/gpt2-*.toml, one per model) use the same names.
 
-The optimizer is ``optimizer`` (``adamw``, ``signum``, ``focus``, settings inline such as
-``focus:gamma=0.4``); its hyperparameters come from focuslab.optim.registry's defaults, then the
-preset's ``[gpt2.optimizer_settings.NAME]`` table (the paper's values for that model), then
-``--opt-param`` and the inline settings.  The run's resolved values are its ``optimizer_settings``.
+The optimizer is ``optimizer``, any spec of focuslab's grammar (focuslab.optimizers.spec): a
+built-in (``adamw``, ``signum``, ``focus:gamma=0.4``) or a torch class (``torch.optim.NAdam``,
+``pytorch_optimizer.SOAP``, ``path/to/my_opt.py:MyOpt``).  Its settings come from the optimizer's
+defaults, then the preset's ``[gpt2.optimizer_settings.NAME]`` table (the paper's values for that
+model), then ``--opt-param`` and the inline settings.  The run keeps the spec that rebuilds the
+optimizer (``optimizer``) and its resolved settings (``optimizer_settings``).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from ..config import config_digest, layered, load_toml, parse_optimizers
+from ..config import config_digest, layered, load_toml
 from ..errors import FocuslabError
+from ..values import jsonable
 
 DEFAULT_PRESET = "gpt2-nano"
 
@@ -45,10 +48,13 @@ class TrainConfig(GPTConfig):
     data: str = _f("", "prepared token directory (`focuslab gpt2 prepare`); empty: CPython's pydoc "
                        "topics as bytes, prepared into the run directory", metavar="DIR")
     # optimisation (nanoGPT's names)
-    optimizer: str = _f("focus", "adamw (= adam), signum or focus, settings after colons "
-                                 "(focus:gamma=0.4); the preset gives the paper's values per optimizer",
-                   metavar="SPEC")
+    optimizer: str = _f("focus", "a built-in (adamw, signum, focus, sgd, lion) or a torch optimizer "
+                                 "(torch.optim.NAdam, pytorch_optimizer.SOAP, file.py:Class), settings after "
+                                 "colons (focus:gamma=0.4); the preset gives the paper's values per optimizer",
+                        metavar="SPEC")
     optimizer_settings: dict = _f(None, "resolved optimizer hyperparameters", flag=False)
+    optimizer_origin: str = _f("", "which code an external optimizer is (distribution and version, or the "
+                                   "file's SHA-256)", flag=False)
     batch_size: int = _f(12, "sequences per micro-step and process")
     gradient_accumulation_steps: int = _f(1, "micro-steps per iteration, summed over all processes "
                                              "(a multiple of nodes x gpus-per-node)")
@@ -95,6 +101,8 @@ class TrainConfig(GPTConfig):
         directory, logging and compilation -- and the length, when the schedule does not depend on
         it (--lr-decay-iters set), so such a run can be extended by raising --max-iters."""
         d = self.to_dict()
+        if not d["optimizer_origin"]:  # built-ins: keep the digests runs had before this field
+            d.pop("optimizer_origin")
         for key in ("out", "wandb", "compile", "diagnostics_every", "diagnostics_batches", "diagnostics_reference"):
             d.pop(key)
         if self.lr_decay_iters:
@@ -109,9 +117,9 @@ MOVED = ("beta1", "beta2", "gamma")  # were training keys; now optimizer setting
 def build_train_config(preset: str | None = None, file_values: dict | None = None,
                        flags: dict | None = None, opt_params: dict | None = None,
                        out: str | None = None) -> TrainConfig:
-    """Preset (default gpt2-nano) < file < flags, then the optimizer resolved: registry defaults <
-    the preset's and file's [gpt2.optimizer_settings.NAME] < --opt-param < inline settings."""
-    from ..optim.registry import TORCH_OPTIMIZERS
+    """Preset (default gpt2-nano) < file < flags, then the optimizer resolved: its defaults < the
+    preset's and file's [gpt2.optimizer_settings.NAME] < --opt-param < inline settings."""
+    from ..optimizers import parse_list
 
     layers = [dict(load_toml(preset or DEFAULT_PRESET, "gpt2")), dict(file_values or {}), dict(flags or {})]
     tables: dict = {}
@@ -125,25 +133,31 @@ def build_train_config(preset: str | None = None, file_values: dict | None = Non
             raise FocuslabError("[gpt2.optimizer_settings] must hold one table per optimizer, "
                                 "e.g. [gpt2.optimizer_settings.adamw]")
         for opt, params in table.items():
-            tables.setdefault(TORCH_OPTIMIZERS.get(opt).name, {}).update(params)
-    known = set(TrainConfig.keys()) - {"optimizer_settings"}
+            tables.setdefault(opt, {}).update(params)
+    known = set(TrainConfig.keys()) - {"optimizer_settings", "optimizer_origin"}
     merged = layered(known, *layers, what="gpt2 config")
     spec = str(merged.get("optimizer", "focus"))
-    if "," in spec:
+    entries = parse_list(spec, opt_params, where="--optimizer", base_params=tables)
+    if len(entries) != 1:
         raise FocuslabError(f"--optimizer: one optimizer per run, got {spec!r}")
-    name = TORCH_OPTIMIZERS.get(spec.split(":", 1)[0]).name
-    params = dict(tables.get(name, {}))
-    for key, values in (opt_params or {}).items():
-        if TORCH_OPTIMIZERS.get(key).name != name:
-            raise FocuslabError(f"--opt-param {key}.{next(iter(values))}=...: this run trains {name}, "
-                                f"not {TORCH_OPTIMIZERS.get(key).name}")
-        params.update(values)
-    entry = parse_optimizers(spec, {name: params}, TORCH_OPTIMIZERS)[0]
-    merged["optimizer"] = entry.label
-    merged["optimizer_settings"] = dict(entry.settings)
+    entry = entries[0]
+    merged["optimizer"] = entry.spec
+    merged["optimizer_settings"] = jsonable(entry.settings)
+    merged["optimizer_origin"] = entry.origin
     if out is not None:
         merged["out"] = str(out)
     return TrainConfig(**merged)
+
+
+def optimizer_entry(cfg: TrainConfig):
+    """The run's optimizer (focuslab.optimizers.OptimizerEntry), rebuilt from its spec and settings."""
+    from ..optimizers import parse_one
+
+    entry = parse_one(cfg.optimizer, cfg.optimizer_settings or {}, "--optimizer")
+    if entry.kind != "builtin" and cfg.optimizer_origin and entry.origin != cfg.optimizer_origin:
+        raise FocuslabError(f"--optimizer {entry.label}: the code has changed since this run began "
+                            f"({cfg.optimizer_origin} then, {entry.origin} now); use another --out or --force")
+    return entry
 
 
 def validate(cfg: TrainConfig, world: int = 1) -> None:

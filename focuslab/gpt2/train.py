@@ -21,15 +21,22 @@ import torch
 
 from ..errors import FocuslabError
 from ..results import atomic_write_bytes, write_json
-from .config import TrainConfig, lr_at, validate
+from .config import TrainConfig, lr_at, optimizer_entry, validate
 from .model import GPT
 
 def make_optimizer(cfg: TrainConfig, model: GPT, device: str = "cpu"):
-    """The run's optimizer from focuslab.optim.registry with its resolved settings."""
-    from ..optim.registry import TORCH_OPTIMIZERS
+    """The run's optimizer (its own torch class) with its resolved settings.  One that needs a
+    closure or a gradient with its graph (Hessian-vector products) is refused: the training loop
+    computes one gradient per micro-step, under autocast, DDP and torch.compile."""
+    from ..optimizers.probe import calling_convention
 
-    spec = TORCH_OPTIMIZERS.get(cfg.optimizer.split(":", 1)[0])
-    return spec.build(model.param_groups(cfg.weight_decay), cfg.learning_rate, cfg.optimizer_settings, device)
+    entry = optimizer_entry(cfg)
+    if entry.kind != "builtin":
+        closure, graph = calling_convention(lambda groups: entry.build_torch(groups, 1e-3), entry.label)
+        if closure or graph:
+            raise FocuslabError(f"--optimizer {entry.label}: needs {'a closure' if closure else 'Hessian-vector products'}"
+                                "; GPT-2 training takes one plain gradient per micro-step (MNIST and the toy support it)")
+    return entry.build_torch(model.param_groups(cfg.weight_decay), cfg.learning_rate, device)
 
 
 def resolve_device(device: str) -> str:
@@ -190,9 +197,13 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
                       "iter": it, "config": asdict(cfg), "digest": cfg.digest(),
                       "model_config": mcfg.model_dict()}, ckpt_path)
 
+    entry = optimizer_entry(cfg)
+
     def record(**fields):
         meta = {"kind": "gpt2", "config": asdict(cfg), "digest": cfg.digest(), "model_config": mcfg.model_dict(),
-                "world_size": world, "data_meta": data.meta, "max_iters": cfg.max_iters, **fields}
+                "world_size": world, "data_meta": data.meta, "max_iters": cfg.max_iters,
+                "optimizer_label": entry.label,
+                **({"external": {entry.label: entry.record()}} if entry.kind != "builtin" else {}), **fields}
         write_json(meta, run / "gpt2.json")
 
     if master:

@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..config import (config_digest, file_slug, layered, load_toml, parse_grid, parse_int, parse_number,
-                      parse_optimizers)
+from ..config import config_digest, layered, load_toml, parse_grid, parse_int, parse_number
+from ..optimizers import file_slug
+from ..values import jsonable
 from ..errors import FocuslabError
 from ..phase import best_per_cell
 from ..results import open_results_dir, read_parquet, write_json, write_parquet
@@ -66,7 +67,10 @@ class MnistConfig:
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "optimizers": list(self.optimizers),
-                "optimizer": {e.label: dict(e.settings) for e in self.entries},
+                "optimizer": {e.label: jsonable(e.settings) for e in self.entries},
+                # only where a study names an external torch optimizer, so that others keep their digests
+                **({"external": {e.label: e.record() for e in self.entries if e.kind != "builtin"}}
+                   if any(e.kind != "builtin" for e in self.entries) else {}),
                 "batch_sizes": list(self.batch_sizes), "lrs": list(self.lrs), "replicates": self.replicates,
                 "steps": self.steps, "seed": self.seed, "weight_decay": self.weight_decay,
                 "eval_every": self.eval_every, "diagnostics_every": self.diagnostics_every,
@@ -75,7 +79,11 @@ class MnistConfig:
                    if self.diagnostics_every else {})}
 
     def digest(self) -> str:
-        return config_digest(self.to_dict())
+        d = self.to_dict()
+        for rec in d.get("external", {}).values():  # which code and settings, not how it is shown
+            for key in ("title", "defaults", "spec"):
+                rec.pop(key)
+        return config_digest(d)
 
     @property
     def models_per_unit(self) -> int:
@@ -91,7 +99,7 @@ class MnistConfig:
 
 def build_mnist_config(file_values: dict | None = None, overrides: dict | None = None) -> MnistConfig:
     """Preset ``mnist-fig2cd`` < file values < overrides (same keys as the [mnist] table), validated."""
-    from ..optim.registry import TORCH_OPTIMIZERS
+    from ..optimizers import parse_list
 
     layers = [load_toml(PRESET, "mnist"), file_values or {}, overrides or {}]
     merged = layered(KEYS, *layers, what="mnist config")
@@ -101,7 +109,7 @@ def build_mnist_config(file_values: dict | None = None, overrides: dict | None =
             opt_params.setdefault(opt, {}).update(params)
     if merged["dataset"] not in DATASETS:
         raise FocuslabError(f"--dataset: unknown dataset {merged['dataset']!r} (choose from {', '.join(DATASETS)})")
-    entries = parse_optimizers(merged["optimizers"], opt_params, TORCH_OPTIMIZERS)
+    entries = parse_list(merged["optimizers"], opt_params)
     bs = []
     for v in parse_grid(merged["batch_size"], "batch_size").values:
         if abs(v - round(v)) > 1e-6 * max(1.0, v) or round(v) < 2:

@@ -12,15 +12,12 @@ common).  There the two trainers may take different +-lr steps; neither is more 
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..optim._sign import SLICE, sign_momentum_update
-from ..optim.registry import TORCH_OPTIMIZERS
-from .model import FOLD_MIN_BATCH, BatchedMLP, MLP, decays, init_params
+from .model import FOLD_MIN_BATCH, BatchedMLP, MLP, init_params
+from .steppers import StateView, Steppers
 
 #: Diagnostics compute their minibatch gradients in one pass over stacked model copies when the
 #: batch is below FOLD_MIN_BATCH and there are at most this many copies: one model, 32 batches of
@@ -28,16 +25,19 @@ from .model import FOLD_MIN_BATCH, BatchedMLP, MLP, decays, init_params
 #: 12 models x 32 batches were slower stacked (memory traffic of 384 copies).
 STACK_MAX = 64
 
-def resolve_optimizer(spec) -> tuple[str, dict]:
-    """'adamw' | 'signum' | 'focus' | 'focus:gamma=0.4' ... (or an OptimizerEntry) -> (name, settings),
-    with the paper's defaults from focuslab.optim.registry."""
-    from ..config import split_entry
+def resolve_optimizer(spec):
+    """An optimizer spec ('adamw', 'focus:gamma=0.4', 'pytorch_optimizer.AdaBelief', ...) or an
+    OptimizerEntry -> the entry (focuslab.optimizers)."""
+    if hasattr(spec, "build_torch"):
+        return spec
+    from ..optimizers import parse_one
 
-    if hasattr(spec, "settings"):
-        return spec.name, dict(spec.settings)
-    name, params = split_entry(spec)
-    opt = TORCH_OPTIMIZERS.get(name)
-    return opt.name, opt.resolve(params)
+    return parse_one(spec)
+
+
+def _kind(entry) -> str:
+    """The diagnostics' name for the rule: "adamw" when Adam's second moments precondition it."""
+    return "adamw" if entry.kind == "builtin" and entry.name == "adam" else entry.label
 
 
 def _seed(seed: int, replicate: int, stream: int) -> int:
@@ -60,23 +60,6 @@ def batch_indices(n_train: int, batch_size: int, steps: int, seed: int, replicat
 
 def initial_params(seed: int, replicate: int, dtype) -> dict:
     return init_params(torch.Generator().manual_seed(_seed(seed, replicate, 0)), dtype=dtype)
-
-
-def _adamw_(params, grads, exp_avgs, exp_avg_sqs, t, lr, weight_decay, betas, eps):
-    """AdamW as torch.optim.AdamW's single-tensor step, with one lr per stacked model."""
-    b1, b2 = betas
-    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-    for P, G, M, V in zip(params, grads, exp_avgs, exp_avg_sqs):
-        rows = max(1, SLICE // max(1, P[0].numel()))  # cache-sized slices of the stacked models
-        for a in range(0, P.shape[0], rows):
-            p, g, m, v = P[a:a + rows], G[a:a + rows], M[a:a + rows], V[a:a + rows]
-            lv = lr[a:a + rows].view(-1, *([1] * (p.dim() - 1)))
-            if weight_decay:
-                p.mul_(1 - lv * weight_decay)
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
-            p.addcdiv_(m * (lv / bc1), denom, value=-1)
 
 
 def evaluate(forward, x_test: torch.Tensor, y_test: torch.Tensor, K: int, chunk: int = 2048):
@@ -106,18 +89,17 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
     every lr are kept at each of those steps and the winner's are measured once training is over.
     Rows in out["diagnostics"], their cost (copies included) in out["diagnostics_seconds"];
     training is unchanged."""
-    kind, opt = resolve_optimizer(optimizer)
+    entry = resolve_optimizer(optimizer)
+    kind, opt = _kind(entry), dict(entry.settings)
     x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     lrs = [float(v) for v in lrs]
     n_lr, R = len(lrs), replicates
     K = n_lr * R
     inits = [initial_params(seed, r, dtype) for r in range(R)]
     model = BatchedMLP([inits[k % R] for k in range(K)], R, device=device)
-    lr = torch.tensor([lrs[k // R] for k in range(K)], dtype=dtype, device=device)
     order = torch.stack([batch_indices(len(x_train), batch_size, steps, seed, r) for r in range(R)], 1)
-    names = list(model.params)
-    groups = {True: [n for n in names if decays(n)], False: [n for n in names if not decays(n)]}
-    state = {n: [torch.zeros_like(model.params[n]) for _ in range(2)] for n in names}
+    steppers = Steppers(entry, model, lrs, R, weight_decay, device)
+    state = StateView(steppers)
     curves = []
     train_loss = torch.zeros(K, dtype=torch.float64, device=device)
 
@@ -135,24 +117,9 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
         logits = model(xb, train=True)
         per_model = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1),
                                     reduction="none").view(K, -1).mean(1)
-        grads = torch.autograd.grad(per_model.sum(), [model.params[n] for n in names])
-        grad = dict(zip(names, grads))
+        grads = torch.autograd.grad(per_model.sum(), steppers.leaves(), create_graph=steppers.graph)
         train_loss = per_model.detach()  # stays on the device: no per-step sync
-        with torch.no_grad():
-            for has_decay, members in groups.items():
-                wd = weight_decay if has_decay else 0.0
-                P = [model.params[n] for n in members]
-                G = [grad[n] for n in members]
-                if kind == "adamw":
-                    _adamw_(P, G, [state[n][0] for n in members], [state[n][1] for n in members], t, lr, wd,
-                            (opt["beta1"], opt["beta2"]), opt["eps"])
-                else:
-                    focus = kind == "focus"
-                    sign_momentum_update(
-                        P, G, [state[n][0] for n in members],
-                        [state[n][1] for n in members] if focus else None, [t] * len(P), lr=lr,
-                        beta1=opt["beta1"], beta2=opt.get("beta2", 0.0), gamma=opt.get("gamma", 0.0),
-                        weight_decay=wd, decay=opt.get("decay", "average"), maximize=False, foreach=False)
+        steppers.step(grads)
         if eval_every and (t % eval_every == 0 or t == steps):
             curves.append((t, *evaluate(eval_forward, x_test, y_test, K)))
         if diag and t % diagnostics_every == 0:
@@ -274,23 +241,28 @@ class _Diagnostics:
 
 def train_one(data: dict, optimizer: str, batch_size: int, lr: float, replicate: int, steps: int,
               seed: int = 0, weight_decay: float = 1e-2, device="cpu", dtype=torch.float32) -> dict:
-    """One model with nn.Module + the real torch optimizer (focuslab.optim.registry), on the same
-    draws as train_batched."""
-    kind, settings = resolve_optimizer(optimizer)
+    """One model with nn.Module + the real torch optimizer, on the same draws as train_batched."""
+    entry = resolve_optimizer(optimizer)
     model = MLP(initial_params(seed, replicate, dtype)).to(device)
-    opt = TORCH_OPTIMIZERS[kind].build(model.param_groups(weight_decay), lr, settings, "cpu")
+    opt = entry.build_torch(model.param_groups(weight_decay), lr, "cpu")
     order = batch_indices(len(data["x_train"]), batch_size, steps, seed, replicate)
     for t in range(steps):
         idx = order[t].to(device)
         model.train()
         opt.zero_grad()
         loss = F.cross_entropy(model(data["x_train"][idx]), data["y_train"][idx])
-        loss.backward()
+        loss.backward(create_graph=_probe_graph(entry, weight_decay))
         opt.step()
     model.eval()
     test_loss, test_acc = evaluate(lambda x: model(x).unsqueeze(0), data["x_test"], data["y_test"], 1)
     return {"test_loss": float(test_loss[0]), "test_accuracy": float(test_acc[0]),
             "train_loss": loss.item(), "model": model}
+
+
+def _probe_graph(entry, weight_decay: float) -> bool:
+    from .steppers import _probe
+
+    return _probe(entry, weight_decay)[0]
 
 
 def to_tensors(arrays: dict, device="cpu", dtype=torch.float32) -> dict:

@@ -14,13 +14,10 @@ from torch import Tensor
 
 
 def sign_momentum_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
-                         param_avgs: list[Tensor] | None, steps: list[int], *, lr: float | Tensor,
+                         param_avgs: list[Tensor] | None, steps: list[int], *, lr: float,
                          beta1: float, beta2: float, gamma: float, weight_decay: float,
                          decay: str, maximize: bool, foreach: bool) -> None:
     """One FOCUS step (``param_avgs`` given) or Signum step (``param_avgs=None``, gamma unused).
-
-    ``lr`` may be a 1-D tensor with one learning rate per index of every tensor's first dimension
-    (stacked models trained in one batch); that runs the per-tensor path.
 
     m   <- beta1 m + (1 - beta1) g                      (as a lerp)
     avg <- beta2 avg + (1 - beta2) theta;  hat = avg / (1 - beta2^t)
@@ -31,42 +28,23 @@ def sign_momentum_update(params: list[Tensor], grads: list[Tensor], exp_avgs: li
     The three terms are applied to theta one after the other (the same maths; rounding within float
     tolerance of the one-expression form), which needs a single temporary per tensor.
     """
-    fn = _multi_tensor if foreach and not isinstance(lr, Tensor) else _single_tensor
+    fn = _multi_tensor if foreach else _single_tensor
     fn(params, grads, exp_avgs, param_avgs, steps, lr=lr, beta1=beta1, beta2=beta2, gamma=gamma,
        weight_decay=weight_decay, decay=decay, maximize=maximize)
 
 
-def _axpy_(w: Tensor, x: Tensor, lr, scale: float) -> None:
-    """w += scale * lr * x, where lr is a float or a per-slice tensor (one value per index of dim 0,
-    as for stacked models trained together)."""
-    if isinstance(lr, Tensor):
-        w.addcmul_(x, lr.view(-1, *([1] * (w.dim() - 1))), value=scale)
-    else:
-        w.add_(x, alpha=lr * scale)
-
-
-SLICE = 1 << 18  # elements per cache-sized slice when stacked models carry per-slice lrs
+def _axpy_(w: Tensor, x: Tensor, lr: float, scale: float) -> None:
+    """w += scale * lr * x."""
+    w.add_(x, alpha=lr * scale)
 
 
 def _single_tensor(params, grads, exp_avgs, param_avgs, steps, *, lr, **hyper):
-    if isinstance(lr, Tensor) and lr.dim() == 0:
-        lr = float(lr)
     for i, p in enumerate(params):
-        avg = None if param_avgs is None else param_avgs[i]
-        if not isinstance(lr, Tensor):
-            _update_one(p, grads[i], exp_avgs[i], avg, steps[i], lr, **hyper)
-            continue
-        # Stacked models: run the whole update on cache-sized slices along dim 0, so each slice's
-        # param/grad/state stay in cache through all the passes (same ops, same bits).
-        rows = max(1, SLICE // max(1, p[0].numel()))
-        for a in range(0, p.shape[0], rows):
-            sl = slice(a, a + rows)
-            _update_one(p[sl], grads[i][sl], exp_avgs[i][sl], None if avg is None else avg[sl],
-                        steps[i], lr[sl], **hyper)
+        _update_one(p, grads[i], exp_avgs[i], None if param_avgs is None else param_avgs[i], steps[i], lr, **hyper)
 
 
 def _update_one(p, g, m, avg, t, lr, *, beta1, beta2, gamma, weight_decay, decay, maximize):
-    """The per-tensor update (lr a float or one value per index of dim 0)."""
+    """The per-tensor update."""
     w = p if p.dtype == m.dtype else p.to(m.dtype)  # fp32 working copy for low-precision params
     if g.dtype != m.dtype:
         g = g.to(m.dtype)

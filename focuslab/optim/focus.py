@@ -7,6 +7,24 @@ from torch.optim import Optimizer
 
 from ._sign import sign_momentum_update
 
+
+def closure_loss(closure):
+    """The loss a ``step(closure)`` returns: the closure's, evaluated with gradients on (or None)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def with_grads(opt: Optimizer, group: dict):
+    """The group's parameters that have a gradient; sparse gradients are refused."""
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            raise RuntimeError(f"{type(opt).__name__} does not support sparse gradients")
+        yield p
+
 DECAYS = ("average", "theta")
 
 
@@ -42,17 +60,10 @@ class _SignMomentum(Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params, grads, exp_avgs, avgs, steps = [], [], [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            for p in with_grads(self, group):
                 state = self.state[p] or self._init_state(p, group)
                 state["step"] += 1
                 params.append(p)
@@ -100,8 +111,9 @@ class FOCUS(_SignMomentum):
         betas: (beta1, beta2): gradient-momentum and parameter-average decay rates.  Default
             (0.9, 0.99), the paper's GPT-2 runs (the reference class defaults to (0.9, 0.999); the toy
             experiments use (0.9, 0.9)).
-        gamma: strength of the attraction.  Default 0.1, the reference class's (the toy experiments
-            use 0.2).
+        gamma: strength of the attraction.  Default 0.2, the paper's toy and GPT-2 experiments (the
+            official reference class defaults to 0.1).  These are the defaults of focuslab's ``focus``
+            everywhere (focuslab.optimizers.builtin), one per setting.
         weight_decay: omega.  Default 0.
         decay: "average" (Algorithm 1, default) or "theta" (toy experiments).
         foreach: multi-tensor path (default: on when all params are on CUDA, as torch.optim does;
@@ -113,7 +125,7 @@ class FOCUS(_SignMomentum):
     State per parameter: ``step``, ``exp_avg`` (m) and ``param_avg`` (theta-bar): two buffers.
     """
 
-    def __init__(self, params, lr=1e-2, betas=(0.9, 0.99), gamma=0.1, weight_decay=0.0, *,
+    def __init__(self, params, lr=1e-2, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.0, *,
                  decay="average", foreach=None, maximize=False, fp32_state=True):
         try:
             beta1, beta2 = betas

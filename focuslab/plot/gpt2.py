@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import FocuslabError
 from ..results import read_json
-from .style import colour, display_name, save
+from .style import colour, save
 
 
 def read_run(directory: Path) -> tuple[dict, list[dict]]:
@@ -28,14 +28,15 @@ def plot_runs(directories, out=None, formats=("png",)) -> dict:
     runs = [(Path(d), *read_run(d)) for d in directories]
     out = Path(out) if out else Path(directories[0])
     out.mkdir(parents=True, exist_ok=True)
-    from ..optim.registry import TORCH_OPTIMIZERS
+    from ..optimizers import legend_for
 
-    names = [m["config"]["optimizer"] for _, m, _ in runs]
+    names = [m.get("optimizer_label", m["config"]["optimizer"]) for _, m, _ in runs]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100, layout="constrained")
     summary = []
     for (d, meta, rows), opt in zip(runs, names):
         cfg = meta["config"]
-        label = f"{display_name(opt, cfg.get('optimizer_settings'), TORCH_OPTIMIZERS)}, lr {cfg['learning_rate']:g}"
+        label = f"{legend_for(opt, {opt: cfg.get('optimizer_settings')}, meta.get('external'))}, " \
+                f"lr {cfg['learning_rate']:g}"
         if len(runs) > len(set(names)):
             label += f" ({d.name})"
         c = colour(opt, names)

@@ -42,16 +42,15 @@ def plot_mnist(directory, out=None, formats=("png",)) -> dict:
     opts = list(dict.fromkeys(best.optimizer))
     files, summary = [], []
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100, layout="constrained")
-    from ..optim.registry import TORCH_OPTIMIZERS
-
     settings = meta["config"].get("optimizer") or {}
+    external = meta["config"].get("external") or {}
     for opt in opts:
         rows = best[best.optimizer == opt].sort_values("batch_size")
         ok = np.isfinite(rows.test_loss_mean)
         variant = ":" in opt  # a second entry of the same optimizer (focus:gamma=0.4): dashed
         ax.errorbar(rows.batch_size[ok], rows.test_loss_mean[ok], yerr=rows.test_loss_std[ok], marker="o",
                     ms=3, capsize=2, ls="--" if variant else "-", color=colour(opt, opts),
-                    label=display_name(opt, settings.get(opt), TORCH_OPTIMIZERS))
+                    label=display_name(opt, settings, external))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("Batch size")
     ax.set_ylabel("Best test loss (mean ± std over replicates)")

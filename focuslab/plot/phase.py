@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..axes import CELL_NAMES
-from ..config import file_slug
+from ..optimizers import file_slug
 from ..errors import FocuslabError
 from ..phase import win_fractions, winners
 from ..results import load_scan
@@ -27,6 +27,7 @@ class Geometry:
             self.log = {a: cfg["scales"][a] == "log" for a in CELL_NAMES}
             self.optimizers = list(cfg["optimizers"])
             self.settings = dict(cfg.get("optimizer") or {})
+            self.external = dict(cfg.get("external") or {})
         except (KeyError, TypeError):
             raise FocuslabError("scan.json lacks the grid description (config.values/scales/optimizers)") from None
         self.scanned = [a for a in CELL_NAMES if len(self.values[a]) > 1]
@@ -36,10 +37,12 @@ class Geometry:
             self.x, self.y = x, [a for a in self.scanned if a != x][0]
 
     def name(self, label: str) -> str:
-        """Legend text: "FOCUS γ=0.4" when the run's settings differ from the defaults."""
-        from ..toy.updates import OPTIMIZERS
+        """Legend text: "FOCUS γ=0.4" when the run's settings differ from those every toy scan
+        gets (the optimizer's defaults and the default preset's tables)."""
+        from ..config import load_toml
 
-        return display_name(label, self.settings.get(label), OPTIMIZERS)
+        base = load_toml("default", "scan").get("optimizer") or {}
+        return display_name(label, self.settings, self.external, base)
 
     def centres(self, axis):
         return coords(self.values[axis], self.log[axis])
@@ -86,7 +89,8 @@ def phase_figure(table: pd.DataFrame, optimizers, geo: Geometry, title: str):
     handles = [Patch(color=colours[i], label=geo.name(o)) for i, o in enumerate(optimizers)]
     if (labels == "tie").any():
         handles.append(Patch(color=colours[-1], label="tie (undecided)"))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              fontsize=10 if len(handles) <= 6 else 7)
     return fig, ax
 
 
@@ -192,6 +196,56 @@ def decisive_figure(decisions: pd.DataFrame, optimizers, geo: Geometry, title: s
     return fig, ax
 
 
+def relative_loss_figure(best: pd.DataFrame, optimizers, geo: Geometry, title: str):
+    """Small multiples: each optimizer's best mean final loss relative to the cell's best one,
+    (L - L_best) / |L_best|, on one shared log colour scale (cells it wins in white, cells where it
+    diverged at every lr in dark grey)."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    grids = {o: geo.grid(best[best["optimizer"] == o], "final_loss_mean").astype(float) for o in optimizers}
+    stack = np.stack([np.where(np.isfinite(g), g, np.inf) for g in grids.values()])
+    low = stack.min(axis=0)
+    scale = np.where(np.abs(low) > 0, np.abs(low), 1.0)
+    floor, cap = 1e-4, 10.0
+    n = len(optimizers)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols + 1.2, 2.6 * rows + 0.6), dpi=100,
+                             layout="constrained", squeeze=False, sharex=True, sharey=True)
+    xe, ye = edges(geo.centres(geo.x)), edges(geo.centres(geo.y))
+    norm = LogNorm(vmin=floor, vmax=cap)
+    mesh = None
+    for k, (ax, o) in enumerate(zip(axes.flat, optimizers)):
+        with np.errstate(invalid="ignore", over="ignore"):
+            rel = (np.where(np.isfinite(grids[o]), grids[o], np.inf) - low) / scale
+        shown = np.ma.masked_where(~np.isfinite(rel) | (rel <= 0), np.clip(rel, floor, cap))
+        ax.set_facecolor("white")
+        diverged = np.ma.masked_where(np.isfinite(rel), np.ones_like(rel))
+        ax.pcolormesh(xe, ye, diverged, cmap=matplotlib.colors.ListedColormap([DIVERGED_COLOUR]), shading="flat")
+        mesh = ax.pcolormesh(xe, ye, shown, cmap="magma_r", norm=norm, shading="flat")
+        wins = float(np.mean(rel <= 0))
+        ax.set_title(f"{geo.name(o)}  (best in {100 * wins:.0f}%)", fontsize=8, color=colour(o, list(optimizers)))
+        if k % cols == 0:
+            ax.set_ylabel(geo.label(geo.y), fontsize=8)
+        if k // cols == rows - 1:
+            ax.set_xlabel(geo.label(geo.x), fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    bar = fig.colorbar(mesh, ax=axes, shrink=0.8)
+    bar.set_label("(L − L_best) / |L_best| at each one's best lr  (white: the best)", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig, axes
+
+
+#: Above this many optimizers a scan's figures skip the pairwise maps (n(n-1)/2 of them) and the
+#: per-optimizer heatmaps; the relative-loss small multiples show every optimizer at once.
+PAIRWISE_MAX = 4
+
+
 def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, overlay=()) -> dict:
     """Draw every figure for a scan directory; returns {'files': [...], 'summary': [lines]}."""
     import matplotlib.pyplot as plt
@@ -233,12 +287,14 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
         if len(opts) > 1:
             emit(margin_figure(table, geo, significance, "Winner's margin over the runner-up")[0],
                  "margin")
-        for a, b in combinations(opts, 2):
+            emit(relative_loss_figure(best, opts, geo, "Each optimizer's loss relative to the cell's best "
+                                      "(all at their best lr)")[0], "relative_loss")
+        for a, b in (combinations(opts, 2) if len(opts) <= PAIRWISE_MAX else ()):
             pair = winners(best, [a, b], CELL_NAMES, significance)
             emit(phase_figure(pair, [a, b], geo,
                               f"{geo.name(a)} vs {geo.name(b)} ({sig_note})")[0],
                  f"phase_{file_slug(a)}_vs_{file_slug(b)}")
-        for opt in opts:
+        for opt in (opts if len(opts) <= PAIRWISE_MAX else ()):
             rows = best[best["optimizer"] == opt]
             emit(heatmap_figure(geo.grid(rows, "final_loss_mean"), geo,
                                 f"{geo.name(opt)}: best mean final loss", "final loss")[0],

@@ -9,55 +9,60 @@ import numpy as np
 from ..axes import axis_label as _axis_label
 from ..results import atomic_write_bytes
 
-# The paper's colours (Fig. 2): Adam orange, Signum yellow, FOCUS blue.
-PAPER_COLOURS = {"adam": (244, 111, 67), "adamw": (244, 111, 67), "signum": (251, 221, 133),
-                 "focus": (128, 166, 226)}
-EXTRA_COLOURS = [(102, 187, 106), (171, 71, 188), (141, 110, 99), (38, 166, 154), (236, 64, 122)]
+#: Colours of optimizers that are not built-ins (and of a built-in's second entry): 18 distinct
+#: hues, none close to the paper's orange, yellow and blue, for zoo maps of up to ~20 optimizers.
+EXTRA_COLOURS = [(102, 187, 106), (171, 71, 188), (141, 110, 99), (38, 166, 154), (236, 64, 122),
+                 (0, 0, 0), (255, 112, 67), (92, 107, 192), (205, 220, 57), (121, 85, 72),
+                 (0, 151, 167), (233, 30, 99), (139, 195, 74), (96, 125, 139), (186, 104, 200),
+                 (255, 179, 0), (0, 105, 92), (183, 28, 28)]
 TIE_COLOUR = (200, 200, 200)
 FORMATS = ("png", "pdf", "svg")
 
 
-def _rule(label: str) -> str:
+def _builtin_colours() -> dict:
+    """The built-ins' own colours (the paper's Fig. 2 colours for Adam, Signum and FOCUS), by every
+    spelling."""
+    from ..optimizers import builtin
+
+    return {spelling: builtin.BY_NAME[name].colour for spelling, name in builtin.SPELLINGS.items()}
+
+
+PAPER_COLOURS = _builtin_colours()
+
+
+def _head(label: str) -> str:
     return label.split(":", 1)[0]
 
 
 def colour(label: str, labels: list[str] | None = None) -> tuple[float, float, float]:
-    """RGB in [0, 1] for the optimizer ``label`` among ``labels``: the paper's colour for the first
-    entry of Adam(W), Signum and FOCUS, a distinct extra colour for every other entry (variants
-    such as ``focus:gamma=0.4`` and optimizers the paper did not use)."""
+    """RGB in [0, 1] for the optimizer ``label`` among ``labels``: a built-in's own colour for its
+    first entry (the bare name if present), a distinct extra colour for every other entry
+    (variants such as ``focus:gamma=0.4``, and every external optimizer)."""
     labels = list(labels or [label])
     if label not in labels:
         labels.append(label)
-    paper = {}  # rule -> the entry that gets the paper's colour: the bare name, else the first entry
+    own = {}  # built-in spelling -> the entry that gets its colour: the bare name, else the first entry
     for lab in labels:
-        rule = _rule(lab)
-        if rule in PAPER_COLOURS and (rule not in paper or (lab == rule and paper[rule] != rule)):
-            paper[rule] = lab
-    extra = [lab for lab in labels if paper.get(_rule(lab)) != lab]
-    if paper.get(_rule(label)) == label:
-        rgb = PAPER_COLOURS[_rule(label)]
+        head = _head(lab)
+        if head in PAPER_COLOURS and (head not in own or (lab == head and own[head] != head)):
+            own[head] = lab
+    extra = [lab for lab in labels if own.get(_head(lab)) != lab]
+    if own.get(_head(label)) == label:
+        rgb = PAPER_COLOURS[_head(label)]
     else:
         rgb = EXTRA_COLOURS[extra.index(label) % len(EXTRA_COLOURS)]
     return tuple(c / 255 for c in rgb)
 
 
-TITLES = {"adam": "Adam", "adamw": "AdamW", "signum": "Signum", "focus": "FOCUS", "sgd": "SGD", "lion": "Lion"}
+def display_name(label: str, settings: dict | None = None, external: dict | None = None,
+                 base: dict | None = None) -> str:
+    """Legend text for an optimizer from what its results directory recorded: its title plus the
+    settings that differ from its defaults ("FOCUS γ=0.4").  ``settings``: label -> settings;
+    ``external``: label -> record of an external optimizer; ``base``: optimizer -> the settings a
+    study's preset gives every entry (those are not news in a legend)."""
+    from ..optimizers import legend_for
 
-
-def display_name(label: str, settings: dict | None = None, registry=None) -> str:
-    """Legend text for an optimizer: its title plus the settings that differ from the registry's
-    defaults ("FOCUS γ=0.4").  Without settings, the ones written in the label are shown."""
-    from ..config import split_entry
-    from ..hyper import SYMBOLS
-
-    rule, inline = split_entry(label)
-    if registry is not None and settings:
-        try:
-            return registry.get(rule).legend(settings)
-        except Exception:  # an optimizer this focuslab does not know (older results)
-            pass
-    title = TITLES.get(rule, rule)
-    return title + (" " + ", ".join(f"{SYMBOLS.get(k, k)}={v}" for k, v in inline.items()) if inline else "")
+    return legend_for(label, settings, external, base)
 
 
 def axis_label(axis: str, log: bool) -> str:

@@ -66,9 +66,10 @@ def kernel_asm(optimizer: str, settings: dict | None = None) -> str:
     cache: use an empty NUMBA_CACHE_DIR)."""
     from numba import typeof
 
-    from . import kernel, updates
+    from ..optimizers import builtin
+    from . import kernel
 
-    opt = updates.get(optimizer)
+    opt = builtin.get(optimizer)
     settings = opt.resolve(settings or {})
     dispatcher = kernel.kernel_for(opt.name, opt.option_values(settings))
     shape = (1, 1, 1)

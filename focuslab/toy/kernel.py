@@ -15,7 +15,7 @@ never overlap and vectorises across lanes without run-time alias checks (with a 
 length, or one array per quantity, it exceeds its alias-check budget and emits scalar code).  The
 rule is bound at compile time (a template cloned per rule with ``prep``/``update`` as globals), so
 there is no switch on a rule code inside the lane loop: on AVX2 such a switch alone made LLVM emit
-scalar code (tests/test_kernel_asm.py checks the packed instructions for named CPU targets).
+scalar code (tests/test_kernel_targets.py checks the packed instructions for named CPU targets).
 
 Exact arithmetic: no fast-math, so no FMA contraction, and the generator uses polynomials instead of
 libm; results are the same bits on every CPU target (tested across NUMBA_CPU_NAME targets).
@@ -37,11 +37,12 @@ import numpy as np
 from numba import njit
 
 from ..axes import COLUMN, cell_array
-from . import landscape, updates
+from ..optimizers import builtin
+from . import landscape
 from .rng import normal_pair  # noqa: F401  (a global of the template)
 
 LANES = 256
-INIT_SCALE = 1e-4
+INIT_SCALE = landscape.INIT_SCALE
 # Rows of the block state: the mutable state of every lane, its noise pair and its learning rate.
 X1, X2, S10, S11, S20, S21, U, V, LMIN, UMAX, OK, Z1, Z2, LR = range(14)
 NROW = 14
@@ -145,12 +146,13 @@ def _clone(template, scope: dict, qualname: str):
 
 def _fingerprint() -> str:
     """Hash of the sources the compiled code comes from.  numba's disk cache checks only the
-    template's own file; naming each kernel after this hash makes an edit to a rule (updates.py),
+    template's own file; naming each kernel after this hash makes an edit to a rule (optimizers/builtin.py),
     the landscape or the generator compile afresh instead of loading stale machine code."""
     here = Path(__file__).parent
     h = hashlib.sha256()
-    for name in ("updates.py", "landscape.py", "rng.py", "kernel.py"):
-        h.update((here / name).read_bytes())
+    for path in (here.parent / "optimizers" / "builtin.py", here / "landscape.py", here / "rng.py",
+                 here / "kernel.py"):
+        h.update(path.read_bytes())
     return h.hexdigest()[:10]
 
 
@@ -165,7 +167,7 @@ def kernel_for(name: str, options: tuple = ()):
     globals at compile time) and given its own name, so each rule has its own on-disk cache entry
     and a second process loads it instead of compiling.
     """
-    opt = updates.get(name)
+    opt = builtin.get(name)
     scope = dict(globals())
     scope["prep"] = njit(inline="always")(opt.prep)
     scope["update"] = njit(inline="always")(opt.update_function(options))
@@ -180,7 +182,7 @@ def kernel_for(name: str, options: tuple = ()):
 def prep_table(name: str):
     """``table(hp, steps)``: the per-step scalars of optimizer ``name`` exactly as its kernel computes
     them (the torch path uploads this table rather than recomputing powers in another library)."""
-    opt = updates.get(name)
+    opt = builtin.get(name)
     scope = dict(globals())
     scope["prep"] = njit(inline="always")(opt.prep)
     return njit(cache=True)(_clone(_prep_table, scope, f"prep_table_{opt.name}_{FINGERPRINT}"))
@@ -192,7 +194,7 @@ def run(optimizer: str, settings: dict, cells: np.ndarray, lrs: np.ndarray, keys
     see ToyOptimizer.resolve).  cells: (n_cells, 5) coordinates in CELL_AXES order (phi in radians);
     lrs: (n_lr,); keys: (n_cells, n_rep) uint64.  Returns the per-lane metrics, shape
     (cells, lrs, replicates)."""
-    opt = updates.get(optimizer)
+    opt = builtin.get(optimizer)
     kernel = kernel_for(opt.name, opt.option_values(settings))
     shape = (cells.shape[0], lrs.shape[0], keys.shape[1])
     out = {name: np.empty(shape) for name in ("final_loss", "min_loss", "progress")}

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import math
 
+#: Initial parameters: theta_0 = INIT_SCALE * (z1, z2), with (z1, z2) pair 0 of the trajectory's stream.
+INIT_SCALE = 1e-4
+
 
 def rotate(theta1, theta2, cos_phi, sin_phi):
     """(u, v) = (theta1, theta2) . R(phi)."""

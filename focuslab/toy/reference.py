@@ -1,7 +1,7 @@
 """Plain-Python, one-trajectory reference stepper: the executable specification of the simulator.
 
 Written directly from the paper's equations (arXiv 2501.12243, Sec. 2 and Algorithm 1), sharing no
-code with the rules in ``updates.py``; the tests compare the two trajectory by trajectory,
+code with the rules in ``focuslab/optimizers/builtin.py``; the tests compare the two trajectory by trajectory,
 and ``benchmarks/bench_toy.py`` times this as the "reference code" baseline.  It consumes noise
 given to it (``normals[t]`` is the N(0, 1) pair of step t, ``normals[0]`` the initial point), so it
 can be fed exactly the draws the kernel uses.  Keywords follow focuslab.axes (sharpness, noise,
@@ -10,6 +10,8 @@ weight_decay, phi, c, lr); ``theta`` is the parameter vector.
 from __future__ import annotations
 
 import math
+
+from .landscape import INIT_SCALE
 
 
 def _sign(x: float) -> float:
@@ -26,7 +28,7 @@ def trajectory(optimizer: str, params: dict, *, sharpness: float, noise: float, 
     normals = [(float(z1), float(z2)) for z1, z2 in normals]
     co, si = math.cos(phi), math.sin(phi)
     R = [[co, -si], [si, co]]
-    theta = [1e-4 * normals[0][0], 1e-4 * normals[0][1]]
+    theta = [INIT_SCALE * normals[0][0], INIT_SCALE * normals[0][1]]
     state = [[0.0, 0.0], [0.0, 0.0]]  # per coordinate: two slots
     path = [tuple(theta)]
     losses = []

@@ -9,7 +9,7 @@ gives no CPU path for tests but its slow simulator.  (Apple's MPS has no float64
 offered.)
 
 What is shared with the numba kernel (focuslab.toy.kernel), not rewritten:
-  * the update rules and their compile-time options (toy/updates.py; ``np.sign``/``np.sqrt`` are
+  * the update rules and their compile-time options (focuslab/optimizers/builtin.py; ``np.sign``/``np.sqrt`` are
     bound to a torch namespace whose ``sign`` is numba's exactly: x itself for +-0 and NaN);
   * the landscape (toy/landscape.py) and the metric and divergence rules;
   * the random streams: rng.py's generator bound to int64-tensor helpers (wrapping arithmetic and
@@ -36,9 +36,10 @@ import numpy as np
 
 from ..axes import COLUMN
 from ..errors import FocuslabError
-from . import landscape, rng, updates
+from ..optimizers import builtin
+from . import landscape, rng
 
-INIT_SCALE = 1e-4
+INIT_SCALE = landscape.INIT_SCALE
 STATE = ("x1", "x2", "s10", "s11", "s20", "s21", "u", "v", "lmin", "umax", "ok")
 #: Device memory per lane in eager mode: 11 state tensors, the noise, and the temporaries one step
 #: creates (measured peak ~40 float64 per lane); used to size launches from free memory.
@@ -98,8 +99,8 @@ def _numpy_like(exact_sqrt: bool = True):
 
 
 def _on_tensors(fn, exact_sqrt: bool = True):
-    """``fn`` (a rule from updates.py) with its ``np`` bound to the torch namespace."""
-    module = f"{updates.__name__}._torch_{'exact' if exact_sqrt else 'fast'}_{fn.__name__}_{id(fn):x}"
+    """``fn`` (a rule from focuslab.optimizers.builtin) with its ``np`` bound to the torch namespace."""
+    module = f"{builtin.__name__}._torch_{'exact' if exact_sqrt else 'fast'}_{fn.__name__}_{id(fn):x}"
     return rng.rebind({"update": fn}, {**fn.__globals__, "np": _numpy_like(exact_sqrt)}, module)["update"]
 
 
@@ -107,7 +108,7 @@ def step_table(optimizer: str, settings: dict, steps: int) -> np.ndarray:
     """(steps + 1, k) per-step scalars of the rule, from its prep compiled by numba (the kernel's bits)."""
     from .kernel import prep_table
 
-    opt = updates.get(optimizer)
+    opt = builtin.get(optimizer)
     return prep_table(opt.name)(opt.hyper_values(settings), int(steps))
 
 
@@ -193,7 +194,7 @@ class TorchSimulator:
             steps: int) -> dict[str, np.ndarray]:
         """Same contract as focuslab.toy.kernel.run: per-lane metrics of shape (cells, lrs, replicates)."""
         torch, dev = self.torch, self.device
-        opt = updates.get(optimizer)
+        opt = builtin.get(optimizer)
         update = _update_on_tensors(opt.name, opt.option_values(settings), not self.compile)
         hp = opt.hyper_values(settings)
         f64 = dict(dtype=torch.float64, device=dev)
@@ -231,4 +232,4 @@ class TorchSimulator:
 
 @lru_cache(maxsize=None)
 def _update_on_tensors(name: str, options: tuple, exact_sqrt: bool = True):
-    return _on_tensors(updates.get(name).update_function(options), exact_sqrt)
+    return _on_tensors(builtin.get(name).update_function(options), exact_sqrt)

@@ -1,28 +1,29 @@
 """Declaring an optimizer's settings once: numeric hyperparameters with valid intervals, options
-with fixed choices, defaults, validation with errors that name ``optimizer.setting``, aliases and
-legend text.  The simulator's registry (focuslab.toy.updates) and torch's (focuslab.optim.registry)
-both build on this, so ``focus:gamma=0.4`` and ``--opt-param focus.gamma=0.4`` mean the same thing
-in every command.  Imports neither numba nor torch.
+with fixed choices, each with its default and where that default comes from; validation with
+errors that name ``optimizer.setting``; legend text.  Imports neither numba nor torch.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from .errors import FocuslabError
+from ..errors import FocuslabError
+from ..values import format_value, parse_number
 
 #: How settings are written in legends ("FOCUS γ=0.4").
-SYMBOLS = {"beta1": "β1", "beta2": "β2", "gamma": "γ", "eps": "ε", "momentum": "μ", "decay": "decay"}
+SYMBOLS = {"beta1": "β1", "beta2": "β2", "betas": "β", "gamma": "γ", "eps": "ε", "momentum": "μ"}
 
 
 @dataclass(frozen=True)
 class Hyper:
-    """A numeric hyperparameter: name, default, valid interval (e.g. "[0, 1)") and meaning."""
+    """A numeric hyperparameter: name, default, valid interval (e.g. "[0, 1)"), meaning, and the
+    source of the default (a paper, a reference implementation)."""
 
     name: str
     default: float
     interval: str
     doc: str
+    source: str = ""
 
     def bounds(self) -> tuple[float, float, bool, bool]:
         m = re.fullmatch(r"\s*([\[(])\s*([^,]+),\s*([^\])]+)\s*([\])])\s*", self.interval)
@@ -43,6 +44,7 @@ class Option:
     name: str
     choices: tuple[str, ...]
     doc: str
+    source: str = ""
 
     @property
     def default(self) -> str:
@@ -50,15 +52,14 @@ class Option:
 
 
 @dataclass(frozen=True)
-class OptimizerSpec:
-    """Name, display title, meaning and settings of an optimizer (a registry entry's common part)."""
+class Settings:
+    """Name, display title, meaning and settings of an optimizer."""
 
     name: str
     title: str  # display name in legends
     doc: str
     hyper: tuple[Hyper, ...]
     options: tuple[Option, ...]
-    aliases: tuple[str, ...]
 
     @property
     def defaults(self) -> dict:
@@ -67,8 +68,6 @@ class OptimizerSpec:
 
     def resolve(self, params: dict | None = None, where: str | None = None) -> dict:
         """Defaults overlaid with ``params``, validated; errors name ``where`` (default: the optimizer)."""
-        from .config import parse_number
-
         where = where or self.name
         out = self.defaults
         hyper = {h.name: h for h in self.hyper}
@@ -85,45 +84,19 @@ class OptimizerSpec:
                     raise FocuslabError(f"{where}.{key} must be in {hyper[key].interval}, got {v:g}")
                 out[key] = v
             else:
-                raise FocuslabError(f"unknown parameter {where}.{key} (known: "
+                raise FocuslabError(f"unknown setting {where}.{key} (known: "
                                     f"{', '.join(where + '.' + k for k in self.defaults)})")
         return out
 
-    def legend(self, settings: dict | None = None, base: dict | None = None) -> str:
-        """Title plus the settings that differ from ``base`` (default: the defaults): "FOCUS γ=0.4"."""
-        base = self.defaults if base is None else base
-        changed = [(k, v) for k, v in (settings or {}).items() if k in base and base[k] != v]
-        if not changed:
-            return self.title
-        from .config import format_value
-
-        return self.title + " " + ", ".join(f"{SYMBOLS.get(k, k)}={format_value(v)}" for k, v in changed)
+    def legend(self, settings: dict | None = None, title: str | None = None) -> str:
+        """Title plus the settings that differ from the defaults: "FOCUS γ=0.4"."""
+        return legend(title or self.title, settings, self.defaults)
 
 
-class Registry:
-    """Optimizers by name, with aliases; ``get`` gives a one-line error for unknown names."""
-
-    def __init__(self, specs):
-        self.specs = {s.name: s for s in specs}
-        self.aliases = {a: s.name for s in specs for a in s.aliases}
-
-    def get(self, name: str):
-        canonical = self.aliases.get(name, name)
-        if canonical not in self.specs:
-            raise FocuslabError(f"unknown optimizer {name!r} (known: {', '.join(self.names())})")
-        return self.specs[canonical]
-
-    def names(self) -> list[str]:
-        return [*self.specs, *self.aliases]
-
-    def __iter__(self):
-        return iter(self.specs)
-
-    def __getitem__(self, name):
-        return self.specs[name]
-
-    def items(self):
-        return self.specs.items()
-
-    def values(self):
-        return self.specs.values()
+def legend(title: str, settings: dict | None, defaults: dict | None) -> str:
+    """``title`` plus the ``settings`` that differ from ``defaults`` ("FOCUS γ=0.4")."""
+    defaults = defaults or {}
+    changed = [(k, v) for k, v in (settings or {}).items() if k not in defaults or defaults[k] != v]
+    if not changed:
+        return title
+    return title + " " + ", ".join(f"{SYMBOLS.get(k, k)}={format_value(v)}" for k, v in changed)

@@ -1,0 +1,163 @@
+"""How the batched MNIST trainer steps its K stacked models with a real torch optimizer.
+
+The K = n_lr x R models live in stacked (K, ...) tensors (focuslab.mnist.model.BatchedMLP).  The
+optimizer is the entry's own torch class (torch.optim.AdamW for ``adamw``, focuslab.optim.FOCUS,
+any pytorch_optimizer or user class), over parameters that are *views* of that storage, so its
+in-place updates are the models' updates:
+
+* **stacked** (element-wise rules): one instance per learning rate over the (R, ...) slices of
+  that lr's R replicates -- chosen when the probe (focuslab.optimizers.probe.stacks) finds that
+  stacked copies step bit for bit as separate ones;
+* **per model** (rules with per-tensor reductions: AdamP, Muon, SGD-SaI, ...): one instance per
+  model over its own tensors, in nn.Linear's orientation (out, in), exactly as the one-at-a-time
+  trainer would build it.
+
+Weight decay goes to the Linear weights only (the paper's setup): two param groups per instance.
+Optimizers that take Hessian-vector products of ``p.grad`` (SophiaH, AdaHessian) get gradients
+with their graph; then the views are the graph's leaves (the stacked tensors are concatenated
+from them at every step).  Optimizers that need a closure are refused: the trainer computes one
+gradient per step.
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..errors import FocuslabError
+from .model import decays
+
+
+_PROBED: dict = {}
+
+
+def _probe(entry, weight_decay: float = 0.0) -> tuple[bool, bool, bool, str]:
+    """(graph, stochastic, stacks, why) for an entry (cached per process, optimizer, settings and
+    weight decay)."""
+    from ..values import jsonable
+
+    if entry.kind == "builtin":  # focuslab's own rules: element-wise by construction (tested)
+        return False, False, True, "built-in element-wise rule"
+    key = json.dumps([entry.name, entry.origin, jsonable(entry.settings), jsonable(entry.group), weight_decay],
+                     sort_keys=True)
+    if key not in _PROBED:
+        _PROBED[key] = _probe_now(entry, weight_decay)
+    return _PROBED[key]
+
+
+def _probe_now(entry, weight_decay: float) -> tuple[bool, bool, bool, str]:
+    from ..optimizers.probe import calling_convention, draws, stacks
+
+    def make(groups):
+        return entry.build_torch(groups, 1e-2)
+
+    closure, graph = calling_convention(make, entry.label)
+    if closure:
+        raise FocuslabError(f"{entry.label}: needs a closure (several gradient evaluations per step); the MNIST "
+                            "trainer computes one gradient per step, so it cannot train with it")
+    stochastic = draws(make, graph, False)
+    ok, why = stacks(make, graph, False, stochastic, weight_decay)
+    return graph, stochastic, ok, why
+
+
+class Steppers:
+    """The optimizer instances of one unit, and how gradients reach them.
+
+    Stacked mode shares storage: each instance's parameters are views of the model's stacked
+    tensors.  Per-model mode gives each model's tensors their own contiguous storage in nn.Linear's
+    orientation (optimizers that reshape with ``.view`` need that), and writes them back into the
+    stacked tensors after every step.  With gradient graphs the instances' parameters are the
+    leaves in both modes and the model reads their concatenation."""
+
+    def __init__(self, entry, model, lrs, replicates: int, weight_decay: float, device="cpu"):
+        self.entry, self.model, self.R = entry, model, replicates
+        self.lrs = [float(v) for v in lrs]
+        self.graph, self.stochastic, stacked, self.why = _probe(entry, weight_decay)
+        self.mode = "stacked" if stacked else "per model"
+        self.shared = stacked and not self.graph
+        self.names = list(model.params)
+        R, n_lr = replicates, len(self.lrs)
+        self.blocks = [(i * R, (i + 1) * R) for i in range(n_lr)] if stacked else \
+            [(k, k + 1) for k in range(n_lr * R)]
+        self.instances = []  # {name: param} per instance
+        self.opts = []
+        for a, b in self.blocks:
+            params = {}
+            for name in self.names:
+                full = model.params[name].detach()
+                part = full[a:b] if stacked else self._oriented(name, full[a]).contiguous()
+                params[name] = torch.nn.Parameter(part if self.shared else part.clone(), requires_grad=True)
+            groups = [{"params": [params[n] for n in self.names if decays(n)], "weight_decay": weight_decay},
+                      {"params": [params[n] for n in self.names if not decays(n)], "weight_decay": 0.0}]
+            self.opts.append(entry.build_torch(groups, self.lrs[a // R], str(device)))
+            self.instances.append(params)
+        if self.graph:  # the leaves are the instances' parameters; the model reads their concatenation
+            self._assemble()
+
+    @staticmethod
+    def _oriented(name: str, t: torch.Tensor) -> torch.Tensor:
+        """A model's tensor as nn.Linear holds it (BatchedMLP stores Linear weights transposed)."""
+        return t.t() if name.startswith("fc") and name.endswith(".weight") else t
+
+    def _stacked(self, name: str, parts):
+        """The model's (K, ...) layout of per-instance tensors."""
+        if self.mode == "stacked":
+            return torch.cat(parts, 0)
+        return torch.stack([self._oriented(name, x) for x in parts], 0)
+
+    def _assemble(self):
+        for name in self.names:
+            self.model.params[name] = self._stacked(name, [inst[name] for inst in self.instances])
+
+    def _write_back(self):
+        with torch.no_grad():
+            for name in self.names:
+                self.model.params[name].copy_(self._stacked(name, [inst[name] for inst in self.instances]))
+
+    def leaves(self) -> list:
+        """What the loss is differentiated with respect to, in the order of ``step``'s gradients."""
+        if self.graph:
+            return [inst[n] for inst in self.instances for n in self.names]
+        return [self.model.params[n] for n in self.names]
+
+    def step(self, grads) -> None:
+        """One optimizer step, given the gradients of ``leaves()`` (same order)."""
+        if self.graph:
+            it = iter(grads)
+            for inst in self.instances:
+                for name in self.names:
+                    inst[name].grad = next(it)
+        else:
+            grad = dict(zip(self.names, grads))
+            for (a, b), inst in zip(self.blocks, self.instances):
+                for name, p in inst.items():
+                    p.grad = grad[name][a:b] if self.mode == "stacked" else \
+                        self._oriented(name, grad[name][a]).contiguous()
+        for opt in self.opts:
+            opt.step()
+        if self.graph:
+            self._assemble()
+        elif not self.shared:
+            self._write_back()
+
+    def stacked_state(self, key: str, name: str) -> torch.Tensor | None:
+        """The optimizer's per-parameter state ``key`` (e.g. "exp_avg_sq") of tensor ``name`` for all K
+        models, stacked as the model stores it; None when the optimizer keeps no such state."""
+        parts = []
+        for opt, inst in zip(self.opts, self.instances):
+            value = opt.state.get(inst[name], {}).get(key)
+            if value is None or not torch.is_tensor(value) or value.shape != inst[name].shape:
+                return None
+            parts.append(value)
+        return self._stacked(name, parts).detach()
+
+
+class StateView:
+    """``state[name] -> (exp_avg, exp_avg_sq)`` of all K models, stacked (None where absent), read
+    from the optimizer instances on demand (the diagnostics' preconditioner)."""
+
+    def __init__(self, steppers: Steppers):
+        self.steppers = steppers
+
+    def __getitem__(self, name: str):
+        return (self.steppers.stacked_state("exp_avg", name), self.steppers.stacked_state("exp_avg_sq", name))

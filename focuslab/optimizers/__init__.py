@@ -1,0 +1,234 @@
+"""Every optimizer a focuslab study can name, resolved one way for scan, refine, plot, mnist and gpt2.
+
+* Built-ins (focuslab.optimizers.builtin): adam (= adamw), signum, focus, sgd, lion -- one
+  definition each, with the toy's numba rule and a torch optimizer.
+* External torch optimizers (focuslab.optimizers.external): ``module.Class`` by import path,
+  ``path/to/file.py:Class``, or a pytorch_optimizer registry name.
+
+The grammar is focuslab.optimizers.spec's.  ``parse_list`` turns a list into ``OptimizerEntry``
+records; an entry's ``label`` is the tables' ``optimizer`` column: the name as written for a
+built-in (``adamw``), ``module.Class`` for a class (``pytorch_optimizer.AdaBelief``), ``stem.Class``
+for a file, followed by the settings written in the spec, normalised (``focus:gamma=0.4``).  Its
+``slug`` is the same, file-name safe.  Settings given by ``--opt-param`` or a config table fill in
+what an entry does not set itself and are not part of its label.
+
+This package imports neither numba nor torch; external classes are imported when named.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ..errors import FocuslabError
+from ..values import jsonable, parse_value
+from . import builtin
+from .settings import legend as _legend
+from .spec import file_slug, parse_spec, settings_text, split_list
+
+__all__ = ["OptimizerEntry", "parse_list", "parse_one", "parse_opt_params", "file_slug", "builtin"]
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """One optimizer of a study (see the module docstring)."""
+
+    label: str
+    name: str  # a built-in's canonical name, or the external class's canonical target
+    settings: dict  # built-in: every setting, resolved; external: the settings given
+    kind: str = "builtin"  # "builtin" or "torch" (an external torch optimizer)
+    spec: str = ""  # text that rebuilds this entry (with its settings): what a config file holds
+    group: dict = field(default_factory=dict)  # external: keys of every param group
+    origin: str = ""  # external: which code (distribution and version, or a file's SHA-256)
+    title: str = ""  # legend title
+    defaults: dict = field(default_factory=dict)  # what unset settings are
+
+    @property
+    def builtin(self) -> builtin.Builtin | None:
+        return builtin.BY_NAME[self.name] if self.kind == "builtin" else None
+
+    @property
+    def slug(self) -> str:
+        return file_slug(self.label)
+
+    def changed(self) -> dict:
+        """Settings that differ from the defaults (what a legend shows, and what a config table
+        must carry besides the label)."""
+        return {k: v for k, v in self.settings.items()
+                if k not in self.defaults or jsonable(self.defaults[k]) != jsonable(v)}
+
+    def legend(self) -> str:
+        return _legend(self.title, self.settings, self.defaults)
+
+    def record(self) -> dict:
+        """What a results directory keeps about an external optimizer (beside its settings)."""
+        return {"target": self.name, "origin": self.origin, "group": jsonable(self.group), "title": self.title,
+                "defaults": jsonable(self.defaults), "spec": self.spec}
+
+    def build_torch(self, param_groups, lr: float, device: str = "cpu"):
+        """The torch optimizer over ``param_groups`` (dicts with "params" and "weight_decay")."""
+        if self.kind == "builtin":
+            return self.builtin.build_torch(param_groups, lr, self.settings, device)
+        from . import external
+
+        cls = external_class(self)
+        return external.build(cls, param_groups, lr, self.settings, self.group, self.label)
+
+
+def external_class(entry: OptimizerEntry):
+    """The class of an external entry, checked to be the same code as when it was resolved."""
+    from . import external
+
+    kind = "file" if ".py:" in entry.name else "path"
+    target, cls = entry.name.rsplit(":", 1) if kind == "file" else (entry.name, "")
+    klass, _, origin, _ = external.resolve_class(kind, target, cls, entry.label)
+    if entry.origin and origin != entry.origin:
+        raise FocuslabError(f"{entry.label}: the code has changed since this study began ({entry.origin} then, "
+                            f"{origin} now); use another --out or --force")
+    return klass
+
+
+def parse_opt_params(items, where: str = "--opt-param") -> dict:
+    """``['focus.gamma=0.4', 'pytorch_optimizer.AdaBelief.eps=1e-12']`` -> ``{'focus': {'gamma': 0.4}, ...}``:
+    the setting is after the last dot."""
+    out: dict = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        opt, dot, name = key.strip().rpartition(".")
+        if not sep or not dot or not opt.strip() or not name.strip():
+            raise FocuslabError(f"{where}: expected OPTIMIZER.SETTING=VALUE, got {item!r}")
+        out.setdefault(opt.strip(), {})[name.strip()] = parse_value(value, f"{where} {key.strip()}")
+    return out
+
+
+def _identity(text: str, where: str) -> str:
+    """The canonical name an opt-param key refers to (a built-in's name, or a class's target)."""
+    p = parse_spec(text, where)
+    if p.kind == "name" and p.target in builtin.SPELLINGS:
+        return builtin.SPELLINGS[p.target]
+    from . import external
+
+    return external.resolve_class(p.kind, p.target, p.cls, where)[1]
+
+
+def parse_one(text: str, extra: dict | None = None, where: str = "--optimizers") -> OptimizerEntry:
+    """One spec -> its entry; ``extra`` are settings that apply unless the spec sets them."""
+    p = parse_spec(text, where)
+    extra = {k: parse_value(v, f"{where} {text}.{k}") for k, v in (extra or {}).items()}
+    if p.kind == "name" and p.target in builtin.SPELLINGS:
+        b = builtin.get(p.target)
+        if p.group:
+            raise FocuslabError(f"{where}: {text!r}: group keys are for external torch optimizers")
+        inline = b.resolve(p.settings, p.target)
+        inline = {k: inline[k] for k in p.settings}
+        settings = b.resolve({**extra, **p.settings}, p.target)
+        label = p.target + settings_text(inline, order=list(b.defaults))
+        return OptimizerEntry(label, b.name, settings, "builtin", label, {}, "", b.title_for(p.target), b.defaults)
+    from . import external
+
+    cls, target, origin, short = external.resolve_class(p.kind, p.target, p.cls, f"{where}: {text!r}")
+    settings = {**extra, **p.settings}
+    external.check_settings(cls, settings, f"{where}: {text!r}")
+    label = short + settings_text(p.settings, p.group)
+    spec = target + settings_text(p.settings, p.group)
+    return OptimizerEntry(label, target, settings, "torch", spec, dict(p.group), origin, cls.__name__,
+                          external.defaults_of(cls))
+
+
+def parse_list(spec, opt_params: dict | None = None, where: str = "--optimizers",
+               base_params: dict | None = None) -> tuple[OptimizerEntry, ...]:
+    """Resolve an optimizer list (a comma string or a list of specs).  ``opt_params`` maps an
+    optimizer (as any spelling of it) to settings that fill in what its entries do not set; one
+    that names no optimizer of the list is an error.  ``base_params`` (a preset's tables) do the
+    same, below ``opt_params``, but may name optimizers the list does not use.  Two entries with the
+    same optimizer and settings are an error."""
+    items = split_list(spec, where)
+    wanted, given, spelled = {}, set(), {}
+    for params, strict in ((base_params, False), (opt_params, True)):
+        for key, values in (params or {}).items():
+            ident = _identity(key, f"{where.replace('--optimizers', '--opt-param')} {key}")
+            wanted.setdefault(ident, {}).update(values)
+            if strict:
+                given.add(ident)
+                spelled[ident] = key
+    entries, used = [], set()
+    for item in items:
+        p = parse_spec(item, where)
+        ident = builtin.SPELLINGS.get(p.target) if p.kind == "name" else None
+        if ident is None:
+            ident = _identity(item, f"{where}: {item!r}")
+        entry = parse_one(item, wanted.get(ident), where)
+        used.add(ident)
+        for other in entries:
+            same = other.name == entry.name and json.dumps(jsonable(other.settings), sort_keys=True) == \
+                json.dumps(jsonable(entry.settings), sort_keys=True) and other.group == entry.group
+            if same or other.label == entry.label:
+                raise FocuslabError(f"{where}: {item!r} repeats {other.label!r} (same settings)")
+            if other.slug == entry.slug:
+                raise FocuslabError(f"{where}: {item!r} and {other.label!r} would share file names ({entry.slug})")
+        entries.append(entry)
+    for ident, values in wanted.items():
+        if ident in given and ident not in used:
+            listed = ", ".join(e.label for e in entries)
+            name = spelled[ident]
+            if where == "--optimizer":  # one optimizer per run (gpt2)
+                raise FocuslabError(f"--opt-param {name}.{next(iter(values))}=...: this run trains {listed}, "
+                                    f"not {name}")
+            raise FocuslabError(f"--opt-param {name}.{next(iter(values))}=...: {name} is not among the "
+                                f"optimizers ({listed})")
+    return tuple(entries)
+
+
+def legend_for(label: str, settings: dict | None = None, external: dict | None = None,
+               base: dict | None = None) -> str:
+    """Legend text for a table's ``label`` from what a results directory recorded: the settings of
+    each label (``settings``), the records of external optimizers (``external``: title and
+    defaults) and the settings a study's preset gives every entry of an optimizer (``base``, e.g.
+    the toy's FOCUS beta2 = 0.9), which are not news in a legend.  Needs no optimizer import
+    (plots need no torch)."""
+    mine = (settings or {}).get(label)
+    rec = (external or {}).get(label)
+    if rec:
+        return _legend(rec.get("title") or label, mine, rec.get("defaults"))
+    head = label.split(":", 1)[0]
+    if head not in builtin.SPELLINGS:
+        return label
+    b = builtin.get(head)
+    defaults = dict(b.defaults)
+    for key, values in (base or {}).items():
+        if builtin.SPELLINGS.get(key) == b.name:
+            defaults.update({k: parse_value(v) for k, v in values.items()})
+    if mine is None:
+        mine = {**defaults, **parse_spec(label).settings}
+    return _legend(b.title_for(head), mine, defaults)
+
+
+def builtin_lines() -> list[str]:
+    """The built-ins, their settings, defaults and where each default comes from (for
+    ``focuslab optimizers``)."""
+    lines = []
+    for b in builtin.BUILTINS:
+        names = ", ".join([b.name, *b.aliases])
+        lines.append(f"{names}: {b.doc}")
+        for h in b.hyper:
+            lines.append(f"    {h.name} = {h.default:g}  in {h.interval}: {h.doc}  [default: {h.source}]")
+        for o in b.options:
+            lines.append(f"    {o.name} = {o.default}  ({' | '.join(o.choices)}): {o.doc}  [default: {o.source}]")
+    return lines
+
+
+def probe_lines(entries, weight_decay: float = 0.1) -> list[str]:
+    """How each entry runs on the toy (focuslab.toy.plugin.probe), one line each."""
+    from ..toy.engine import plans
+
+    out = []
+    found = plans(entries, [weight_decay])
+    for e in entries:
+        if e.kind == "builtin":
+            out.append(f"{e.label}: built-in, numba kernel (settings {e.settings})")
+            continue
+        p = found[e.label]
+        how = [p.mode] + (["closure"] * p.closure) + (["Hessian-vector products"] * p.graph) + \
+            (["draws random numbers"] * p.stochastic)
+        out.append(f"{e.label} [{e.origin}]: {', '.join(how)}; weight decay {p.decay}; "
+                   f"~{p.ns_per_step:.0f} ns per trajectory-step on one core ({p.why})")
+    return out

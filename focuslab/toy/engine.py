@@ -1,0 +1,53 @@
+"""One way in to the simulator for scans and refine: ``simulate`` runs a built-in on its numba
+kernel (focuslab.toy.kernel) and any other torch optimizer on the torch engine
+(focuslab.toy.plugin), with the same streams, metrics and output shape; ``plans`` probes the
+external optimizers of a study once, before any work, so that a refusal comes first and workers
+get the plan instead of probing again.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import FocuslabError
+
+
+def plans(entries, weight_decays=(0.0,)) -> dict:
+    """label -> focuslab.toy.plugin.Plan for every external entry (built-ins need none).  An
+    optimizer without a ``weight_decay`` argument is refused when any weight decay is > 0."""
+    out = {}
+    wd = max([float(w) for w in weight_decays] + [0.0])
+    for e in entries:
+        if e.kind == "builtin":
+            continue
+        from ..optimizers import external_class
+        from ..optimizers.external import takes_weight_decay
+        from . import plugin
+
+        if wd > 0 and not takes_weight_decay(external_class(e)):
+            raise FocuslabError(f"{e.label}: takes no weight_decay, and this map has weight decay up to {wd:g}: "
+                                "scan --weight-decay 0 for it")
+        out[e.label] = plugin.probe(e, weight_decay=wd if wd > 0 else 0.1)
+    return out
+
+
+def simulate(entry, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray, steps: int, plan=None) -> dict:
+    """Per-lane metrics (final_loss, min_loss, progress, diverged), shape (cells, lrs, replicates)."""
+    if entry.kind == "builtin":
+        from .kernel import run
+
+        return run(entry.name, entry.settings, cells, lrs, keys, steps)
+    from . import plugin
+
+    if plan is None:
+        plan = plugin.probe(entry, time_it=False)
+    elif isinstance(plan, dict):
+        plan = plugin.Plan(**plan)
+    return plugin.run(entry, plan, cells, lrs, keys, steps)
+
+
+def warm(entry) -> None:
+    """Compile (or load) what ``entry`` runs on before worker processes start."""
+    if entry.kind == "builtin":
+        from .kernel import warm as warm_kernel
+
+        warm_kernel(entry.name, entry.settings)

@@ -1,0 +1,569 @@
+"""The toy for any torch optimizer: every (cell, lr, replicate) trajectory an independent
+two-parameter model, stepped by the optimizer's own ``step()``.
+
+What is shared with the numba kernel (focuslab.toy.kernel), not rewritten: the landscape
+(toy/landscape.py, compiled by numba here too), the counter-based noise streams (the kernel's keys
+and draw numbering: pair 0 of a trajectory's stream gives its initial point, pair t the noise of
+step t, shared by every lr and optimizer of a cell: common random numbers), the four metrics and
+the divergence rule.  So on the same grid a plug-in and a built-in see the very same gradients,
+and ``torch.optim.AdamW`` on the toy reproduces the native ``adam`` (tests/test_plugin.py).
+
+How an optimizer runs is settled by ``probe`` before any work, never assumed:
+
+* **batched** -- all trajectories of one (weight decay, lr) pair are the rows of ONE (n, 2)
+  parameter of one optimizer instance.  Chosen only when a probe run of the optimizer on six
+  trajectories of very different scales, 100 steps, gives *bit for bit* the parameters that six
+  separate instances with one (2,)-shaped parameter each give: element-wise rules (Adam,
+  AdaBelief, Lion, RAdam, ...).  Each chunk also carries two *sentinel* trajectories stepped as
+  separate instances beside the batch; if one ever differs from its batched row (a coupling the
+  probe's 100 steps did not reach), the chunk is recomputed one trajectory per instance.
+* **tensors** -- one instance per (weight decay, lr) pair holding n (2,)-shaped parameters, one per
+  trajectory: for rules with per-tensor reductions (SGD-SaI's SNR, Muon's orthogonalisation,
+  Conda's projections), when the probe finds that n tensors in one instance step exactly as n
+  instances (no quantity shared across tensors).  Exact, but microseconds per trajectory-step: the
+  optimizer's Python runs once per tensor.
+* **single** -- one optimizer instance per trajectory, whose parameter is a (2,) tensor: the
+  definition itself, for rules that share quantities across all of an instance's tensors (global
+  norms, step-size estimates).  Exact and slowest.
+* Optimizers that need a closure (several gradient queries per step) get one: the k-th gradient
+  of step t (k = 0, 1, ...) uses pair ``t + k * 2**40`` of the trajectory's stream, so the first
+  query is the kernel's draw; the closure returns the noiseless loss (the toy's noise is a
+  gradient noise).  Optimizers that take Hessian-vector products of ``p.grad`` (SophiaH,
+  AdaHessian: ``create_graph=True``) get a gradient with its graph: the noisy gradient
+  g(theta) * xi, whose Jacobian is diag(xi) H, so their Hutchinson estimates see the same noise.
+* Optimizers that draw random numbers themselves (Hutchinson vectors) are *stochastic*: their
+  separability is probed with torch's random functions replaced by constants (an element-wise
+  draw cannot couple trajectories), and their draws come from torch's generator seeded per chunk
+  from the chunk's keys, so a scan repeats exactly for its config; unlike the noise streams,
+  these draws depend on the chunk layout (which the config fixes).
+
+Weight decay: the cell's omega is the optimizer's ``weight_decay`` argument; the probe reports
+whether the class decays decoupled (theta <- theta - lr * omega * theta, as AdamW) or otherwise
+(L2 added to the gradient, as torch.optim.Adam), and an optimizer without ``weight_decay`` refuses
+a map with omega > 0.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from numba import njit
+
+from ..errors import FocuslabError
+from . import landscape
+from .landscape import INIT_SCALE
+from ..optimizers.probe import first_error
+from ..optimizers.probe import calling_convention, constant_randomness
+from .rng import normal_pair
+
+PROBE_STEPS = 100
+SENTINELS = 2
+QUERY = 1 << 40  # the k-th gradient query of step t uses pair t + k * QUERY
+BLOCK = 1024  # trajectories held at once in single mode
+
+_rotate = njit(inline="always")(landscape.rotate)
+_loss_uv = njit(inline="always")(landscape.loss_uv)
+_grad_theta = njit(inline="always")(landscape.grad_theta)
+# cell parameter columns of ``cellp``
+SHARP, NOISE, SLOPE, COS, SIN = range(5)
+
+
+@njit(cache=True, nogil=True)
+def _pairs(keys, n, z):
+    """z[i] = pair n of stream keys[i]."""
+    for i in range(keys.shape[0]):
+        z[i, 0], z[i, 1] = normal_pair(keys[i], n)
+
+
+@njit(cache=True, nogil=True)
+def _init(theta, lane_pair, z):
+    for j in range(theta.shape[0]):
+        p = lane_pair[j]
+        theta[j, 0] = INIT_SCALE * z[p, 0]
+        theta[j, 1] = INIT_SCALE * z[p, 1]
+
+
+@njit(cache=True, nogil=True)
+def _noisy_grad(theta, grad, lane_cell, lane_pair, cellp, z):
+    """The kernel's stochastic gradient, in its order of operations."""
+    for j in range(theta.shape[0]):
+        c = lane_cell[j]
+        co, si = cellp[c, COS], cellp[c, SIN]
+        u, v = _rotate(theta[j, 0], theta[j, 1], co, si)
+        g1, g2 = _grad_theta(u, v, cellp[c, SHARP], cellp[c, SLOPE], co, si)
+        p = lane_pair[j]
+        grad[j, 0] = g1 * (1.0 + cellp[c, NOISE] * z[p, 0])
+        grad[j, 1] = g2 * (1.0 + cellp[c, NOISE] * z[p, 1])
+
+
+@njit(cache=True, nogil=True)
+def _noisy_grad_direct(theta, grad, lane_cell, lane_pair, cellp, pair_keys, n):
+    """As _noisy_grad, drawing pair n of each lane's stream itself (closure queries)."""
+    for j in range(theta.shape[0]):
+        c = lane_cell[j]
+        co, si = cellp[c, COS], cellp[c, SIN]
+        u, v = _rotate(theta[j, 0], theta[j, 1], co, si)
+        g1, g2 = _grad_theta(u, v, cellp[c, SHARP], cellp[c, SLOPE], co, si)
+        z1, z2 = normal_pair(pair_keys[lane_pair[j]], n)
+        grad[j, 0] = g1 * (1.0 + cellp[c, NOISE] * z1)
+        grad[j, 1] = g2 * (1.0 + cellp[c, NOISE] * z2)
+
+
+@njit(cache=True, nogil=True)
+def _noise_factor_direct(xi, lane_cell, lane_pair, cellp, pair_keys, n):
+    for j in range(xi.shape[0]):
+        c = lane_cell[j]
+        z1, z2 = normal_pair(pair_keys[lane_pair[j]], n)
+        xi[j, 0] = 1.0 + cellp[c, NOISE] * z1
+        xi[j, 1] = 1.0 + cellp[c, NOISE] * z2
+
+
+@njit(cache=True, nogil=True)
+def _noise_factor(xi, lane_cell, lane_pair, cellp, z):
+    for j in range(xi.shape[0]):
+        c, p = lane_cell[j], lane_pair[j]
+        xi[j, 0] = 1.0 + cellp[c, NOISE] * z[p, 0]
+        xi[j, 1] = 1.0 + cellp[c, NOISE] * z[p, 1]
+
+
+@njit(cache=True, nogil=True)
+def _track(theta, lane_cell, cellp, lmin, umax, ok):
+    """The kernel's running metrics after a step: min loss, max u, and NaN/inf loss = divergence."""
+    for j in range(theta.shape[0]):
+        c = lane_cell[j]
+        u, v = _rotate(theta[j, 0], theta[j, 1], cellp[c, COS], cellp[c, SIN])
+        L = _loss_uv(u, v, cellp[c, SHARP], cellp[c, SLOPE])
+        lmin[j] = min(L, lmin[j])
+        umax[j] = max(u, umax[j])
+        ok[j] = ok[j] if L - L == 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _losses(theta, lane_cell, cellp, out):
+    for j in range(theta.shape[0]):
+        c = lane_cell[j]
+        u, v = _rotate(theta[j, 0], theta[j, 1], cellp[c, COS], cellp[c, SIN])
+        out[j] = _loss_uv(u, v, cellp[c, SHARP], cellp[c, SLOPE])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How an external optimizer runs on the toy (``probe``'s findings)."""
+
+    mode: str  # "batched" or "single"
+    closure: bool  # step(closure) with gradient queries
+    graph: bool  # p.grad carries its graph (Hessian-vector products)
+    stochastic: bool  # draws random numbers itself
+    decay: str  # "decoupled", "L2", "other", or "none" (no weight_decay argument)
+    why: str  # why single (or "element-wise")
+    ns_per_step: float  # one worker, per trajectory-step, measured by the probe
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise FocuslabError("external optimizers on the toy run through torch, which is not installed: "
+                            "pip install torch (see README for the CPU build)") from None
+    return torch
+
+
+# --- the problem: lanes, cells, streams -------------------------------------------------------
+class _Problem:
+    """Lanes of a chunk (cells x lrs x replicates), ordered so that every (weight decay, lr) pair
+    is a contiguous run of lanes (cells in order, then replicates), with the cells' parameters and
+    the streams' keys."""
+
+    def __init__(self, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray):
+        from ..axes import COLUMN
+
+        self.cells, self.lrs, self.keys = cells, np.asarray(lrs, dtype=np.float64), keys
+        n_c, n_r = keys.shape
+        wd = cells[:, COLUMN["weight_decay"]]
+        phi = cells[:, COLUMN["phi"]]
+        self.cellp = np.column_stack([cells[:, COLUMN["sharpness"]], cells[:, COLUMN["noise"]],
+                                      cells[:, COLUMN["c"]], [math.cos(p) for p in phi],
+                                      [math.sin(p) for p in phi]]).astype(np.float64)
+        self.pair_keys = np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1)  # pair = cell * n_r + rep
+        lane_cell, lane_lr, lane_rep, groups = [], [], [], []
+        for w in dict.fromkeys(wd.tolist()):
+            members = np.flatnonzero(wd == w)
+            for li, lr in enumerate(self.lrs):
+                start = len(lane_cell)
+                for c in members:
+                    lane_cell += [c] * n_r
+                    lane_lr += [li] * n_r
+                    lane_rep += list(range(n_r))
+                groups.append((start, len(lane_cell), float(lr), float(w)))
+        self.lane_cell = np.asarray(lane_cell, dtype=np.int64)
+        self.lane_lr = np.asarray(lane_lr, dtype=np.int64)
+        self.lane_rep = np.asarray(lane_rep, dtype=np.int64)
+        self.lane_pair = self.lane_cell * n_r + self.lane_rep
+        self.lane_wd = wd[self.lane_cell]
+        self.groups = groups
+        self.n = len(lane_cell)
+
+    def subset(self, lanes: np.ndarray) -> dict:
+        return {"cell": self.lane_cell[lanes], "pair": self.lane_pair[lanes], "lr": self.lrs[self.lane_lr[lanes]],
+                "wd": self.lane_wd[lanes]}
+
+
+class _Lanes:
+    """Parameters, gradients and running metrics of a set of lanes in one storage, with the
+    optimizer instances that step them: "batched", one instance per (wd, lr) run of lanes holding
+    one (n, 2) parameter; "tensors", one instance per run holding n (2,) parameters; "single",
+    one instance per lane.  Every parameter is a view of the storage ``X``, every gradient a view
+    of ``G``, so numba reads and writes all lanes at once."""
+
+    def __init__(self, entry, plan: Plan, prob: _Problem, lanes: np.ndarray, mode: str, z0: np.ndarray,
+                 spread: np.ndarray | None = None):
+        torch = _torch()
+        self.torch, self.entry, self.plan, self.prob, self.mode = torch, entry, plan, prob, mode
+        n = len(lanes)
+        sub = prob.subset(lanes)
+        self.cell, self.pair = sub["cell"], sub["pair"]
+        self.X = torch.empty((n, 2), dtype=torch.float64)
+        self.G = torch.zeros((n, 2), dtype=torch.float64)
+        self.x, self.g = self.X.numpy(), self.G.numpy()
+        _init(self.x, self.pair, z0)
+        if spread is not None:  # the probe: some lanes start far from the origin
+            self.x *= spread[:, None]
+        self.lmin = np.full(n, np.inf)
+        self.umax = np.full(n, -np.inf)
+        self.ok = np.ones(n)
+        lr, wd = sub["lr"], sub["wd"]
+        if mode == "single":
+            runs = [(i, i + 1) for i in range(n)]
+        else:  # runs of equal (wd, lr): contiguous by construction of the lane order
+            cuts = [0] + [i for i in range(1, n) if lr[i] != lr[i - 1] or wd[i] != wd[i - 1]] + [n]
+            runs = list(zip(cuts[:-1], cuts[1:]))
+        self.slices, self.params, self.opts = [], [], []
+        for a, b in runs:
+            if mode == "batched":
+                ps = [torch.nn.Parameter(self.X[a:b], requires_grad=True)]
+            else:
+                ps = [torch.nn.Parameter(self.X[i], requires_grad=True) for i in range(a, b)]
+            self.slices.append((a, b))
+            self.params.append(ps)
+            self.opts.append(_build(entry, ps, float(lr[a]), float(wd[a])))
+        self.ptrs = [[p.data_ptr() for p in ps] for ps in self.params]
+        if plan.graph:
+            cp = torch.from_numpy(prob.cellp[self.cell])
+            self.tsharp, self.tnoise, self.tslope = cp[:, SHARP], cp[:, NOISE], cp[:, SLOPE]
+            self.tcos, self.tsin = cp[:, COS], cp[:, SIN]
+            self.xi = np.empty((n, 2))
+
+    def _views(self, k: int, storage):
+        a, b = self.slices[k]
+        return [storage[a:b]] if self.mode == "batched" else [storage[i] for i in range(a, b)]
+
+    # gradients ---------------------------------------------------------------------------------
+    def _graph_grads(self, k: int):
+        """Instance k's noisy gradients with their graph (one graph per instance, so that one
+        instance's Hessian-vector products never free another's graph)."""
+        torch = self.torch
+        a, b = self.slices[k]
+        ps = self.params[k]
+        with torch.enable_grad():
+            theta = ps[0].view(-1, 2) if len(ps) == 1 else torch.stack(ps)
+            u, v = landscape.rotate(theta[:, 0], theta[:, 1], self.tcos[a:b], self.tsin[a:b])
+            loss = landscape.loss_uv(u, v, self.tsharp[a:b], self.tslope[a:b]).sum()
+            grads = torch.autograd.grad(loss, ps, create_graph=True)
+        for p, g, f in zip(ps, grads, self._views(k, torch.from_numpy(self.xi))):
+            p.grad = g * f.view_as(g)
+
+    def _attach(self, k: int):
+        for p, want in zip(self.params[k], self._views(k, self.G)):
+            if p.grad is None or p.grad.data_ptr() != want.data_ptr() or p.grad.shape != want.shape:
+                p.grad = want
+
+    def set_grads(self, z):
+        """Every lane's noisy gradient for the pairs ``z`` (rows: pair index, shared by all lanes)."""
+        if self.plan.graph:
+            _noise_factor(self.xi, self.cell, self.pair, self.prob.cellp, z)
+            for k in range(len(self.opts)):
+                self._graph_grads(k)
+            return
+        _noisy_grad(self.x, self.g, self.cell, self.pair, self.prob.cellp, z)
+        for k in range(len(self.opts)):
+            self._attach(k)
+
+    def set_grads_of(self, k: int, n: int):
+        """Instance k's lanes only, draw number n straight from their streams (closure queries)."""
+        a, b = self.slices[k]
+        keys = self.prob.pair_keys
+        if self.plan.graph:
+            _noise_factor_direct(self.xi[a:b], self.cell[a:b], self.pair[a:b], self.prob.cellp, keys, n)
+            self._graph_grads(k)
+            return
+        _noisy_grad_direct(self.x[a:b], self.g[a:b], self.cell[a:b], self.pair[a:b], self.prob.cellp, keys, n)
+        self._attach(k)
+
+    # stepping ----------------------------------------------------------------------------------
+    def step(self, t: int, z_for):
+        """Step t of every lane; ``z_for(n)`` gives the pairs of draw number n for all streams."""
+        if self.plan.closure:
+            for k, opt in enumerate(self.opts):
+                opt.step(self._closure(k, t))
+        else:
+            self.set_grads(z_for(t))
+            for opt in self.opts:
+                opt.step()
+        self._relink()
+        _track(self.x, self.cell, self.prob.cellp, self.lmin, self.umax, self.ok)
+
+    def _closure(self, k: int, t: int):
+        torch = self.torch
+        a, b = self.slices[k]
+        count = [0]
+
+        def closure():
+            self.set_grads_of(k, t + count[0] * QUERY)
+            count[0] += 1
+            out = np.empty(b - a)
+            _losses(self.x[a:b], self.cell[a:b], self.prob.cellp, out)
+            return torch.tensor(float(out.sum()), dtype=torch.float64)
+
+        return closure
+
+    def _relink(self):
+        """An optimizer that rebinds ``p.data`` would detach it from the storage: copy back."""
+        for k, ps in enumerate(self.params):
+            for i, (p, view) in enumerate(zip(ps, self._views(k, self.X))):
+                if p.data_ptr() != self.ptrs[k][i]:
+                    view.copy_(p.detach().view_as(view))
+                    p.data = view
+                    self.ptrs[k][i] = p.data_ptr()
+
+    def finish(self) -> dict:
+        torch = self.torch
+        n = len(self.cell)
+        final = np.empty(n)
+        _losses(self.x, self.cell, self.prob.cellp, final)
+        finite = np.isfinite(self.x).all(axis=1)
+        for k, (ps, opt) in enumerate(zip(self.params, self.opts)):
+            a, b = self.slices[k]
+            rows = [slice(a, b)] if self.mode == "batched" else [slice(i, i + 1) for i in range(a, b)]
+            for p, row in zip(ps, rows):
+                for value in opt.state.get(p, {}).values():
+                    if torch.is_tensor(value) and value.shape == p.shape and value.is_floating_point():
+                        v = value.detach().reshape(row.stop - row.start, -1).double().numpy()
+                        finite[row] &= np.isfinite(v).all(axis=1)
+        diverged = ~((self.ok == 1.0) & finite)
+        return {"final_loss": final, "min_loss": self.lmin, "progress": self.umax, "diverged": diverged}
+
+
+def _build(entry, params, lr: float, wd: float):
+    return entry.build_torch([{"params": list(params), "weight_decay": wd}], lr)
+
+
+# --- running a chunk --------------------------------------------------------------------------
+def _rng_seed(keys: np.ndarray, lrs: np.ndarray) -> int:
+    h = int(np.bitwise_xor.reduce(np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1)))
+    h ^= int(np.ascontiguousarray(lrs, dtype=np.float64).view(np.uint64).sum(dtype=np.uint64))
+    return h % (2 ** 63)
+
+
+def _streams(prob: _Problem):
+    z = np.empty((len(prob.pair_keys), 2))
+
+    def z_for(n):
+        _pairs(prob.pair_keys, n, z)
+        return z
+
+    return z_for
+
+
+def run(entry, plan: Plan, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray, steps: int,
+        check_sentinels: bool = True) -> dict[str, np.ndarray]:
+    """Same contract as focuslab.toy.kernel.run: per-lane metrics of shape (cells, lrs, replicates)."""
+    torch = _torch()
+    torch.set_num_threads(1)
+    cells = np.ascontiguousarray(cells, dtype=np.float64)
+    prob = _Problem(cells, lrs, keys)
+    torch.manual_seed(_rng_seed(keys, prob.lrs))
+    z_for = _streams(prob)
+    z0 = z_for(0).copy()
+    lanes = np.arange(prob.n)
+    blocks = [lanes] if plan.mode == "batched" else [lanes[i:i + BLOCK] for i in range(0, prob.n, BLOCK)]
+    results = []
+    for block in blocks:
+        main = _Lanes(entry, plan, prob, block, plan.mode, z0)
+        sentinel = None
+        if plan.mode != "single" and check_sentinels and not plan.stochastic:
+            picks = np.unique(block[[0, -1]])[:SENTINELS]
+            sentinel = (picks, _Lanes(entry, plan, prob, picks, "single", z0))
+        for t in range(1, steps + 1):
+            main.step(t, z_for)
+            if sentinel is not None:
+                sentinel[1].step(t, z_for)
+        if sentinel is not None:
+            picks, lanes_s = sentinel
+            rows = np.searchsorted(block, picks)
+            if not np.array_equal(main.x[rows], lanes_s.x, equal_nan=True):
+                # a coupling the probe did not reach: recompute this chunk one trajectory per instance
+                return run(entry, Plan(**{**plan.to_dict(), "mode": "single",
+                                          "why": f"{plan.why}; but a sentinel trajectory differed from its "
+                                                 f"{plan.mode} row in a run"}),
+                           cells, lrs, keys, steps)
+        results.append((block, main.finish()))
+    shape = (cells.shape[0], len(prob.lrs), keys.shape[1])
+    out = {name: np.empty(shape) for name in ("final_loss", "min_loss", "progress")}
+    out["diverged"] = np.empty(shape, dtype=np.uint8)
+    for block, res in results:
+        c, l, r = prob.lane_cell[block], prob.lane_lr[block], prob.lane_rep[block]
+        for name in ("final_loss", "min_loss", "progress"):
+            out[name][c, l, r] = res[name]
+        out["diverged"][c, l, r] = res["diverged"].astype(np.uint8)
+    return out
+
+
+# --- the probe ----------------------------------------------------------------------------------
+#: Trajectories whose gradients differ by orders of magnitude (slope 1e-3 .. 1e3, noise 0 .. 2,
+#: sharpness 0.1 .. 1000), half of them started at |theta| ~ 1 instead of 1e-4, so that gradients
+#: point every way: any coupling through norms, maxima, cosines or shared statistics shows.
+_PROBE_CELLS = [(1.0, 0.0, 1e-3), (100.0, 2.0, 1.0), (10.0, 1.0, 1e3), (1.0, 2.0, 1.0), (1000.0, 0.5, 0.1),
+                (0.1, 0.0, 10.0)]
+_PROBE_SPREAD = np.array([1.0] * 6 + [1e4] * 6)
+
+
+def _probe_problem(wd: float):
+    from ..axes import cell_array
+    from .rng import trajectory_keys
+
+    cols = np.asarray(_PROBE_CELLS * 2)
+    cells = cell_array(sharpness=cols[:, 0], noise=cols[:, 1], weight_decay=wd, phi=math.pi / 6, c=cols[:, 2])
+    return cells, trajectory_keys(12345, cells, np.arange(1))
+
+
+def _trial(entry, plan: Plan, cells, keys, lr: float, steps: int, mode: str, seed: int = 0,
+           constant_rng: bool = False) -> np.ndarray:
+    torch = _torch()
+    prob = _Problem(cells, np.array([lr]), keys)
+    z_for = _streams(prob)
+    z0 = z_for(0).copy()
+    torch.manual_seed(seed)
+    ctx = constant_randomness() if constant_rng else contextlib.nullcontext()
+    with ctx:
+        lanes = _Lanes(entry, plan, prob, np.arange(prob.n), mode, z0, _PROBE_SPREAD[:prob.n])
+        for t in range(1, steps + 1):
+            lanes.step(t, z_for)
+    return lanes.x.copy()
+
+
+def probe(entry, weight_decay: float = 0.1, time_it: bool = True) -> Plan:
+    """Find how ``entry`` (an external torch optimizer) runs on the toy, or refuse in one line."""
+    torch = _torch()
+    torch.set_num_threads(1)
+    from ..optimizers import external_class
+    from ..optimizers.external import takes_weight_decay
+
+    cls = external_class(entry)
+    wd_ok = takes_weight_decay(cls)
+    wd = weight_decay if wd_ok else 0.0
+    cells, keys = _probe_problem(wd)
+    lr = 1e-2
+    with np.errstate(all="ignore"):
+        closure, graph = calling_convention(lambda groups: entry.build_torch(groups, lr),
+                                            f"{entry.label}: cannot run on the toy")
+    plan = Plan("single", closure, graph, False, "", "", math.nan)
+    with np.errstate(all="ignore"):
+        before = torch.get_rng_state()
+        torch.manual_seed(0)
+        state0 = torch.get_rng_state()
+        alone = _trial(entry, plan, cells, keys, lr, PROBE_STEPS, "single", seed=0)
+        torch.manual_seed(0)
+        _trial(entry, plan, cells, keys, lr, PROBE_STEPS, "single", seed=0)
+        stochastic = not torch.equal(torch.get_rng_state(), state0)  # the generator moved: it draws
+        torch.set_rng_state(before)
+        if stochastic:
+            alone = _trial(entry, plan, cells, keys, lr, PROBE_STEPS, "single", constant_rng=True)
+        mode, why = "single", ""
+        for candidate in ("batched", "tensors"):
+            try:
+                got = _trial(entry, plan, cells, keys, lr, PROBE_STEPS, candidate, constant_rng=stochastic)
+            except FocuslabError:
+                raise
+            except Exception as err:
+                why += f"{candidate} fails ({first_error(err)}); "
+                continue
+            if np.array_equal(got, alone, equal_nan=True):
+                mode = candidate
+                break
+            why += f"{'one (n, 2) tensor differs' if candidate == 'batched' else 'n (2,) tensors in one instance differ'} " \
+                   f"from n instances (by up to {np.nanmax(np.abs(got - alone)):.3g}); "
+        why = why.rstrip("; ")
+        if mode == "batched":
+            why = "element-wise: one (n, 2) tensor equals n one-trajectory instances bit for bit"
+        elif mode == "tensors":
+            why = f"per-tensor: {why}; n (2,) tensors in one instance equal n instances bit for bit"
+    plan = Plan(**{**plan.to_dict(), "mode": mode, "stochastic": stochastic, "why": why,
+                   "decay": _decay_kind(entry, plan) if wd_ok else "none"})
+    if time_it:
+        plan = Plan(**{**plan.to_dict(), "ns_per_step": _time(entry, plan, wd)})
+    return plan
+
+
+def _decay_kind(entry, plan: Plan) -> str:
+    """How the class applies ``weight_decay`` omega, from one step after a few warm-up steps, taken
+    three ways from the same state: with omega, without it, and without it but with omega * theta
+    added to the gradient.  "decoupled": the first moved theta by exactly -lr * omega * theta more
+    than the second (AdamW's form); "L2": the first equals the third (torch.optim.Adam's form);
+    "other" otherwise (e.g. FOCUS's Algorithm 1 decays toward the parameter average)."""
+    torch = _torch()
+    lr, wd = 1e-2, 0.1
+    gen = torch.Generator().manual_seed(7)
+    grads = [torch.randn(2, generator=gen, dtype=torch.float64) for _ in range(6)]
+
+    def step(opt, p, g):
+        if plan.graph:
+            with torch.enable_grad():
+                q = p.view(-1)
+                p.grad = torch.autograd.grad((q * g).sum() + 0.5 * (q * q).sum(), p, create_graph=True)[0]
+        else:
+            p.grad = g.clone()
+        torch.manual_seed(0)
+        with constant_randomness():
+            if plan.closure:
+                opt.step(lambda: torch.tensor(0.0, dtype=torch.float64))
+            else:
+                opt.step()
+
+    out = []
+    for w, extra in ((wd, 0.0), (0.0, 0.0), (0.0, wd)):  # the same warm-up each time (deep copies
+        q = torch.nn.Parameter(torch.tensor([0.3, -0.2], dtype=torch.float64))  # lose some classes' state)
+        o = _build(entry, [q], lr, 0.0)
+        for g in grads[:-1]:
+            step(o, q, g)
+        x = q.detach().clone()
+        for group in o.param_groups:
+            group["weight_decay"] = w
+        step(o, q, grads[-1] + extra * x)
+        out.append(q.detach().numpy().copy())
+    decayed, plain, l2 = out
+    if np.allclose(decayed - plain, -lr * wd * x.numpy(), rtol=1e-9, atol=1e-15):
+        return "decoupled"
+    if np.allclose(decayed, l2, rtol=1e-12, atol=1e-15):
+        return "L2"
+    return "other"
+
+
+def _time(entry, plan: Plan, wd: float) -> float:
+    """ns per trajectory-step on one core, from a short run of the mode the plan chose."""
+    from ..axes import cell_array
+    from .rng import trajectory_keys
+
+    n, steps = {"batched": (16384, 10), "tensors": (512, 5), "single": (128, 5)}[plan.mode]
+    cells = cell_array(sharpness=np.geomspace(0.1, 1000, n // 16), noise=1.0, weight_decay=wd, phi=math.pi / 6, c=0.1)
+    keys = trajectory_keys(0, cells, np.arange(16))
+    with np.errstate(all="ignore"):
+        run(entry, plan, cells[:1], np.array([1e-2]), keys[:1], 1, check_sentinels=False)  # warm-up
+        t0 = time.perf_counter()
+        run(entry, plan, cells, np.array([1e-2]), keys, steps, check_sentinels=False)
+    return (time.perf_counter() - t0) / (n * steps) * 1e9

@@ -78,9 +78,9 @@ def plan_chunks(config: ScanConfig) -> list[Chunk]:
     return chunks
 
 
-def compute_chunk(config: ScanConfig, chunk: Chunk, plan=None) -> pd.DataFrame:
+def compute_chunk(config: ScanConfig, chunk: Chunk, plan=None, report=None) -> pd.DataFrame:
     """Simulate one chunk and summarise it into runs-table rows (``plan``: how an external
-    optimizer runs, from focuslab.toy.engine.plans)."""
+    optimizer runs, from focuslab.toy.engine.plans; ``report``: hears the fraction done)."""
     from .toy.engine import simulate
     from .toy.rng import trajectory_keys
 
@@ -88,7 +88,7 @@ def compute_chunk(config: ScanConfig, chunk: Chunk, plan=None) -> pd.DataFrame:
     lrs = np.asarray(config.axes["lr"].values)[chunk.lr_start:chunk.lr_stop]
     entry = config.entry(chunk.optimizer)
     keys = trajectory_keys(config.seed, cells, np.arange(config.replicates))
-    out = simulate(entry, cells, lrs, keys, config.steps, plan)
+    out = simulate(entry, cells, lrs, keys, config.steps, plan, report)
     return summarise(chunk.optimizer, cells, lrs, out)
 
 
@@ -229,6 +229,7 @@ def _run_torch(config: ScanConfig, out: Path, todo: list, sim, progress) -> dict
     padded with copies of its last cell), and the results are split back into the very chunk tables
     the CPU path writes, so resume, shards and merge work unchanged."""
     from .runner import unit_path
+    from .toy.engine import NATIVE_NS
     from .toy.rng import trajectory_keys
 
     all_cells = cell_values(config)
@@ -266,7 +267,7 @@ def _run_torch(config: ScanConfig, out: Path, todo: list, sim, progress) -> dict
                         stacked = {m: np.stack([r[m] for r in rows_out]) for m in rows_out[0]}
                         write_parquet(summarise(label, all_cells[c.cell_start:c.cell_stop], lrs, stacked),
                                       unit_path(out / CHUNKS, c.name))
-                        progress.update(c.cost, units=1)
+                        progress.update(c.cost * NATIVE_NS * 1e-9, units=1, count=c.cost)
     return seconds
 
 
@@ -288,9 +289,12 @@ def _plans(config: ScanConfig, out: Path, force: bool) -> dict:
     return {label: plan.to_dict() for label, plan in plans(config.entries, config.axes["weight_decay"].values).items()}
 
 
-def _compute_unit(config: ScanConfig, chunk: Chunk, plan=None) -> dict:
+def _compute_unit(config: ScanConfig, chunk: Chunk, plan=None, inflight: str | None = None) -> dict:
     """Worker body: a chunk's table (the caller stores it, so workers need no shared filesystem)."""
-    return {"": compute_chunk(config, chunk, plan)}
+    from .runner import InflightReporter
+
+    report = InflightReporter(Path(inflight)) if inflight else None
+    return {"": compute_chunk(config, chunk, plan, report)}
 
 
 def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool = False,
@@ -321,7 +325,16 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
         write_json(meta, out / META)
     chunks = plan_chunks(config)
     mine = chunks if shard is None else assign_shards(chunks, shard[1])[shard[0] - 1]
-    units = [Unit(c.name, c.cost, (config, c, plans.get(c.optimizer))) for c in mine]
+    from .toy.engine import ns_per_step
+
+    # cost = expected seconds (steps x the engine's ns per step), so that ETAs hold for plug-ins that
+    # take microseconds a step beside a kernel that takes nanoseconds; the steps are counted apart
+    speed = {e.label: ns_per_step(e, plans.get(e.label)) * 1e-9 for e in config.entries}
+    inflight = out / CHUNKS / ".inflight"
+    units = [Unit(c.name, c.cost * speed[c.optimizer],
+                  (config, c, plans.get(c.optimizer), str(inflight / f"{c.name}.json") if plans.get(c.optimizer) else None))
+             for c in mine]
+    steps_of = {c.name: c.cost for c in mine}
     todo = pending(out / CHUNKS, units, log)
     if (shard is None and not todo and meta.get("status") == "complete"
             and (out / RUNS).exists() and (out / BEST).exists()):
@@ -330,9 +343,10 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
     stack, workers = _backend_context(backend, scheduler)
     jobs = 1 if sim is not None else (jobs or workers or os.cpu_count() or 1)
     started = time.time()
-    work = sum(u.cost for u in todo)
+    work = sum(steps_of[u.name] for u in todo)
     with stack:
-        bar = Progress(work, "steps", f"scan {out}", enabled=progress, unit_total=len(todo), unit_name="chunks")
+        bar = Progress(sum(u.cost for u in todo), "work", f"scan {out}", enabled=progress, unit_total=len(todo),
+                       unit_name="chunks", count_total=work, count_what="steps")
         if sim is not None:
             seconds = _run_torch(config, out, todo, sim, bar)
         else:
@@ -341,7 +355,8 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
 
                 for label in dict.fromkeys(u.args[1].optimizer for u in todo):
                     warm(config.entry(label))
-            seconds = run_units(out / CHUNKS, todo, _compute_unit, jobs=jobs, progress=bar)
+            seconds = run_units(out / CHUNKS, todo, _compute_unit, jobs=jobs, progress=bar,
+                                inflight=inflight if plans else None, counts={u.name: steps_of[u.name] for u in todo})
         bar.close()
     compute_s = sum(seconds.values())
     wall = time.time() - started

@@ -30,8 +30,23 @@ def plans(entries, weight_decays=(0.0,)) -> dict:
     return out
 
 
-def simulate(entry, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray, steps: int, plan=None) -> dict:
-    """Per-lane metrics (final_loss, min_loss, progress, diverged), shape (cells, lrs, replicates)."""
+#: ns per trajectory-step of the numba kernel on one core, for ETAs that mix it with plug-ins
+#: (benchmarks/bench_toy.py: 4-7 ns on AVX2, 12-22 ns on SSE2).
+NATIVE_NS = 6.0
+
+
+def ns_per_step(entry, plan=None) -> float:
+    """Expected ns per trajectory-step on one core: the probe's measurement for a plug-in."""
+    if entry.kind == "builtin" or plan is None:
+        return NATIVE_NS
+    ns = plan["ns_per_step"] if isinstance(plan, dict) else plan.ns_per_step
+    return float(ns) if ns == ns else NATIVE_NS
+
+
+def simulate(entry, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray, steps: int, plan=None,
+             report=None) -> dict:
+    """Per-lane metrics (final_loss, min_loss, progress, diverged), shape (cells, lrs, replicates).
+    ``report(fraction)`` hears how far a plug-in's chunk has come (the native kernel is quick)."""
     if entry.kind == "builtin":
         from .kernel import run
 
@@ -42,7 +57,7 @@ def simulate(entry, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray, steps:
         plan = plugin.probe(entry, time_it=False)
     elif isinstance(plan, dict):
         plan = plugin.Plan(**plan)
-    return plugin.run(entry, plan, cells, lrs, keys, steps)
+    return plugin.run(entry, plan, cells, lrs, keys, steps, report=report)
 
 
 def warm(entry) -> None:

@@ -381,8 +381,9 @@ def _streams(prob: _Problem):
 
 
 def run(entry, plan: Plan, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray, steps: int,
-        check_sentinels: bool = True) -> dict[str, np.ndarray]:
-    """Same contract as focuslab.toy.kernel.run: per-lane metrics of shape (cells, lrs, replicates)."""
+        check_sentinels: bool = True, report=None) -> dict[str, np.ndarray]:
+    """Same contract as focuslab.toy.kernel.run: per-lane metrics of shape (cells, lrs, replicates).
+    ``report(fraction)``, when given, is called as the work advances (progress of long chunks)."""
     torch = _torch()
     torch.set_num_threads(1)
     cells = np.ascontiguousarray(cells, dtype=np.float64)
@@ -393,7 +394,7 @@ def run(entry, plan: Plan, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
     lanes = np.arange(prob.n)
     blocks = [lanes] if plan.mode == "batched" else [lanes[i:i + BLOCK] for i in range(0, prob.n, BLOCK)]
     results = []
-    for block in blocks:
+    for b, block in enumerate(blocks):
         main = _Lanes(entry, plan, prob, block, plan.mode, z0)
         sentinel = None
         if plan.mode != "single" and check_sentinels and not plan.stochastic:
@@ -403,6 +404,8 @@ def run(entry, plan: Plan, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
             main.step(t, z_for)
             if sentinel is not None:
                 sentinel[1].step(t, z_for)
+            if report is not None:
+                report((b + t / steps) / len(blocks))
         if sentinel is not None:
             picks, lanes_s = sentinel
             rows = np.searchsorted(block, picks)
@@ -411,7 +414,7 @@ def run(entry, plan: Plan, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
                 return run(entry, Plan(**{**plan.to_dict(), "mode": "single",
                                           "why": f"{plan.why}; but a sentinel trajectory differed from its "
                                                  f"{plan.mode} row in a run"}),
-                           cells, lrs, keys, steps)
+                           cells, lrs, keys, steps, report=report)
         results.append((block, main.finish()))
     shape = (cells.shape[0], len(prob.lrs), keys.shape[1])
     out = {name: np.empty(shape) for name in ("final_loss", "min_loss", "progress")}

@@ -17,10 +17,31 @@ def invoke(*args):
 
 
 def test_scan_runs_and_reports(tmp_path):
+    """The command's tables hold what the kernel computes for the grid it was given."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    from focuslab.axes import cell_array
+    from focuslab.optimizers.builtin import get
+    from focuslab.toy import kernel
+    from focuslab.toy.rng import trajectory_keys
+
     res = invoke("scan", *FAST, "--out", str(tmp_path / "r"))
     assert res.exit_code == 0, res.output
-    assert "runs.parquet" in res.output
-    assert (tmp_path / "r" / "best.parquet").exists()
+    assert "runs.parquet" in res.output and "4 cells x 3 optimizers x 2 lrs x 3 replicates" in res.output
+    runs = pd.read_parquet(tmp_path / "r" / "runs.parquet")
+    best = pd.read_parquet(tmp_path / "r" / "best.parquet")
+    assert len(runs) == 4 * 3 * 2 and len(best) == 4 * 3
+    assert json.loads((tmp_path / "r" / "scan.json").read_text())["status"] == "complete"
+    cell = cell_array(sharpness=10.0, noise=1.0, weight_decay=0.1, phi=math.pi / 6, c=0.1)
+    out = kernel.run("signum", get("signum").resolve({}), cell, np.array([0.01, 0.1]),
+                     trajectory_keys(0, cell, np.arange(3)), 20)
+    rows = runs[(runs.optimizer == "signum") & (runs.sharpness == 10.0) & (runs.noise == 1.0)].sort_values("lr")
+    np.testing.assert_array_equal(rows.final_loss_mean.to_numpy(), out["final_loss"][0].mean(-1))
+    one = best[(best.optimizer == "signum") & (best.sharpness == 10.0) & (best.noise == 1.0)].iloc[0]
+    assert one.best_lr == [0.01, 0.1][int(np.argmin(out["final_loss"][0].mean(-1)))]
 
 
 def test_config_file_then_flags_override(tmp_path):

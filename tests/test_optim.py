@@ -113,7 +113,7 @@ def test_foreach_equals_single_tensor_bitwise(cls, dtype):
                 p.grad = g.to(dtype)
             opt.step()
         runs.append(ps)
-    for x, y in zip(*runs):
+    for x, y in zip(*runs, strict=True):
         assert torch.equal(x, y)
 
 
@@ -142,7 +142,7 @@ def test_state_dict_round_trip_resumes_exactly(cls):
     saved_opt = copy.deepcopy(opt.state_dict())
     saved_model = copy.deepcopy(half.state_dict())
     resumed, _ = _train(make, 40, state=saved_opt, model_state=saved_model, start=20)
-    for p, q in zip(full.parameters(), resumed.parameters()):
+    for p, q in zip(full.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -238,11 +238,20 @@ def test_grad_scaler_and_non_finite_steps_are_skipped():
     scaler.scale(loss).backward()
     scaler.step(opt)
     scaler.update()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    # a finite step is FOCUS's step on the unscaled gradient: the same as without the scaler
+    twin = torch.nn.Linear(3, 1)
+    twin.load_state_dict(model.state_dict())
+    ref = FOCUS(twin.parameters(), lr=0.01)
+    x = torch.randn(4, 3)
     opt.zero_grad()
-    scaler.scale(model(torch.randn(4, 3)).sum()).backward()
+    scaler.scale(model(x).sum()).backward()
     scaler.step(opt)
-    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    twin(x).sum().backward()
+    ref.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)
+        assert not torch.equal(p, before[0] if p.dim() == 2 else before[1])
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -284,7 +293,7 @@ def test_torch_compile_of_the_training_step():
     for _ in range(4):
         la, lb = compiled(a, oa), step(b, ob)
         assert la.item() == pytest.approx(lb.item(), rel=1e-5)
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
@@ -330,5 +339,5 @@ def test_distributed_data_parallel_matches_single_process(tmp_path):
         opt.zero_grad()
         model(x).pow(2).mean().backward()
         opt.step()
-    for p, q in zip(model.parameters(), ddp_params):
+    for p, q in zip(model.parameters(), ddp_params, strict=True):
         torch.testing.assert_close(p.detach(), q, rtol=1e-10, atol=1e-12)

@@ -85,8 +85,9 @@ def test_phase_png_colours_ties_labels_and_extents(tmp_path):
         got = _pixel(img, ax, s, math.log10(a))
         np.testing.assert_allclose(got * 255, rgb, atol=1.5, err_msg=f"cell sharpness={a}, noise={s}")
     # the raw argmin (significance 0) colours the near-tie with its winner
-    CliRunner().invoke(main, ["plot", str(tmp_path / "r"), "--out", str(tmp_path / "raw"),
-                              "--significance", "0"])
+    res0 = CliRunner().invoke(main, ["plot", str(tmp_path / "r"), "--out", str(tmp_path / "raw"),
+                                     "--significance", "0"])
+    assert res0.exit_code == 0, res0.output
     raw = imread(tmp_path / "raw" / "phase.png")
     np.testing.assert_allclose(_pixel(raw, ax, 3.0, 0.0) * 255, PAPER_COLOURS["focus"], atol=1.5)
     assert "undecided" in res.output and "raw argmin" in res.output
@@ -120,12 +121,28 @@ def test_one_dimensional_scan_gives_line_plot(tmp_path):
 
 
 def test_plot_of_a_real_scan(tmp_path):
+    """A real scan's phase map: every cell's pixel has the colour of the raw argmin winner that
+    best.parquet gives, and the printed fractions are those of the table."""
     args = ["scan", "--sharpness", "1,100", "--noise", "0,2.5,3", "--replicates", "4", "--steps",
             "100", "--lr", "0.01,0.1", "-q", "-j", "1", "--out", str(tmp_path)]
     assert CliRunner().invoke(main, args).exit_code == 0
-    res = CliRunner().invoke(main, ["plot", str(tmp_path)])
+    res = CliRunner().invoke(main, ["plot", str(tmp_path), "--significance", "0"])
     assert res.exit_code == 0 and "6 cells" in res.output
-    assert (tmp_path / "phase.png").exists()
+    best = pd.read_parquet(tmp_path / "best.parquet")
+    meta = json.loads((tmp_path / "scan.json").read_text())
+    geo = Geometry(meta)
+    table = winners(best, OPTS, CELL_NAMES, 0.0)
+    fig, ax = phase_figure(table, OPTS, geo, "t")
+    fig.canvas.draw()
+    img = imread(tmp_path / "phase.png")
+    for _, row in table.iterrows():
+        y = math.log10(row.sharpness) if geo.log["sharpness"] else row.sharpness
+        got = _pixel(img, ax, row.noise, y) * 255
+        np.testing.assert_allclose(got, PAPER_COLOURS[row.winner], atol=1.5)
+    counts = table.winner.value_counts()
+    line = next(x for x in res.output.splitlines() if x.startswith("raw argmin"))
+    for opt in OPTS:
+        assert f"{geo.name(opt)} {100 * counts.get(opt, 0) / len(table):.1f}%" in line
 
 
 @pytest.mark.parametrize("setup,needle", [

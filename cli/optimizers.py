@@ -12,7 +12,7 @@ def optimizers(specs, zoo):
     SPECs (e.g. pytorch_optimizer.AdamP, torch.optim.NAdam, file.py:MyOpt), resolve each and
     probe how it runs on the toy (batched, per tensor or one instance per trajectory; closure;
     Hessian-vector products; how it applies weight decay; speed)."""
-    from focuslab.optimizers import builtin_lines, parse_list, probe_lines
+    from focuslab.optimizers import builtin_lines, parse_list
     from focuslab.optimizers.external import zoo_names
 
     if zoo:
@@ -25,7 +25,9 @@ def optimizers(specs, zoo):
         click.echo(f"pytorch_optimizer ({len(names)}): " + ", ".join(sorted(names)))
         return
     if specs:
-        for line in probe_lines(parse_list(list(specs))):
+        from focuslab.toy.engine import describe
+
+        for line in describe(parse_list(list(specs))):
             click.echo(line)
         return
     for line in builtin_lines():

@@ -214,21 +214,3 @@ def builtin_lines() -> list[str]:
         for o in b.options:
             lines.append(f"    {o.name} = {o.default}  ({' | '.join(o.choices)}): {o.doc}  [default: {o.source}]")
     return lines
-
-
-def probe_lines(entries, weight_decay: float = 0.1) -> list[str]:
-    """How each entry runs on the toy (focuslab.toy.plugin.probe), one line each."""
-    from ..toy.engine import plans
-
-    out = []
-    found = plans(entries, [weight_decay])
-    for e in entries:
-        if e.kind == "builtin":
-            out.append(f"{e.label}: built-in, numba kernel (settings {e.settings})")
-            continue
-        p = found[e.label]
-        how = [p.mode] + (["closure"] * p.closure) + (["Hessian-vector products"] * p.graph) + \
-            (["draws random numbers"] * p.stochastic)
-        out.append(f"{e.label} [{e.origin}]: {', '.join(how)}; weight decay {p.decay}; "
-                   f"~{p.ns_per_step:.0f} ns per trajectory-step on one core ({p.why})")
-    return out

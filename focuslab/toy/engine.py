@@ -66,3 +66,19 @@ def warm(entry) -> None:
         from .kernel import warm as warm_kernel
 
         warm_kernel(entry.name, entry.settings)
+
+
+def describe(entries, weight_decay: float = 0.1) -> list[str]:
+    """How each entry runs on the toy (the probe's findings), one line each (``focuslab optimizers``)."""
+    out = []
+    found = plans(entries, [weight_decay])
+    for e in entries:
+        if e.kind == "builtin":
+            out.append(f"{e.label}: built-in, numba kernel (settings {e.settings})")
+            continue
+        p = found[e.label]
+        how = [p.mode] + (["closure"] * p.closure) + (["Hessian-vector products"] * p.graph) + \
+            (["draws random numbers"] * p.stochastic)
+        out.append(f"{e.label} [{e.origin}]: {', '.join(how)}; weight decay {p.decay}; "
+                   f"~{p.ns_per_step:.0f} ns per trajectory-step on one core ({p.why})")
+    return out

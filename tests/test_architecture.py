@@ -1,0 +1,113 @@
+"""The module graph (every import, lazy ones too) has no cycle and no upward import.
+
+Layers, low to high (docs/ARCHITECTURE.md):
+  0  errors, values, axes, optim (torch optimizer classes: import nothing of focuslab's)
+  1  config, optimizers (the spec grammar and the optimizer definitions)
+  2  toy, results, runner, phase (engines, the store, reductions)
+  3  scan, refine, mnist, gpt2, diagnostics, slurm, selftest (studies)
+  4  plot (figures from results)
+  5  cli (the command tree, installed as focuslab.cli), focuslab.__main__
+A module may import its own layer or lower ones, never a higher one.
+"""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = {
+    "errors": 0, "values": 0, "axes": 0, "optim": 0,
+    "config": 1, "optimizers": 1,
+    "toy": 2, "results": 2, "runner": 2, "phase": 2,
+    "scan": 3, "refine": 3, "mnist": 3, "gpt2": 3, "diagnostics": 3, "slurm": 3, "selftest": 3,
+    "plot": 4,
+    "cli": 5, "__main__": 5,
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in (ROOT / "focuslab").rglob("*.py"):
+        rel = path.relative_to(ROOT / "focuslab").with_suffix("")
+        parts = [p for p in rel.parts if p != "__init__"]
+        out[".".join(["focuslab", *parts])] = path
+    for path in (ROOT / "cli").rglob("*.py"):
+        rel = path.relative_to(ROOT / "cli").with_suffix("")
+        parts = [p for p in rel.parts if p != "__init__"]
+        out[".".join(["focuslab", "cli", *parts])] = path
+    return out
+
+
+def _imports(name: str, path: Path, known: set) -> set:
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+        for t in targets:
+            while t and t not in known:
+                t = t.rsplit(".", 1)[0] if "." in t else ""
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def _graph():
+    mods = _modules()
+    known = set(mods)
+    return {m: _imports(m, p, known) for m, p in mods.items()}
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1] if module.count(".") else "focuslab"
+    return LAYERS.get(part, 0)
+
+
+def test_every_module_has_a_layer():
+    missing = {m.split(".")[1] for m in _graph() if m.count(".") and m.split(".")[1] not in LAYERS}
+    assert not missing, f"give these a layer in tests/test_architecture.py and docs/ARCHITECTURE.md: {missing}"
+
+
+def test_no_upward_import():
+    bad = [(m, t) for m, targets in _graph().items() for t in targets
+           if t != "focuslab" and _layer(t) > _layer(m)]
+    assert not bad, "\n".join(f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})" for m, t in bad)
+
+
+def test_no_import_cycle():
+    graph = _graph()
+    graph = {m: {t for t in ts if t != "focuslab" and not m.startswith(t + ".")} for m, ts in graph.items()}
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in list(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles

@@ -87,8 +87,10 @@ def parse_grid(spec, name: str = "grid") -> Grid:
     return Grid(text, tuple(float(v) for v in values), scale)
 
 
-def check_axis(name: str, grid: Grid) -> None:
-    """Values of a toy axis must be finite, distinct and in the axis's range (focuslab.axes)."""
+def check_axis(name: str, grid: Grid) -> Grid:
+    """Values of a toy axis must be finite, distinct and in the axis's range (focuslab.axes).
+    Returns the grid with its values in ascending order (``3:0:5`` is the same axis as ``0:3:5``:
+    maps and tables are laid out by value, never mirrored)."""
     axis = axes.BY_NAME[name]
     if len(set(grid.values)) != len(grid.values):
         raise FocuslabError(f"{axis.flag}: repeated values in {grid.spec!r}")
@@ -96,6 +98,7 @@ def check_axis(name: str, grid: Grid) -> None:
         why = axis.check(v)
         if why:
             raise FocuslabError(f"{axis.flag}: {v:g} {why}")
+    return Grid(grid.spec, tuple(sorted(grid.values)), grid.scale)
 
 
 # --- TOML files and presets ------------------------------------------------------------------
@@ -283,9 +286,7 @@ def build_scan_config(file_values: dict | None = None, overrides: dict | None = 
     merged = layered(SCAN_KEYS, *layers, what="scan config")
     grids = {}
     for name in axes.AXIS_NAMES:
-        grid = parse_grid(merged[name], name)
-        check_axis(name, grid)
-        grids[name] = grid
+        grids[name] = check_axis(name, parse_grid(merged[name], name))
     entries = parse_list(merged["optimizers"], opt_params, base_params=tables[0])
     ints = {key: parse_int(merged[key], key, low)
             for key, low in (("replicates", 1), ("steps", 1), ("seed", 0), ("chunk_steps", 1))}

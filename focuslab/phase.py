@@ -6,6 +6,9 @@ import pandas as pd
 
 from .axes import CELL_NAMES
 
+#: The label of a cell whose winner the scan's replicates cannot tell (``winners``).
+UNDECIDED = "undecided"
+
 
 def best_per_cell(runs: pd.DataFrame, cell_cols=CELL_NAMES, metric: str = "final_loss_mean") -> pd.DataFrame:
     """One row per (optimizer, cell): the lr with the lowest ``metric`` (default final_loss_mean).
@@ -36,8 +39,9 @@ def winners(best: pd.DataFrame, optimizers, cell_cols, significance: float = 0.0
     The winner has the lowest ``final_loss_mean``.  Its margin over the runner-up is
     (runner-up mean - winner mean) / sqrt(sem_w^2 + sem_r^2) (Welch's combined standard error of the
     two replicate means).  A cell is *decided* when the margin exceeds ``significance``; otherwise
-    it is a statistical tie.  ``significance=0`` keeps the raw argmin of the paper's figures (only an
-    exact tie, or every optimizer diverged, is undecided).  Returns one row per cell (in the order
+    it is undecided (not a tie: refine's "tied" claims equivalence within a margin; this only says
+    the scan's replicates cannot tell).  ``significance=0`` keeps the raw argmin of the paper's
+    figures (only an exact equality, or every optimizer diverged, is undecided).  Returns one row per cell (in the order
     of ``best``) with columns cell_cols + winner, runner_up, margin, decided, label.
     """
     optimizers = list(optimizers)
@@ -68,12 +72,12 @@ def winners(best: pd.DataFrame, optimizers, cell_cols, significance: float = 0.0
     out["runner_up"] = names[r]
     out["margin"] = margin
     out["decided"] = decided
-    out["label"] = np.where(decided, names[w], "tie")
+    out["label"] = np.where(decided, names[w], UNDECIDED)
     return out
 
 
 def win_fractions(table: pd.DataFrame, optimizers) -> dict:
-    """Fraction of cells won by each optimizer, and undecided ('tie')."""
+    """Fraction of cells won by each optimizer, and undecided."""
     n = max(len(table), 1)
     counts = table["label"].value_counts()
-    return {name: float(counts.get(name, 0)) / n for name in [*optimizers, "tie"]}
+    return {name: float(counts.get(name, 0)) / n for name in [*optimizers, UNDECIDED]}

@@ -130,3 +130,10 @@ def test_changed_config_refused_with_clear_message(tmp_path):
     res = invoke("scan", *FAST, "--seed", "4", "--out", str(tmp_path), "-q")
     assert res.exit_code == 2 and "different config" in res.stderr and "--force" in res.stderr
     assert invoke("scan", *FAST, "--seed", "4", "--out", str(tmp_path), "-q", "--force").exit_code == 0
+
+
+def test_descending_grids_are_the_same_axis_in_ascending_order():
+    up = build_scan_config(None, {"noise": "0:3:4", "sharpness": "1,10,100", "lr": "0.01,0.1"})
+    down = build_scan_config(None, {"noise": "3:0:4", "sharpness": "100,1,10", "lr": "0.1,0.01"})
+    assert down.axes["noise"].values == (0.0, 1.0, 2.0, 3.0) and down.axes["sharpness"].values == (1.0, 10.0, 100.0)
+    assert down.digest() == up.digest()  # the same scan: it resumes, and its maps are never mirrored

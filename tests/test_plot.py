@@ -56,7 +56,7 @@ def test_winners_welch_margin_and_ties():
     t = winners(df, ["a", "b"], ["x"], significance=2.0)
     assert t.winner.tolist() == ["a", "a"]
     assert t.margin[0] == pytest.approx(0.1 / 0.05)  # (runner-up - winner) / hypot(sems)
-    assert t.label.tolist() == ["tie", "a"]  # 2.0 is not > 2.0; a diverged runner-up loses outright
+    assert t.label.tolist() == ["undecided", "a"]  # 2.0 is not > 2.0; a diverged runner-up loses outright
     assert winners(df, ["a", "b"], ["x"], 0.0).label.tolist() == ["a", "a"]
 
 
@@ -74,7 +74,7 @@ def test_phase_png_colours_ties_labels_and_extents(tmp_path):
     img = imread(tmp_path / "f" / "phase.png")
     geo = Geometry(meta)
     table = winners(best, OPTS, CELL_NAMES, 2.0)
-    fig, ax = phase_figure(table, OPTS, geo, "Best optimizer at best lr (ties: margin ≤ 2 SE)")
+    fig, ax = phase_figure(table, OPTS, geo, "Best optimizer at best lr (undecided: margin ≤ 2 SE)")
     fig.canvas.draw()
     assert img.shape[:2] == (int(fig.bbox.height), int(fig.bbox.width))
     assert ax.get_xlabel() == "Noise std, σ" and ax.get_ylabel() == "Sharpness, log10 a"

@@ -137,7 +137,7 @@ def build_mnist_config(file_values: dict | None = None, overrides: dict | None =
                                 f"{measured} measured steps: "
                                 f"{kept / 2 ** 30:.1f} GiB per unit; use a larger --diagnostics-every, fewer --lr "
                                 "values or --diagnostics-lrs all")
-    return MnistConfig(merged["dataset"], entries, tuple(bs), tuple(lrs), weight_decay=wd, diagnostics_lrs=which,
+    return MnistConfig(merged["dataset"], entries, tuple(sorted(bs)), tuple(sorted(lrs)), weight_decay=wd, diagnostics_lrs=which,
                        **ints)
 
 

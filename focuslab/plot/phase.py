@@ -10,7 +10,7 @@ import pandas as pd
 from ..axes import CELL_NAMES
 from ..optimizers import file_slug
 from ..errors import FocuslabError
-from ..phase import win_fractions, winners
+from ..phase import UNDECIDED, win_fractions, winners
 from ..results import load_scan
 from .style import (TIE_COLOUR, axis_label, colour, coords, display_name, edges, save)
 
@@ -74,11 +74,11 @@ def _new_axes(geo: Geometry, title: str):
 
 
 def phase_figure(table: pd.DataFrame, optimizers, geo: Geometry, title: str):
-    """Cells coloured by their winner (``label`` column), statistical ties in grey."""
+    """Cells coloured by their winner (``label`` column), undecided cells in grey."""
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.patches import Patch
 
-    cats = [*optimizers, "tie"]
+    cats = [*optimizers, UNDECIDED]
     index = {name: i for i, name in enumerate(cats)}
     labels = geo.grid(table, "label")
     img = np.vectorize(lambda s: index.get(s, len(cats) - 1), otypes=[float])(labels)
@@ -87,8 +87,8 @@ def phase_figure(table: pd.DataFrame, optimizers, geo: Geometry, title: str):
     ax.pcolormesh(xe, ye, img, cmap=ListedColormap(colours),
                   norm=BoundaryNorm(np.arange(len(cats) + 1) - 0.5, len(cats)), shading="flat")
     handles = [Patch(color=colours[i], label=geo.name(o)) for i, o in enumerate(optimizers)]
-    if (labels == "tie").any():
-        handles.append(Patch(color=colours[-1], label="tie (undecided)"))
+    if (labels == UNDECIDED).any():
+        handles.append(Patch(color=colours[-1], label="undecided"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
               fontsize=10 if len(handles) <= 6 else 7)
     return fig, ax
@@ -103,7 +103,7 @@ def margin_figure(table: pd.DataFrame, geo: Geometry, significance: float, title
     mesh = ax.pcolormesh(xe, ye, np.clip(np.nan_to_num(margin, posinf=cap), 0, cap), cmap="magma",
                          vmin=0, vmax=cap, shading="flat")
     bar = fig.colorbar(mesh, ax=ax)
-    bar.set_label("(runner-up − winner) / combined SE" + (f"  [ties below {significance:g}]"
+    bar.set_label("(runner-up − winner) / combined SE" + (f"  [undecided below {significance:g}]"
                                                           if significance > 0 else ""))
     plt.setp(bar.ax.get_yticklabels(), fontsize=8)
     return fig, ax
@@ -266,7 +266,7 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
     def frac_line(t, what):
         f = win_fractions(t, opts)
         return f"{what}: " + "  ".join(f"{geo.name(o)} {100 * f[o]:.1f}%" for o in opts) + \
-            f"  undecided {100 * f['tie']:.1f}%"
+            f"  undecided {100 * f[UNDECIDED]:.1f}%"
 
     n = len(table)
     summary.append(f"{n} cells, optimizers at their best lr; scanned: {', '.join(geo.scanned) or 'none'}")
@@ -278,7 +278,7 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
         files.extend(save(fig, out, stem, formats))
         plt.close(fig)
 
-    sig_note = f"ties: margin ≤ {significance:g} SE" if significance > 0 else "raw argmin"
+    sig_note = f"undecided: margin ≤ {significance:g} SE" if significance > 0 else "raw argmin"
     if len(geo.scanned) == 2:
         emit(phase_figure(table, opts, geo, f"Best optimizer at best lr ({sig_note})")[0], "phase")
         if significance > 0:  # the paper's picture beside the significance-aware one

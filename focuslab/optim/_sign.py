@@ -33,9 +33,9 @@ def sign_momentum_update(params: list[Tensor], grads: list[Tensor], exp_avgs: li
        weight_decay=weight_decay, decay=decay, maximize=maximize)
 
 
-def _axpy_(w: Tensor, x: Tensor, lr: float, scale: float) -> None:
-    """w += scale * lr * x."""
-    w.add_(x, alpha=lr * scale)
+def _axpy_(theta: Tensor, x: Tensor, lr: float, scale: float) -> None:
+    """theta += scale * lr * x."""
+    theta.add_(x, alpha=lr * scale)
 
 
 def _single_tensor(params, grads, exp_avgs, param_avgs, steps, *, lr, **hyper):
@@ -45,29 +45,29 @@ def _single_tensor(params, grads, exp_avgs, param_avgs, steps, *, lr, **hyper):
 
 def _update_one(p, g, m, avg, t, lr, *, beta1, beta2, gamma, weight_decay, decay, maximize):
     """The per-tensor update."""
-    w = p if p.dtype == m.dtype else p.to(m.dtype)  # fp32 working copy for low-precision params
+    theta = p if p.dtype == m.dtype else p.to(m.dtype)  # the parameter, in fp32 for low-precision params
     if g.dtype != m.dtype:
         g = g.to(m.dtype)
     if maximize:
         g = torch.neg(g)
     m.lerp_(g, 1 - beta1)
     if avg is not None:
-        avg.lerp_(w, 1 - beta2)
+        avg.lerp_(theta, 1 - beta2)
         tmp = torch.div(avg, 1 - beta2 ** t)  # theta-hat (the only temporary)
         if decay == "average" and weight_decay != 0:
-            _axpy_(w, tmp, lr, -weight_decay)  # Algorithm 1: decay toward theta-hat first
-        tmp.sub_(w).sign_()  # sign(theta-hat - theta)
+            _axpy_(theta, tmp, lr, -weight_decay)  # Algorithm 1: decay toward theta-hat first
+        tmp.sub_(theta).sign_()  # sign(theta-hat - theta)
         if decay == "theta" and weight_decay != 0:
-            _axpy_(w, w, lr, -weight_decay)
-        _axpy_(w, tmp, lr, gamma)  # the attraction
+            _axpy_(theta, theta, lr, -weight_decay)
+        _axpy_(theta, tmp, lr, gamma)  # the attraction
         torch.sign(m, out=tmp)
     else:
         tmp = torch.sign(m)
         if weight_decay != 0:
-            _axpy_(w, w, lr, -weight_decay)
-    _axpy_(w, tmp, lr, -1.0)
-    if w is not p:
-        p.copy_(w)
+            _axpy_(theta, theta, lr, -weight_decay)
+    _axpy_(theta, tmp, lr, -1.0)
+    if theta is not p:
+        p.copy_(theta)
 
 
 def _multi_tensor(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta2, gamma,
@@ -78,7 +78,7 @@ def _multi_tensor(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta
     for (_, pdtype, sdtype, t), idx in buckets.items():
         P = [params[i] for i in idx]
         M = [exp_avgs[i] for i in idx]
-        W = P if pdtype == sdtype else [p.to(sdtype) for p in P]
+        THETA = P if pdtype == sdtype else [p.to(sdtype) for p in P]
         G = [grads[i] for i in idx]
         if G[0].dtype != sdtype:
             G = [g.to(sdtype) for g in G]
@@ -87,21 +87,21 @@ def _multi_tensor(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta
         torch._foreach_lerp_(M, G, 1 - beta1)
         if param_avgs is not None:
             A = [param_avgs[i] for i in idx]
-            torch._foreach_lerp_(A, W, 1 - beta2)
+            torch._foreach_lerp_(A, THETA, 1 - beta2)
             T = torch._foreach_div(A, 1 - beta2 ** t)
             if decay == "average" and weight_decay != 0:
-                torch._foreach_add_(W, T, alpha=-lr * weight_decay)
-            torch._foreach_sub_(T, W)
+                torch._foreach_add_(THETA, T, alpha=-lr * weight_decay)
+            torch._foreach_sub_(T, THETA)
             torch._foreach_sign_(T)
             if decay == "theta" and weight_decay != 0:
-                torch._foreach_add_(W, W, alpha=-lr * weight_decay)
-            torch._foreach_add_(W, T, alpha=lr * gamma)
+                torch._foreach_add_(THETA, THETA, alpha=-lr * weight_decay)
+            torch._foreach_add_(THETA, T, alpha=lr * gamma)
             torch._foreach_copy_(T, M)
             torch._foreach_sign_(T)
         else:
             T = torch._foreach_sign(M)
             if weight_decay != 0:
-                torch._foreach_add_(W, W, alpha=-lr * weight_decay)
-        torch._foreach_add_(W, T, alpha=-lr)
-        if W is not P:
-            torch._foreach_copy_(P, W)
+                torch._foreach_add_(THETA, THETA, alpha=-lr * weight_decay)
+        torch._foreach_add_(THETA, T, alpha=-lr)
+        if THETA is not P:
+            torch._foreach_copy_(P, THETA)

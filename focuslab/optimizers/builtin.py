@@ -7,7 +7,7 @@ A ``Builtin`` carries everything every command needs:
 * settings: numeric hyperparameters and options, each with default, valid range, meaning and the
   source of the default;
 * the toy simulator's update rule: ``prep(t, hp) -> tuple`` (per-step scalars shared by every
-  lane, computed once per step) and ``update(ctx, x, g, s0, s1, lr, wd, hp) -> (x, s0, s1)`` (one
+  lane, computed once per step) and ``update(ctx, theta, g, s0, s1, lr, wd, hp) -> (theta, s0, s1)`` (one
   coordinate's step: parameter, noisy gradient, two state slots, learning rate, weight decay).
   These are plain Python over ``np.sign``, ``np.sqrt`` and arithmetic: focuslab.toy.kernel
   compiles them with numba into a kernel built for that one rule (a compile-time constant, never a
@@ -94,12 +94,12 @@ def adam_prep(t, hp):
     return 1.0 - hp.beta1 ** t, 1.0 - hp.beta2 ** t
 
 
-def adam_update(ctx, x, g, m, v, lr, wd, hp):
-    """m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  x <- x - lr (m^ / (sqrt(v^) + eps) + wd x)."""
+def adam_update(ctx, theta, g, m, v, lr, wd, hp):
+    """m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  theta <- theta - lr (m^ / (sqrt(v^) + eps) + wd theta)."""
     m = hp.beta1 * m + (1.0 - hp.beta1) * g
     v = hp.beta2 * v + (1.0 - hp.beta2) * g * g
     step = (m / ctx[0]) / (np.sqrt(v / ctx[1]) + hp.eps)
-    return x - lr * (step + wd * x), m, v
+    return theta - lr * (step + wd * theta), m, v
 
 
 def adam_torch(groups, lr, s, device):
@@ -116,10 +116,10 @@ def no_prep(t, hp):
     return (0.0,)
 
 
-def signum_update(ctx, x, g, m, unused, lr, wd, hp):
-    """m <- b1 m + (1-b1) g;  x <- x - lr (sign(m) + wd x)  (bias correction cannot change a sign)."""
+def signum_update(ctx, theta, g, m, unused, lr, wd, hp):
+    """m <- b1 m + (1-b1) g;  theta <- theta - lr (sign(m) + wd theta)  (bias correction cannot change a sign)."""
     m = hp.beta1 * m + (1.0 - hp.beta1) * g
-    return x - lr * (np.sign(m) + wd * x), m, unused
+    return theta - lr * (np.sign(m) + wd * theta), m, unused
 
 
 def signum_torch(groups, lr, s, device):
@@ -134,21 +134,21 @@ def focus_prep(t, hp):
 
 
 def focus_update(decay):
-    """Signum plus one attraction term gamma * sign(x - x^) toward the bias-corrected EMA x^ of the
-    parameter:  xbar <- b2 xbar + (1-b2) x (the current x, before the step);  x^ = xbar / (1 - b2^t).
-    decay "theta" (the paper's toy scripts): x <- x - lr (sign(m) + attraction + wd x)
-    decay "average" (Algorithm 1):          x <- x - lr wd x^;  x <- x - lr (sign(m) + attraction)"""
+    """Signum plus one attraction term gamma * sign(theta - theta^) toward the bias-corrected EMA theta^ of the
+    parameter:  theta_bar <- b2 theta_bar + (1-b2) theta (the current theta, before the step);  theta^ = theta_bar / (1 - b2^t).
+    decay "theta" (the paper's toy scripts): theta <- theta - lr (sign(m) + attraction + wd theta)
+    decay "average" (Algorithm 1):          theta <- theta - lr wd theta^;  theta <- theta - lr (sign(m) + attraction)"""
     average = decay == "average"  # a compile-time constant: the other branch is not compiled
 
-    def update(ctx, x, g, m, xbar, lr, wd, hp):
+    def update(ctx, theta, g, m, theta_bar, lr, wd, hp):
         m = hp.beta1 * m + (1.0 - hp.beta1) * g  # Signum's momentum
-        xbar = hp.beta2 * xbar + (1.0 - hp.beta2) * x
-        xhat = xbar / ctx[0]
+        theta_bar = hp.beta2 * theta_bar + (1.0 - hp.beta2) * theta
+        theta_hat = theta_bar / ctx[0]
         if average:
-            x = x - lr * wd * xhat
-            return x - lr * (np.sign(m) + hp.gamma * np.sign(x - xhat)), m, xbar
-        attraction = hp.gamma * np.sign(x - xhat)  # FOCUS's one new term
-        return x - lr * (np.sign(m) + attraction + wd * x), m, xbar
+            theta = theta - lr * wd * theta_hat
+            return theta - lr * (np.sign(m) + hp.gamma * np.sign(theta - theta_hat)), m, theta_bar
+        attraction = hp.gamma * np.sign(theta - theta_hat)  # FOCUS's one new term
+        return theta - lr * (np.sign(m) + attraction + wd * theta), m, theta_bar
 
     return update
 
@@ -160,10 +160,10 @@ def focus_torch(groups, lr, s, device):
 
 
 # --- sgd (heavy-ball momentum) ----------------------------------------------------------------
-def sgd_update(ctx, x, g, buf, unused, lr, wd, hp):
-    """b <- mu b + g;  x <- x - lr (b + wd x)."""
+def sgd_update(ctx, theta, g, buf, unused, lr, wd, hp):
+    """b <- mu b + g;  theta <- theta - lr (b + wd theta)."""
     buf = hp.momentum * buf + g
-    return x - lr * (buf + wd * x), buf, unused
+    return theta - lr * (buf + wd * theta), buf, unused
 
 
 def sgd_torch(groups, lr, s, device):
@@ -173,11 +173,11 @@ def sgd_torch(groups, lr, s, device):
 
 
 # --- lion (Chen et al. 2023, arXiv 2302.06675) ------------------------------------------------
-def lion_update(ctx, x, g, m, unused, lr, wd, hp):
-    """x <- x - lr (sign(b1 m + (1-b1) g) + wd x);  m <- b2 m + (1-b2) g."""
+def lion_update(ctx, theta, g, m, unused, lr, wd, hp):
+    """theta <- theta - lr (sign(b1 m + (1-b1) g) + wd theta);  m <- b2 m + (1-b2) g."""
     direction = np.sign(hp.beta1 * m + (1.0 - hp.beta1) * g)
     m = hp.beta2 * m + (1.0 - hp.beta2) * g
-    return x - lr * (direction + wd * x), m, unused
+    return theta - lr * (direction + wd * theta), m, unused
 
 
 def lion_torch(groups, lr, s, device):

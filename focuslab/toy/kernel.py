@@ -44,7 +44,7 @@ from .rng import normal_pair  # noqa: F401  (a global of the template)
 LANES = 256
 INIT_SCALE = landscape.INIT_SCALE
 # Rows of the block state: the mutable state of every lane, its noise pair and its learning rate.
-X1, X2, S10, S11, S20, S21, U, V, LMIN, UMAX, OK, Z1, Z2, LR = range(14)
+THETA1, THETA2, S10, S11, S20, S21, U, V, LMIN, UMAX, OK, Z1, Z2, LR = range(14)
 NROW = 14
 # Columns of the cell-coordinate array (focuslab.axes.CELL_AXES order).
 SHARPNESS, NOISE, WEIGHT_DECAY, PHI, C = (COLUMN[n] for n in ("sharpness", "noise", "weight_decay", "phi", "c"))
@@ -83,9 +83,9 @@ def _simulate(hp, cells, lrs, keys, steps, final_loss, min_loss, progress, diver
                     for r in range(nr):
                         j = l * nr + r
                         S[LR, j] = lrs[l0 + l]
-                        S[X1, j] = INIT_SCALE * z1[r]
-                        S[X2, j] = INIT_SCALE * z2[r]
-                        S[U, j], S[V, j] = rotate(S[X1, j], S[X2, j], cos_phi, sin_phi)
+                        S[THETA1, j] = INIT_SCALE * z1[r]
+                        S[THETA2, j] = INIT_SCALE * z2[r]
+                        S[U, j], S[V, j] = rotate(S[THETA1, j], S[THETA2, j], cos_phi, sin_phi)
                         S[S10, j] = 0.0
                         S[S11, j] = 0.0
                         S[S20, j] = 0.0
@@ -106,10 +106,10 @@ def _simulate(hp, cells, lrs, keys, steps, final_loss, min_loss, progress, diver
                         g1 = g1 * (1.0 + noise * S[Z1, j])
                         g2 = g2 * (1.0 + noise * S[Z2, j])
                         lr = S[LR, j]
-                        y1, S[S10, j], S[S11, j] = update(cx, S[X1, j], g1, S[S10, j], S[S11, j], lr, wd, hp)  # noqa: F821
-                        y2, S[S20, j], S[S21, j] = update(cx, S[X2, j], g2, S[S20, j], S[S21, j], lr, wd, hp)  # noqa: F821
-                        S[X1, j] = y1
-                        S[X2, j] = y2
+                        y1, S[S10, j], S[S11, j] = update(cx, S[THETA1, j], g1, S[S10, j], S[S11, j], lr, wd, hp)  # noqa: F821
+                        y2, S[S20, j], S[S21, j] = update(cx, S[THETA2, j], g2, S[S20, j], S[S21, j], lr, wd, hp)  # noqa: F821
+                        S[THETA1, j] = y1
+                        S[THETA2, j] = y2
                         u, v = rotate(y1, y2, cos_phi, sin_phi)
                         S[U, j] = u
                         S[V, j] = v
@@ -120,7 +120,7 @@ def _simulate(hp, cells, lrs, keys, steps, final_loss, min_loss, progress, diver
                 for l in range(nl):
                     for r in range(nr):
                         j = l * nr + r
-                        state = S[X1, j] + S[X2, j] + S[S10, j] + S[S11, j] + S[S20, j] + S[S21, j]
+                        state = S[THETA1, j] + S[THETA2, j] + S[S10, j] + S[S11, j] + S[S20, j] + S[S21, j]
                         final_loss[i, l0 + l, r0 + r] = loss_uv(S[U, j], S[V, j], sharpness, c)
                         min_loss[i, l0 + l, r0 + r] = S[LMIN, j]
                         progress[i, l0 + l, r0 + r] = S[UMAX, j]

@@ -40,7 +40,7 @@ from ..optimizers import builtin
 from . import landscape, rng
 
 INIT_SCALE = landscape.INIT_SCALE
-STATE = ("x1", "x2", "s10", "s11", "s20", "s21", "u", "v", "lmin", "umax", "ok")
+STATE = ("theta1", "theta2", "s10", "s11", "s20", "s21", "u", "v", "lmin", "umax", "ok")
 #: Device memory per lane in eager mode: 11 state tensors, the noise, and the temporaries one step
 #: creates (measured peak ~40 float64 per lane); used to size launches from free memory.
 BYTES_PER_LANE = 64 * 8
@@ -116,21 +116,21 @@ def _advance(n_steps, update, hp, keys, t0, ctx, cell, lr, state, gen):
     """``n_steps`` steps of every lane; ``t0`` (an int64 tensor) is the first step's number and
     ``ctx`` its rows of per-step scalars.  Arithmetic in the kernel's order, op by op."""
     sharpness, noise, wd, c, cos_phi, sin_phi = cell
-    x1, x2, s10, s11, s20, s21, u, v, lmin, umax, ok = state
+    theta1, theta2, s10, s11, s20, s21, u, v, lmin, umax, ok = state
     for k in range(n_steps):
         z1, z2 = gen.normal_pair(keys, t0 + k)
         cx = ctx[k]
         g1, g2 = landscape.grad_theta(u, v, sharpness, c, cos_phi, sin_phi)
         g1 = g1 * (1.0 + noise * z1)
         g2 = g2 * (1.0 + noise * z2)
-        x1, s10, s11 = update(cx, x1, g1, s10, s11, lr, wd, hp)
-        x2, s20, s21 = update(cx, x2, g2, s20, s21, lr, wd, hp)
-        u, v = landscape.rotate(x1, x2, cos_phi, sin_phi)
+        theta1, s10, s11 = update(cx, theta1, g1, s10, s11, lr, wd, hp)
+        theta2, s20, s21 = update(cx, theta2, g2, s20, s21, lr, wd, hp)
+        u, v = landscape.rotate(theta1, theta2, cos_phi, sin_phi)
         loss = landscape.loss_uv(u, v, sharpness, c)
         lmin = _where(lmin < loss, lmin, loss)  # the kernel's min(L, lmin)
         umax = _where(umax > u, umax, u)  # max(u, umax)
         ok = _where(loss - loss == 0.0, ok, 0.0)  # NaN/inf loss marks divergence
-    return x1, x2, s10, s11, s20, s21, u, v, lmin, umax, ok
+    return theta1, theta2, s10, s11, s20, s21, u, v, lmin, umax, ok
 
 
 def _where(c, a, b):
@@ -209,11 +209,11 @@ class TorchSimulator:
         ctx = torch.tensor(step_table(opt.name, settings, steps), **f64)
         shape = (cells.shape[0], lr.shape[1], k.shape[2])
         z1, z2 = generator(not self.compile).normal_pair(k, torch.zeros((), dtype=torch.int64, device=dev))
-        x1 = (INIT_SCALE * z1).expand(shape).contiguous()
-        x2 = (INIT_SCALE * z2).expand(shape).contiguous()
-        u, v = landscape.rotate(x1, x2, cell[4], cell[5])
+        theta1 = (INIT_SCALE * z1).expand(shape).contiguous()
+        theta2 = (INIT_SCALE * z2).expand(shape).contiguous()
+        u, v = landscape.rotate(theta1, theta2, cell[4], cell[5])
         zeros = torch.zeros(shape, **f64)
-        state = (x1, x2, zeros, zeros, zeros, zeros, u, v, torch.full(shape, math.inf, **f64),
+        state = (theta1, theta2, zeros, zeros, zeros, zeros, u, v, torch.full(shape, math.inf, **f64),
                  torch.full(shape, -math.inf, **f64), torch.ones(shape, **f64))
         per_call = max(d for d in range(1, self.steps_per_call + 1) if steps % d == 0)  # one graph only
         t = 1
@@ -222,8 +222,8 @@ class TorchSimulator:
             fn = self._advance_fn(update, hp, n)
             state = fn(k, torch.tensor(t, dtype=torch.int64, device=dev), ctx[t:t + n], cell, lr, state)
             t += n
-        x1, x2, s10, s11, s20, s21, u, v, lmin, umax, ok = state
-        total = x1 + x2 + s10 + s11 + s20 + s21
+        theta1, theta2, s10, s11, s20, s21, u, v, lmin, umax, ok = state
+        total = theta1 + theta2 + s10 + s11 + s20 + s21
         out = {"final_loss": landscape.loss_uv(u, v, cell[0], cell[3]), "min_loss": lmin, "progress": umax}
         out = {name: value.expand(shape).cpu().numpy() for name, value in out.items()}
         out["diverged"] = (~((ok == 1.0) & torch.isfinite(total))).to(torch.uint8).cpu().numpy()

@@ -48,10 +48,11 @@ AXIS_HELP = "grid: START:STOP:NUM, START:STOP:NUM:log, a comma list, or one valu
 @click.option("--shards", type=int, default=None, help="number of array tasks for --sbatch.")
 @click.option("--sbatch-option", multiple=True, metavar="NAME=VALUE",
               help="extra #SBATCH line for --sbatch, e.g. partition=cpu or time=01:00:00.")
-@click.option("--dry-run", is_flag=True, help="with --sbatch: print the script, write nothing.")
+@click.option("--dry-run", is_flag=True, help="print the plan (and with --sbatch the script); compute and write nothing.")
+@click.option("--allow-long", is_flag=True, help="run a plan estimated at more than a week on this machine.")
 def scan(config_file, sharpness, noise, weight_decay, lr, phi, old_theta, c, optimizers, opt_param,
          replicates, steps, seed, chunk_steps, jobs, out, force, quiet, shard, device, backend, scheduler,
-         sbatch_file, shards, sbatch_option, dry_run):
+         sbatch_file, shards, sbatch_option, dry_run, allow_long):
     """Scan the narrowing-valley toy model over a grid; write runs/best tables and scan.json.
 
     Without options it runs the `default` preset: a quick Fig. 2a-style sharpness x noise phase
@@ -76,15 +77,18 @@ def scan(config_file, sharpness, noise, weight_decay, lr, phi, old_theta, c, opt
         preset = Path(config_file).stem if config_file else "default"
         out = default_out(preset, config.digest(), build_scan_config(file_values).digest(),
                           adhoc=preset if config_file else "scan")
+    if dry_run and not sbatch_file and shards is None:
+        return _print_plan(config, out, jobs)
     if sbatch_file or dry_run or shards is not None:
         return _write_sbatch(config, out, sbatch_file, shards, jobs, sbatch_option, dry_run)
     shard_kn = parse_shard(shard) if shard else None
     from focuslab.scan import resolve_device
 
     resolve_device(device)  # a missing GPU or torch is reported before anything else
-    say(f"focuslab scan: results in {out} ({config.total_steps():.3g} optimizer steps)", quiet)
     summary = run_scan(config, out, jobs=jobs, force=force, progress=not quiet, backend=backend,
-                       scheduler=scheduler, shard=shard_kn, device=device)
+                       scheduler=scheduler, shard=shard_kn, device=device, allow_long=allow_long,
+                       announce=lambda: say(f"focuslab scan: results in {out} ({config.total_steps():.3g} optimizer "
+                                            "steps)", quiet))
     if summary.get("already_complete"):
         say(f"{out}: this scan is already complete ({summary['chunks_total']} chunks); nothing to do "
             f"(`focuslab plot {out}` draws it)", quiet)
@@ -99,6 +103,20 @@ def scan(config_file, sharpness, noise, weight_decay, lr, phi, old_theta, c, opt
             f"{len(config.axes['lr'])} lrs x {config.replicates} replicates; "
             f"{done}/{summary['chunks_total']} chunks computed in {summary['wall_seconds']:.1f} s"
             + (f", {speed:.1f} ns/step per worker)" if speed else ")"), quiet)
+
+
+def _print_plan(config, out, jobs):
+    import os
+
+    from focuslab.runner import _duration
+    from focuslab.scan import plan_scan
+
+    p = plan_scan(config, jobs or os.cpu_count() or 1)
+    click.echo(f"{out}: {p['cells']} cells x {len(config.entries)} optimizers x {len(config.axes['lr'])} lrs x "
+               f"{config.replicates} replicates = {p['trajectories']:.3g} trajectories, {p['steps']:.3g} optimizer "
+               f"steps in {p['chunks']} chunks; tables ~{p['table_bytes'] / 2 ** 20:.3g} MiB; ~"
+               f"{_duration(p['eta_seconds'])} on {jobs or os.cpu_count() or 1} worker(s) at the numba kernel's speed "
+               "(external optimizers are probed when the scan starts)")
 
 
 def _write_sbatch(config, out, sbatch_file, shards, jobs, sbatch_option, dry_run):

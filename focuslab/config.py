@@ -49,6 +49,10 @@ class Grid:
         return len(self.values)
 
 
+#: Most values one grid may have (a larger NUM is a typo, and would fill memory before anything runs).
+MAX_GRID = 100_000
+
+
 def parse_grid(spec, name: str = "grid") -> Grid:
     """Parse a grid spec (string, number or list of numbers); errors name the flag --NAME."""
     where = "--" + name.replace("_", "-")
@@ -76,6 +80,9 @@ def parse_grid(spec, name: str = "grid") -> Grid:
         raise FocuslabError(f"{where}: in {text!r}, NUM must be a whole number, got {parts[2]!r}") from None
     if num < 1:
         raise FocuslabError(f"{where}: in {text!r}, NUM must be >= 1, got {num}")
+    if num > MAX_GRID:
+        raise FocuslabError(f"{where}: in {text!r}, NUM {num} is more than {MAX_GRID} values; one axis of a map "
+                            "needs far fewer")
     log = len(parts) == 4 and parts[3] == "log"
     if log:
         if start <= 0 or stop <= 0:

@@ -53,6 +53,71 @@ def cell_values(config: ScanConfig) -> np.ndarray:
     return np.column_stack([g.ravel() for g in grids])
 
 
+#: A plan longer than this (on this machine, at the engines' measured speeds) needs --allow-long.
+LONG_SECONDS = 7 * 24 * 3600
+#: Bytes per runs-table row in memory while the tables are assembled (22 columns, pandas overhead).
+ROW_BYTES = 400
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine has available (MemAvailable; total RAM where that is unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 34
+
+
+def plan_scan(config: ScanConfig, jobs: int = 1, speeds: dict | None = None) -> dict:
+    """What a scan will take, before anything runs: cells, trajectories, optimizer steps, chunks,
+    the memory of its tables and of one worker's chunk, and an ETA from the engines' speeds
+    (``speeds``: label -> seconds per trajectory-step on one core; the numba kernel's by default)."""
+    from .toy.engine import NATIVE_NS
+
+    n_lr = len(config.axes["lr"])
+    n_opt = len(config.entries)
+    trajectories = config.n_cells * n_lr * config.replicates
+    per_opt = trajectories * config.steps
+    speeds = speeds or {}
+    seconds = sum(per_opt * speeds.get(e.label, NATIVE_NS * 1e-9) for e in config.entries)
+    lanes = min(trajectories, max(1, config.chunk_steps // config.steps) * 1)
+    return {"cells": config.n_cells, "trajectories": trajectories * n_opt, "steps": per_opt * n_opt,
+            "chunks": n_opt * max(1, -(-per_opt // config.chunk_steps)),
+            "table_bytes": config.n_cells * n_lr * n_opt * ROW_BYTES,
+            # a worker: the per-step table of bias corrections, and 4 metrics + ~12 state values a lane
+            "worker_bytes": (config.steps + 1) * 3 * 8 + lanes * 16 * 8,
+            "eta_seconds": seconds / max(1, jobs)}
+
+
+def check_plan(config: ScanConfig, plan: dict, allow_long: bool = False, where: str = "scan") -> None:
+    """Refuse, in one line naming the flag, a plan that cannot fit in memory or would run for more
+    than a week (unless ``allow_long``)."""
+    from .runner import _duration
+
+    avail = available_memory()
+    gib = 2 ** 30
+    grid = ", ".join(f"--{a.replace('_', '-')} {len(config.axes[a])}" for a in (*CELL_NAMES, "lr")
+                     if len(config.axes[a]) > 1)
+    if plan["table_bytes"] > avail // 2:
+        raise FocuslabError(f"{where}: {plan['cells']:.3g} cells ({grid} values) make tables of ~"
+                            f"{plan['table_bytes'] / gib:.3g} GiB, more than half of this machine's "
+                            f"{avail / gib:.3g} GiB available; use fewer grid values")
+    if plan["worker_bytes"] > avail // 4:
+        raise FocuslabError(f"{where}: --steps {config.steps} needs ~{plan['worker_bytes'] / gib:.3g} GiB per worker "
+                            f"(this machine has {avail / gib:.3g} GiB available); use fewer steps")
+    if plan["eta_seconds"] > LONG_SECONDS and not allow_long:
+        raise FocuslabError(f"{where}: {plan['steps']:.3g} optimizer steps would take ~{_duration(plan['eta_seconds'])} "
+                            f"on this machine ({grid} values, --replicates {config.replicates}, --steps "
+                            f"{config.steps}); shrink the grid, shard it over machines (--shard, --sbatch), or "
+                            "pass --allow-long")
+
+
 def plan_chunks(config: ScanConfig) -> list[Chunk]:
     """Deterministic chunk layout: optimizers in order, each split into runs of whole cells of about
     ``chunk_steps`` optimizer steps; a cell larger than that is split into runs of learning rates."""
@@ -299,13 +364,15 @@ def _compute_unit(config: ScanConfig, chunk: Chunk, plan=None, inflight: str | N
 
 def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool = False,
              progress: bool = True, backend: str | None = None, scheduler: str | None = None,
-             shard: tuple[int, int] | None = None, log=None, device: str = "cpu") -> dict:
+             shard: tuple[int, int] | None = None, log=None, device: str = "cpu", allow_long: bool = False,
+             announce=None) -> dict:
     """Compute every missing chunk of ``config`` (or of shard K/N of it) in ``out``.
 
     A full scan then assembles runs/best and marks scan.json complete; a shard records itself in
     shards/K-of-N.json for `focuslab merge`.  A scan that is already complete is left as it is
-    (``already_complete`` in the summary).  Returns a summary dict (chunks computed, wall time, ns
-    per optimizer step).
+    (``already_complete`` in the summary).  A plan that cannot fit or would take more than a week is
+    refused first (``check_plan``), then ``announce()`` is called.  Returns a summary dict (chunks
+    computed, wall time, ns per optimizer step).
     """
     from .runner import Progress, Unit, pending, run_units
 
@@ -319,17 +386,20 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
         raise FocuslabError(f"--device {device}: {external[0].label} is an external torch optimizer, which runs on "
                             "the CPU engine; scan it without --device (or scan the built-ins alone on the GPU)")
     plans = _plans(config, out, force)  # probes external optimizers before anything is written
+    from .toy.engine import ns_per_step
+
+    speed = {e.label: ns_per_step(e, plans.get(e.label)) * 1e-9 for e in config.entries}
+    check_plan(config, plan_scan(config, 1 if sim is not None else (jobs or os.cpu_count() or 1), speed), allow_long)
+    if announce is not None:  # the plan holds: say where the results will go
+        announce()
     meta = open_scan_dir(config, out, force)
     if plans and meta.get("plugins") != plans:
         meta["plugins"] = plans
         write_json(meta, out / META)
     chunks = plan_chunks(config)
     mine = chunks if shard is None else assign_shards(chunks, shard[1])[shard[0] - 1]
-    from .toy.engine import ns_per_step
-
     # cost = expected seconds (steps x the engine's ns per step), so that ETAs hold for plug-ins that
     # take microseconds a step beside a kernel that takes nanoseconds; the steps are counted apart
-    speed = {e.label: ns_per_step(e, plans.get(e.label)) * 1e-9 for e in config.entries}
     inflight = out / CHUNKS / ".inflight"
     units = [Unit(c.name, c.cost * speed[c.optimizer],
                   (config, c, plans.get(c.optimizer), str(inflight / f"{c.name}.json") if plans.get(c.optimizer) else None))

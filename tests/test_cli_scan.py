@@ -99,6 +99,12 @@ def test_grid_syntax():
     (["--optimizers", "focus,focus:gamma=0.2"], "repeats 'focus' (same settings)"),
     (["--optimizers", "focus:gamma"], "expected KEY=VALUE, got 'gamma'"),
     (["--theta", "0.5"], "--theta was renamed --phi"),
+    # plans that cannot fit, or would run for weeks: refused before anything is allocated or written
+    (["--noise", "0:3:100000000"], "NUM 100000000 is more than 100000 values"),
+    (["--steps", "1000000000000"], "--steps 1000000000000 needs"),
+    (["--sharpness", "0.1:1000:10000:log", "--noise", "0:3:10000"], "make tables of"),
+    (["--sharpness", "0.1:1000:100:log", "--noise", "0:3:100", "--replicates", "1000", "--steps", "1000000"],
+     "pass --allow-long"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(args, needle, tmp_path):
     res = invoke("scan", *args, "--out", str(tmp_path / "x"))

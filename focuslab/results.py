@@ -131,29 +131,116 @@ def load_scan(directory: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     return meta, read_parquet(directory / RUNS), read_parquet(directory / BEST)
 
 
+#: The metadata file that makes a directory a results directory of each kind.
+KINDS = {"scan": META, "mnist": "mnist.json", "gpt2": "gpt2.json"}
+WORDS = {"scan": "scan", "mnist": "MNIST study", "gpt2": "GPT-2 run"}
+
+
+def kind_of(directory: Path) -> str | None:
+    """The kind of results ``directory`` holds (by its metadata file), or None."""
+    for kind, name in KINDS.items():
+        if (Path(directory) / name).exists():
+            return kind
+    return None
+
+
+def claim_dir(out: Path, kind: str) -> bool:
+    """Check that ``out`` may hold results of ``kind``: it is new, empty, or already of that kind.
+    Another command's directory, or a directory of other files, is refused in one line.  Returns
+    whether the directory is new (so that a run that fails before computing anything removes it)."""
+    out = Path(out)
+    if not out.exists():
+        return True
+    if not out.is_dir():
+        raise FocuslabError(f"--out {out}: exists and is not a directory")
+    other = kind_of(out)
+    if other is not None and other != kind:
+        raise FocuslabError(f"--out {out} holds a {WORDS[other]} ({KINDS[other]}); give the {WORDS[kind]} a "
+                            "directory of its own")
+    foreign = [p.name for p in out.iterdir() if not _ours(p)]
+    if other is None and foreign:
+        raise FocuslabError(f"--out {out} holds files that are not focuslab results ({', '.join(sorted(foreign)[:3])}"
+                            f"{', ...' if len(foreign) > 3 else ''}); give an empty or new directory")
+    return False
+
+
+def _ours(path: Path) -> bool:
+    """Files a run directory may hold before its metadata: its config (the SLURM driver writes
+    scan.toml there first), job scripts and logs (the driver's slurm/ directory)."""
+    if path.is_dir():
+        return path.name in ("slurm", "logs")
+    return path.suffix in (".toml", ".sh", ".log", ".out", ".err") or path.name.startswith(".")
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for the settings that differ between two configs (nested keys dotted)."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "(unset)"), new.get(key, "(unset)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            def short(v):
+                text = json.dumps(v, default=str)
+                return text if len(text) <= 40 else text[:37] + "..."
+            out.append(f"{prefix}{key}: {short(a)} -> {short(b)}")
+    return out
+
+
 def open_results_dir(out: Path, meta_name: str, digest: str, fresh_meta: dict, work_dir: str,
-                     outputs=(), force: bool = False, what: str = "scan") -> dict:
+                     outputs=(), force: bool = False, what: str = "scan", kind: str | None = None) -> dict:
     """Prepare ``out`` for a run whose config has ``digest``; return its metadata.
 
-    Same digest: the existing metadata (the run resumes).  A different digest is refused in one line
-    unless ``force``, which removes the stale work units (``work_dir``) and ``outputs``.  A new
-    directory gets ``fresh_meta`` written atomically.
+    ``out`` must be new, empty or of this ``kind`` (``claim_dir``).  Same digest: the existing
+    metadata (the run resumes).  A different digest is refused in one line that names the settings
+    that differ, unless ``force``.  ``force`` always starts over: it removes the work units
+    (``work_dir``) and ``outputs`` and writes ``fresh_meta``.  A new directory gets ``fresh_meta``
+    written atomically.
     """
     import shutil
 
+    claim_dir(out, kind or next((k for k, v in KINDS.items() if v == meta_name), "scan"))
     out = prepare_out_dir(out)
     (out / work_dir).mkdir(exist_ok=True)
     meta_path = out / meta_name
     if meta_path.exists():
         old = read_json(meta_path)
-        if old.get("digest") == digest:
+        if old.get("digest") == digest and not force:
             return old
         if not force:
-            raise FocuslabError(f"--out {out} holds a {what} with a different config (digest "
-                                f"{old.get('digest')} vs {digest}); use another --out or --force to replace it")
+            diff = differences(old.get("config") or {}, fresh_meta.get("config") or {})
+            said = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "") if diff else \
+                f"digest {old.get('digest')} vs {digest}"
+            raise FocuslabError(f"--out {out} holds a {what} with a different config ({said}); use another --out "
+                                "or --force to replace it")
         shutil.rmtree(out / work_dir, ignore_errors=True)
         (out / work_dir).mkdir()
         for name in outputs:
             (out / name).unlink(missing_ok=True)
     write_json(fresh_meta, meta_path)
     return fresh_meta
+
+
+def discard_if_empty(out: Path, created: bool, work_dir: str) -> None:
+    """After a run that failed: remove ``out`` if this run created it and no unit was finished
+    (nothing is lost; nothing is left behind)."""
+    import shutil
+
+    out = Path(out)
+    if not created or not out.is_dir():
+        return
+    work = out / work_dir
+    done = list(work.glob("*.parquet")) if work.is_dir() else []
+    if not done:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def readable_table(path: Path) -> bool:
+    """Whether ``path`` is a parquet file that reads (a truncated or foreign file does not)."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+        return True
+    except Exception:  # pyarrow raises several types for truncated or foreign files
+        return False

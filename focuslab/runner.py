@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .results import readable_table as _readable
 from .results import write_parquet
 
 
@@ -168,16 +169,6 @@ class Unit:
 
 def unit_path(work: Path, name: str, suffix: str = "") -> Path:
     return Path(work) / (f"{name}.{suffix}.parquet" if suffix else f"{name}.parquet")
-
-
-def _readable(path: Path) -> bool:
-    import pyarrow.parquet as pq
-
-    try:
-        pq.read_metadata(path)
-        return True
-    except Exception:  # pyarrow raises several types for truncated or foreign files
-        return False
 
 
 def pending(work: Path, units: list[Unit], log: Callable[[str], None] = print) -> list[Unit]:

@@ -238,7 +238,7 @@ def open_scan_dir(config: ScanConfig, out: Path, force: bool = False) -> dict:
     fresh = {"kind": "scan", "config": config.to_dict(), "scan": scan_table(config), "digest": config.digest(),
              "seed": config.seed, "version": __version__, "status": "running",
              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "timings": {"attempts": []}}
-    return open_results_dir(out, META, config.digest(), fresh, CHUNKS, (RUNS, BEST), force, "scan")
+    return open_results_dir(out, META, config.digest(), fresh, CHUNKS, (RUNS, BEST), force, "scan", kind="scan")
 
 
 def _backend_context(backend: str | None, scheduler: str | None):
@@ -374,8 +374,6 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
     refused first (``check_plan``), then ``announce()`` is called.  Returns a summary dict (chunks
     computed, wall time, ns per optimizer step).
     """
-    from .runner import Progress, Unit, pending, run_units
-
     log = log or (lambda msg: print(msg, file=sys.stderr))
     device, sim = resolve_device(device)  # before anything is written: a missing GPU is one line
     if sim is not None and backend == "dask":
@@ -392,6 +390,19 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
     check_plan(config, plan_scan(config, 1 if sim is not None else (jobs or os.cpu_count() or 1), speed), allow_long)
     if announce is not None:  # the plan holds: say where the results will go
         announce()
+    from .results import claim_dir, discard_if_empty
+
+    created = claim_dir(out, "scan")
+    try:
+        return _run_scan(config, out, jobs, force, progress, backend, scheduler, shard, log, sim, plans, speed)
+    except BaseException:
+        discard_if_empty(out, created, CHUNKS)  # a refused or interrupted first attempt leaves nothing behind
+        raise
+
+
+def _run_scan(config, out, jobs, force, progress, backend, scheduler, shard, log, sim, plans, speed) -> dict:
+    from .runner import Progress, Unit, pending, run_units
+
     meta = open_scan_dir(config, out, force)
     if plans and meta.get("plugins") != plans:
         meta["plugins"] = plans
@@ -406,10 +417,14 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
              for c in mine]
     steps_of = {c.name: c.cost for c in mine}
     todo = pending(out / CHUNKS, units, log)
-    if (shard is None and not todo and meta.get("status") == "complete"
-            and (out / RUNS).exists() and (out / BEST).exists()):
-        return {"already_complete": True, "chunks_computed": 0, "chunks_total": len(mine),
-                "wall_seconds": 0.0, "ns_per_step_per_worker": None}
+    if shard is None and not todo and meta.get("status") == "complete":
+        from .results import readable_table
+
+        bad = [name for name in (RUNS, BEST) if not readable_table(out / name)]
+        if not bad:
+            return {"already_complete": True, "chunks_computed": 0, "chunks_total": len(mine),
+                    "wall_seconds": 0.0, "ns_per_step_per_worker": None}
+        log(f"{out}: {', '.join(bad)} missing or unreadable; rebuilding from the {len(mine)} chunk files")
     stack, workers = _backend_context(backend, scheduler)
     jobs = 1 if sim is not None else (jobs or workers or os.cpu_count() or 1)
     started = time.time()

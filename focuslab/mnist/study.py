@@ -260,17 +260,30 @@ def step_seconds(config: MnistConfig, batch_sizes, data, device: str, threads: i
 def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: str = "auto",
               data_dir=None, force: bool = False, progress: bool = True, log=None) -> dict:
     """Train every missing unit of ``config`` in ``out`` and write the tables; a study that is
-    already complete is left as it is (``already_complete`` in the summary)."""
-    from ..runner import _duration
+    already complete is left as it is (``already_complete`` in the summary).  A first attempt that
+    fails before finishing a unit leaves no directory behind."""
+    from ..results import claim_dir, discard_if_empty
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     device = resolve_device(device)
+    created = claim_dir(out, "mnist")
+    try:
+        return _run_study(config, Path(out), jobs, device, data_dir, force, progress, log)
+    except BaseException:
+        discard_if_empty(out, created, UNITS)
+        raise
+
+
+def _run_study(config, out, jobs, device, data_dir, force, progress, log) -> dict:
+    from ..results import readable_table
+    from ..runner import _duration
+
     fresh = {"kind": "mnist", "config": config.to_dict(), "digest": config.digest(),
              "version": __version__, "status": "running", "timings": {"attempts": []}}
     out = Path(out)
     meta = open_results_dir(out, META, config.digest(), fresh, UNITS,
                             ("runs.parquet", "best.parquet", "curves.parquet", "diagnostics.parquet"), force,
-                            "MNIST study")
+                            "MNIST study", kind="mnist")
     data_key = str(data_dir) if data_dir else None
     data = _data(config.dataset, data_key, device)  # fail early, fetch once
     n_train = len(data["x_train"])
@@ -284,9 +297,12 @@ def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: s
     todo = pending(out / UNITS, units, log)
     outputs = ("runs.parquet", "best.parquet") + (("curves.parquet",) if config.eval_every else ()) + \
         (("diagnostics.parquet",) if config.diagnostics_every else ())
-    if not todo and meta.get("status") == "complete" and all((out / f).exists() for f in outputs):
-        return {"already_complete": True, "units_computed": 0, "units_total": len(units),
-                "wall_seconds": 0.0, "device": device}
+    if not todo and meta.get("status") == "complete":
+        bad = [f for f in outputs if not readable_table(out / f)]
+        if not bad:
+            return {"already_complete": True, "units_computed": 0, "units_total": len(units),
+                    "wall_seconds": 0.0, "device": device}
+        log(f"{out}: {', '.join(bad)} missing or unreadable; rebuilding from the {len(units)} unit files")
     jobs = 1 if device == "cuda" else (jobs or os.cpu_count() or 1)
     jobs = max(1, min(jobs, len(todo) or 1))
     threads = max(1, (os.cpu_count() or 1) // jobs)

@@ -55,18 +55,22 @@ def _cap(values) -> float:
     return 3 * float(finite.max()) if len(finite) else 1e6
 
 
+def _finite(x: pd.Series) -> pd.Series:
+    """+inf (unresolved) as NaN: not drawn."""
+    return x.where(np.isfinite(x))
+
+
 def _along_steps(axes, d: pd.DataFrame, label: str, c):
     d = d.sort_values("step")
-    axes[0].plot(d["step"], d["sigma_equiv"], color=c, label=label, marker="o", ms=3)
-    # the 95 % interval; an unbounded upper end (+inf) runs to 3x the largest finite value
-    cap = _cap(pd.concat([d["sigma_equiv"], d["sigma_equiv_hi"]]))
-    axes[0].fill_between(d["step"], d["sigma_equiv_lo"].clip(upper=cap), d["sigma_equiv_hi"].clip(upper=cap),
+    axes[0].plot(d["step"], _finite(d["sigma_equiv"]), color=c, label=label, marker="o", ms=3)
+    # the 95 % interval, where it is bounded (an unbounded upper end is left blank)
+    bounded = np.isfinite(d["sigma_equiv_hi"]).to_numpy()
+    axes[0].fill_between(d["step"], d["sigma_equiv_lo"].where(bounded), d["sigma_equiv_hi"].where(bounded),
                          color=c, alpha=0.15, lw=0)
-    axes[0].plot(d["step"], d["noise_ratio_weighted_median"].clip(upper=cap), color=c, ls="--", lw=1)
+    axes[0].plot(d["step"], _finite(d["noise_ratio_weighted_median"]), color=c, ls="--", lw=1)
     axes[1].plot(d["step"], d["lambda_max"], color=c, label=label, marker="o", ms=3)
     if "lambda_max_preconditioned" in d and d["lambda_max_preconditioned"].notna().any():
-        axes[1].plot(d["step"], d["lambda_max_preconditioned"], color=c, ls="--", marker="x", ms=3,
-                     label=f"{label} (Adam-preconditioned)")
+        axes[1].plot(d["step"], d["lambda_max_preconditioned"], color=c, ls="--", marker="x", ms=3)
 
 
 def _finish(fig, axes, title):
@@ -74,7 +78,7 @@ def _finish(fig, axes, title):
     axes[0].set_ylabel("σ_equiv = √(B_simple / B), 95 % interval shaded\n"
                        "(dashed: |G|-weighted median of std/|mean| per coordinate)")
     axes[1].set_yscale("symlog")
-    axes[1].set_ylabel("λ_max of the Hessian")
+    axes[1].set_ylabel("λ_max of the Hessian\n(dashed: of the Adam-preconditioned Hessian)")
     for ax in axes:
         ax.set_xlabel("Step")
         ax.legend(frameon=False, fontsize=8)
@@ -146,22 +150,24 @@ def plot_mnist_diagnostics(directory: Path, out: Path, formats) -> tuple[list[Pa
     files += save(fig, out, "diagnostics", formats)
     plt.close(fig)
     cross = crossover(best) if {"adamw", "signum"} <= set(best["optimizer"]) else None
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100, layout="constrained")
-    ax.plot(per["batch_size"], per["b_simple"], marker="o", color="k", label="B_simple = tr Σ / |G|² (median over steps)")
+    fig, ax = plt.subplots(figsize=(7.2, 5.6), dpi=100, layout="constrained")
+    ax.plot(per["batch_size"], _finite(per["b_simple"]), marker="o", color="k", label="B_simple = tr Σ / |G|² (median over steps)")
     ax.plot(per["batch_size"], per["batch_size"], color="0.6", ls=":", label="B = B_simple")
     ax2 = ax.twinx()
     cap = _cap(pd.concat([per["sigma_equiv"], per["sigma_hi"]]))
-    err = np.array([per["sigma_equiv"] - per["sigma_lo"], per["sigma_hi"].clip(upper=cap) - per["sigma_equiv"]])
+    shown = per[np.isfinite(per["sigma_equiv"])]  # an unresolved median (+inf) is not drawn
+    err = np.array([shown["sigma_equiv"] - shown["sigma_lo"],
+                    shown["sigma_hi"].clip(upper=cap) - shown["sigma_equiv"]]).clip(min=0)
     others = [o for o in sorted(set(d["optimizer"])) if o != opt]
-    ax2.errorbar(per["batch_size"], per["sigma_equiv"], yerr=err, marker="s", color=colour("signum"), capsize=3,
-                 label=f"σ_equiv at batch B, {opt} (median over steps; bars: median 95 % interval)")
+    ax2.errorbar(shown["batch_size"], shown["sigma_equiv"], yerr=err, marker="s", color=colour(opt), capsize=3,
+                 label=f"σ_equiv, {opt} (median over steps after 0; bars: median 95 % interval)")
     for o in others:
         po, _ = per_batch_size(d, best, o)
-        ax2.plot(po["batch_size"], po["sigma_equiv"], marker="D", ms=4, ls="-.", color=colour(o),
+        ax2.plot(po["batch_size"], _finite(po["sigma_equiv"]), marker="D", ms=4, ls="-.", color=colour(o),
                  label=f"σ_equiv, {o}'s own runs")
-    ax2.plot(per["batch_size"], per["weighted_median"], marker="v", ls="--", color=colour("signum"), alpha=0.7,
-             label="|G|-weighted median of the per-coordinate ratio")
-    ax2.set_ylabel("σ_equiv: the toy's noise σ at batch B")
+    ax2.plot(per["batch_size"], _finite(per["weighted_median"]), marker="v", ls="--", color=colour(opt), alpha=0.6,
+             label=f"|G|-weighted median of the per-coordinate ratio, {opt}")
+    ax2.set_ylabel("σ_equiv: the toy's noise σ at batch B (unresolved: not drawn)")
     ax2.set_yscale("log")
     if cross:
         ax.axvline(cross, color=colour("adamw"), lw=1.5, label=f"Adam/Signum crossover ≈ {cross:.0f}")
@@ -171,7 +177,7 @@ def plot_mnist_diagnostics(directory: Path, out: Path, formats) -> tuple[list[Pa
     ax.set_ylabel("simple noise scale B_simple")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, frameon=False, fontsize=7, loc="upper left")
+    fig.legend(h1 + h2, l1 + l2, frameon=False, fontsize=7, loc="outside lower center", ncols=2)
     ax.set_title("MNIST: noise scale and σ_equiv vs batch size", fontsize=10)
     files += save(fig, out, "noise_scale", formats)
     plt.close(fig)

@@ -24,9 +24,9 @@ variance:
   the toy's sigma.  The toy multiplies every gradient coordinate by an independent N(1, sigma^2)
   factor, so var_i = sigma^2 G_i^2 for every i and the ratio of the sums is sigma^2 exactly; for a
   real model it is the |G|^2-weighted mean of the per-coordinate var_i / G_i^2, dominated by the
-  coordinates that carry the gradient, and it stays resolved where single coordinates do not.
-  Its confidence interval (``confidence``, default 95 %) resamples the J gradients, the
-  independent units of the sample (see ``sigma_interval``).
+  coordinates that carry the gradient, and it stays resolved far beyond single coordinates'
+  limit.  Its confidence interval (``confidence``, default 95 %) leaves out each of the J
+  gradients, the independent units of the sample, in turn (a jackknife: ``sigma_interval``).
 * **B_simple** = sum s2 / sum G^2, the simple gradient noise scale (McCandlish et al. 2018,
   arXiv 1812.06162): the batch size beyond which bigger batches stop paying (sigma_equiv^2 B).
 * **Per-coordinate ratios** r_i = sqrt(var_i / G_i^2), the toy's sigma coordinate by coordinate,
@@ -229,7 +229,9 @@ def sigma_interval(q, confidence: float = CONFIDENCE):
     1200-batch value in 0 of 112 samples).  Where the sample cannot show the noise, no interval
     from it can: on a synthetic gradient where one coordinate, non-zero in about 1 batch in 17,
     carried 12 % of sum var, the 95 % intervals covered in 77-80 % of samples at J = 16-32 and
-    94 % at J = 64 (tests/test_diagnostics.py's synthetic problem; README for real models)."""
+    94 % at J = 64 (tests/test_diagnostics.py's synthetic problem).  On real gradients
+    (benchmarks/bench_diagnostics.py, README) they covered a 1200-batch value in 92-100 % of
+    samples in 13 of 16 MNIST settings and 96 % on gpt2-mini, and 76-86 % at batch 512."""
     from scipy.special import stdtrit
 
     J = q.shape[1] - 1

@@ -13,8 +13,8 @@ from ..results import read_parquet
 from .style import colour, save
 
 #: Title of the "you are here" figure (focuslab.plot.phase draws the map under it).
-OVERLAY_TITLE = ("You are here: measured sigma_equiv = sqrt(B_simple / B) on the toy map\n"
-                 "(line: median over the run's measurements after step 0; band: their range; sharpness not mapped)")
+OVERLAY_TITLE = ("You are here: σ_equiv = √(B_simple / B) on the toy map\n"
+                 "(line: median after step 0; band: range; sharpness not mapped)")
 
 
 def _plt():
@@ -76,7 +76,7 @@ def _along_steps(axes, d: pd.DataFrame, label: str, c):
 def _finish(fig, axes, title):
     axes[0].set_yscale("log")
     axes[0].set_ylabel("σ_equiv = √(B_simple / B), 95 % interval shaded\n"
-                       "(dashed: |G|-weighted median of std/|mean| per coordinate)")
+                       "(dashed: |G|-weighted median ratio)")
     axes[1].set_yscale("symlog")
     axes[1].set_ylabel("λ_max of the Hessian\n(dashed: of the Adam-preconditioned Hessian)")
     for ax in axes:

@@ -30,8 +30,9 @@ from .common import default_out, opt_param_option, say
               help="measure gradient noise, noise scale and sharpness of replicate 0 at step 0 and every N "
                    "steps into diagnostics.parquet [0 = off].")
 @click.option("--diagnostics-reference", type=int, metavar="M",
-              help="further fixed batches (at the run's batch size) pooled with the 8 diagnostic batches for the "
-                   "mean gradient: ratios up to ~sqrt(8 + M) are resolved [8].")
+              help="further fixed batches (at the run's batch size) that join the 8 diagnostic batches in the noise "
+                   "sample (mean and variance): J = 8 + M gradients; sigma_equiv's interval narrows with J, "
+                   "per-coordinate ratios are resolved up to ~sqrt(8 + M) [24].")
 @click.option("--diagnostics-lrs", type=click.Choice(["best", "all"]),
               help="measure replicate 0 at the lr with the lowest mean test loss (its parameters are kept at "
                    "each measured step and measured after training) or at every lr (~n_lr times the cost) [best].")

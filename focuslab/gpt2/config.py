@@ -78,8 +78,9 @@ class TrainConfig(GPTConfig):
                                    "iterations into diagnostics.parquet (0: off)")
     diagnostics_batches: int = _f(8, "K: diagnostic micro-batches of batch-size/K sequences (one iteration's "
                                      "worth); the noise is reported at the run's batch")
-    diagnostics_reference: int = _f(1, "further reference batches (of --batch-size sequences) for the mean "
-                                       "gradient, besides the training step's own gradient and the K micro-batches")
+    diagnostics_reference: int = _f(1, "further batches (of --batch-size sequences) in the noise sample (mean "
+                                       "and variance), besides the K micro-batches and the training step's own "
+                                       "gradient")
     out: str = _f("results/gpt2", "run directory", flag=False)
     wandb: bool = _f(False, "also log to Weights & Biases")
 

@@ -310,18 +310,20 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
 class _Diagnostics:
     """focuslab.diagnostics at iteration 0 and every N, on the unwrapped model and fixed batches.
 
-    K micro-batches of batch_size/K sequences (together one iteration's compute; GPT-2's sequences
-    are independent examples, so the noise is rescaled to the run's batch of batch_size x
-    gradient_accumulation_steps sequences); the mean gradient from the training step's own gradient
-    (read after its backward, before clipping and the optimizer step: free; computed from the same
-    batches at the last iteration, where no step follows, or when a float16 step overflowed),
-    pooled with ``diagnostics_reference`` further batches and the K micro-batches; lambda_max on one micro-batch by
-    double-backward Hessian-vector products (math attention backend) warm-started from the last measurement,
-    Lanczos stopped once the top Ritz pair's residual is below 1 % of it (focuslab.diagnostics.top_eigenvalue),
-    and for AdamW also the preconditioned lambda_max (warm-started the same way).  The first batch's
-    gradient is read from the Hessian's graph (computed with the math attention backend: the same
-    gradient to rounding).  The torch RNG is saved and
-    restored, so the training is bit-identical with and without diagnostics."""
+    The noise sample is J = K + M + 1 gradients: K micro-batches of batch_size/K sequences (together
+    one iteration's compute), M = ``diagnostics_reference`` further batches of batch_size sequences,
+    and the training step's own gradient (read after its backward, before clipping and the optimizer
+    step: free; computed from the same batches at the last iteration, where no step follows, or
+    when a float16 step overflowed).  All J feed the mean and the per-example variance (GPT-2's
+    sequences are independent examples, so gradients of different sizes combine, and the noise is
+    reported at the run's batch of batch_size x gradient_accumulation_steps sequences).
+    lambda_max on one micro-batch by double-backward Hessian-vector products (math attention
+    backend) warm-started from the last measurement, Lanczos stopped once the top Ritz pair's
+    residual is below 1 % of it (focuslab.diagnostics.top_eigenvalue), and for AdamW also the
+    preconditioned lambda_max (warm-started the same way).  The first batch's gradient is read from
+    the Hessian's graph (computed with the math attention backend: the same gradient to rounding).
+    The torch RNG is saved and restored, so the training is bit-identical with and without
+    diagnostics."""
 
     def __init__(self, cfg, model, data, opt, device, run, amp):
         self.cfg, self.model, self.opt, self.run, self.amp = cfg, model, opt, Path(run), amp
@@ -371,7 +373,7 @@ class _Diagnostics:
         parameters (p.grad after backward, scaled by ``grad_scale``).  Returns the seconds spent."""
         import pandas as pd
 
-        from ..diagnostics import measure
+        from ..diagnostics import measure, optimizer_preconditioner
         from ..results import write_parquet
 
         if any(r["step"] == it for r in self.rows):
@@ -385,22 +387,12 @@ class _Diagnostics:
         if step_gradient is None:
             step_gradient = self.step_gradient(it)
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        pre = None
-        if isinstance(self.opt, torch.optim.AdamW) and it > 0:
-            group = self.opt.param_groups[0]
-            b2, eps = group["betas"][1], group["eps"]
-            pre = []
-            for p in self.model.parameters():
-                st = self.opt.state.get(p, {})
-                if "exp_avg_sq" not in st:
-                    pre = None
-                    break
-                step = float(st["step"])
-                pre.append((st["exp_avg_sq"] / (1 - b2 ** step)).sqrt() + eps)
-        # the reference pools the K micro-batches in; the Hessian by double backward through the
-        # math attention backend (the fused kernels have none)
+        pre = optimizer_preconditioner(self.opt, list(self.model.parameters())) if it > 0 else None
+        # J = K micro-batches + the reference batches + the step's gradient, all in the mean and the
+        # variance; the Hessian by double backward through the math attention backend (the fused
+        # kernels have none)
         out = measure(self.model, self.loss, self.batches, reference=self.reference, batch_size=self.micro,
-                      reference_size=self.cfg.batch_size * len(self.reference), pool=True,
+                      reference_sizes=[self.cfg.batch_size] * len(self.reference),
                       scale_to=self.cfg.batch_size * self.cfg.gradient_accumulation_steps, groups=self.groups,
                       eigvec=self.eigvec, eigvec_preconditioned=self.eigvec_p if pre is not None else None,
                       hessian_iters=20 if self.eigvec is None else 10, hessian_tol=1e-2, preconditioner=pre,

@@ -55,7 +55,7 @@ class MnistConfig:
     weight_decay: float
     eval_every: int
     diagnostics_every: int = 0
-    diagnostics_reference: int = 8
+    diagnostics_reference: int = 24
     diagnostics_lrs: str = "best"
 
     @property

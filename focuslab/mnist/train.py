@@ -79,7 +79,7 @@ def evaluate(forward, x_test: torch.Tensor, y_test: torch.Tensor, K: int, chunk:
 def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: int, steps: int,
                   seed: int = 0, weight_decay: float = 1e-2, device="cpu", dtype=torch.float32,
                   eval_every: int = 0, on_step=None, diagnostics_every: int = 0, diagnostics_batches: int = 8,
-                  diagnostics_reference: int = 8, diagnostics_lrs: str = "best") -> dict:
+                  diagnostics_reference: int = 24, diagnostics_lrs: str = "best") -> dict:
     """Train len(lrs) * replicates models together; returns per-model arrays of shape (n_lr, R)
     (test_loss, test_accuracy, train_loss, diverged) and, with eval_every, test curves.
     ``on_step(t)`` is called after every step (progress reporting).  With ``diagnostics_every`` N,
@@ -156,10 +156,10 @@ class _Diagnostics:
     (training is untouched).  Every gradient is a minibatch gradient at the run's batch size b,
     because BatchNorm couples a batch's examples: the mean of b-sample minibatch gradients is not
     the full-set gradient (at b=2 BatchNorm maps each feature to +-1), so neither smaller
-    micro-batches nor the whole training set can stand in.  K fixed batches give the variance; they
-    are pooled with ``reference`` further fixed batches for the mean (resolution: ratios up to
-    ~sqrt(K + reference) at b).  Batches are drawn from their own stream, each without replacement,
-    independently of each other.  lambda_max on the first batch, warm-started from the previous
+    micro-batches nor the whole training set can stand in.  K fixed batches and ``reference``
+    further fixed batches, all of b examples, give the mean and the variance together (J = K +
+    reference gradients; per-coordinate ratios resolved up to ~sqrt(J)).  Batches are drawn from
+    their own stream, each without replacement, independently of each other.  lambda_max on the first batch, warm-started from the previous
     measurement (for AdamW also the preconditioned one).
 
     ``which="best"``: the best lr is known only at the end, so each measurement step keeps a copy
@@ -191,9 +191,11 @@ class _Diagnostics:
         sub = self.model.subset(self.models)
         pre = None
         if self.kind == "adamw" and step > 0:  # Adam's diagonal preconditioner sqrt(v_hat) + eps
-            b2, eps = self.opt["beta2"], self.opt["eps"]
+            from ..diagnostics import adam_preconditioner
+
             index = torch.as_tensor(self.models)
-            pre = [(self.state[n][1].detach()[index] / (1 - b2 ** step)).sqrt() + eps for n in self.names]
+            pre = [adam_preconditioner(self.state[n][1][index], step, self.opt["beta2"], self.opt["eps"])
+                   for n in self.names]
         self.seconds += time.perf_counter() - t0
         if self.which == "all":
             self._measure(step, sub, pre, list(range(len(self.lrs))))
@@ -226,9 +228,9 @@ class _Diagnostics:
                                    reduction="none").view(sub.K, -1).mean(1)
 
         stack = self.b < FOLD_MIN_BATCH and sub.K * (len(self.batches) + len(self.reference)) <= STACK_MAX
-        out = measure(params, loss, self.batches, reference=self.reference, pool=True, batch_size=self.b,
+        out = measure(params, loss, self.batches, reference=self.reference, batch_size=self.b,
                       batch_gradients=(lambda idx: batch_gradients(sub, self.x, self.y, idx)) if stack else None,
-                      reference_size=self.b * len(self.reference), models=sub.K, eigvec=self.eigvec,
+                      models=sub.K, eigvec=self.eigvec,
                       eigvec_preconditioned=self.eigvec_p if pre is not None else None,
                       hessian_iters=30 if self.eigvec is None else 10, hessian_tol=1e-2, preconditioner=pre,
                       groups={f"layer{i}": [j for j, n in enumerate(self.names) if n.split(".")[0][2:] == str(i)]

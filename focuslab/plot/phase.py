@@ -302,13 +302,11 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
             emit(heatmap_figure(geo.grid(rows, "best_lr"), geo, f"{geo.name(opt)}: best lr",
                                 "learning rate", log=True)[0], f"best_lr_{file_slug(opt)}")
         if overlay:
-            from .diagnostics import load_overlays, overlay_bands
+            from .diagnostics import OVERLAY_TITLE, load_overlays, overlay_bands
 
             if geo.x != "noise":
                 raise FocuslabError("--overlay places runs along the noise axis; this scan does not scan noise")
-            fig, ax = phase_figure(raw if significance == 0 else table, opts, geo,
-                                   "You are here: measured gradient-noise ratios on the toy map\n"
-                                   "(band: quartiles over coordinates; sharpness not mapped)")
+            fig, ax = phase_figure(raw if significance == 0 else table, opts, geo, OVERLAY_TITLE)
             overlay_bands(ax, load_overlays(overlay), geo.log["noise"])
             handles, labels = ax.get_legend_handles_labels()
             ax.legend(handles=ax.get_legend().legend_handles + handles, loc="upper left",

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import click
 
-from .common import default_out, opt_param_option, say
+from focuslab.results import default_out
+
+from .common import say
+
+
+def opt_param_option(fn):
+    return click.option("--opt-param", "opt_param", multiple=True, metavar="OPT.SETTING=VALUE",
+                        help="a setting of the run's optimizer, e.g. focus.gamma=0.4 (repeatable).")(fn)
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -41,7 +48,7 @@ def _moved(ctx, param, value):
     return value
 
 
-@click.group(invoke_without_command=True)
+@click.group(invoke_without_command=True, short_help="GPT-2 with any optimizer (paper Fig. 3), one CPU to multi-node")
 @click.option("--preset", default=None, metavar="NAME",
               help="model preset: gpt2-nano (the default: CPU, seconds), gpt2-mini (CPU, minutes), gpt2-small "
                    "(the paper's model; GPUs); each holds the paper's settings for every optimizer.")

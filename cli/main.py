@@ -12,6 +12,14 @@ class FocuslabGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         from focuslab.errors import FocuslabError
 
+        if args is None:
+            args = sys.argv[1:]
+        if not list(args):  # a bare `focuslab`: the help, not an error
+            with self.make_context(prog_name or "focuslab", ["--help"], resilient_parsing=True) as ctx:
+                click.echo(self.get_help(ctx))
+            if standalone_mode:
+                sys.exit(0)
+            return 0
         try:
             return super().main(args=args, prog_name=prog_name or "focuslab",
                                 complete_var=complete_var, standalone_mode=False, **extra)
@@ -43,14 +51,8 @@ class FocuslabGroup(click.Group):
 def main():
     """focuslab: reproduce and extend the FOCUS optimizer paper (arXiv 2501.12243).
 
-    \b
-    focuslab scan   toy-landscape phase-diagram scans (numba simulator; --device cuda for a GPU)
-    focuslab refine decide every cell of a scan: winner, tied within a margin, or undecided
-    focuslab plot   phase diagrams and figures from results
-    focuslab merge  assemble the tables of a sharded scan
-    focuslab mnist  the MNIST batch-size study (Fig. 2c/2d)
-    focuslab gpt2   GPT-2 training with FOCUS/AdamW/Signum (Fig. 3), CPU to multi-node
-    focuslab optimizers  the built-in optimizers, and how any torch optimizer runs on the toy
+    Every command takes any optimizer (built-ins, torch classes by import path or file, or
+    pytorch_optimizer names); `focuslab COMMAND --help` shows each flag with its default.
     """
 
 

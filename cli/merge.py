@@ -5,18 +5,25 @@ from pathlib import Path
 
 import click
 
+from focuslab.scan import MergeSettings
 
-@click.command()
+from .common import say
+from .options import generated, with_defaults
+
+
+@click.command(short_help="assemble the tables of a sharded scan")
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="where to write runs.parquet, best.parquet and scan.json (may be one of DIRS).")
-@click.option("--quiet", "-q", is_flag=True)
-def merge(dirs, out, quiet):
+@generated(MergeSettings)
+def merge(dirs, **values):
     """Check that the shards in DIRS form one complete scan (same config and seed, none missing or
     duplicated) and write tables identical to an unsharded run."""
+    from focuslab.errors import FocuslabError
     from focuslab.scan import merge_shards
 
-    info = merge_shards(list(dirs), out)
-    if not quiet:
-        click.echo(f"{out}: merged {info['shards']} shards ({info['chunks']} chunks) into "
-                   "runs.parquet, best.parquet, scan.json")
+    v = with_defaults(values, MergeSettings)
+    if v["out"] is None:
+        raise FocuslabError("merge: give --out DIR (where runs.parquet, best.parquet and scan.json go; may be one "
+                            "of DIRS)")
+    info = merge_shards(list(dirs), v["out"])
+    say(f"{v['out']}: merged {info['shards']} shards ({info['chunks']} chunks) into runs.parquet, best.parquet, "
+        "scan.json", v["quiet"])

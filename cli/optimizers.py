@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 
-@click.command()
+@click.command(short_help="the built-in optimizers, and how any torch optimizer runs on the toy")
 @click.argument("specs", nargs=-1, metavar="[SPEC]...")
 @click.option("--zoo", is_flag=True, help="list pytorch_optimizer's registry names (usable as bare names).")
 def optimizers(specs, zoo):

@@ -8,7 +8,7 @@ import click
 from .common import say
 
 
-@click.command()
+@click.command(short_help="decide every cell of a scan: winner, tied within a margin, undecided")
 @click.argument("results_dir", type=click.Path(path_type=Path))
 @click.option("--max-replicates", type=int, default=None, metavar="N",
               help="fresh replicates per cell at most [32 x the first look].")

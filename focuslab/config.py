@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from . import axes
 from .errors import FocuslabError
+from .options import setting
 from .values import jsonable, parse_number  # noqa: F401  (parse_number re-exported)
 
 try:  # Python 3.11+
@@ -198,8 +199,34 @@ def config_digest(obj) -> str:
 
 
 # --- the toy scan's config --------------------------------------------------------------------
+_GRID = "a grid: START:STOP:NUM, START:STOP:NUM:log, a comma list, or one value"
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """The keys of a [scan] table and the scan's flags, declared once (defaults: preset ``default``)."""
+
+    sharpness: str = setting(None, f"valley sharpness a; {_GRID}", metavar="GRID")
+    noise: str = setting(None, f"std σ of the N(1, σ²) gradient factors; {_GRID}", metavar="GRID")
+    weight_decay: str = setting(None, f"weight decay ω; {_GRID}", metavar="GRID")
+    phi: str = setting(None, f"valley angle φ in radians (may use pi); {_GRID}", metavar="GRID")
+    c: str = setting(None, f"slope c along the valley floor; {_GRID}", metavar="GRID")
+    lr: str = setting(None, f"learning rates: every one is run, each optimizer judged at its best; {_GRID}",
+                      metavar="GRID")
+    optimizers: str = setting(None, "optimizer specs, comma separated: built-ins (adam, signum, focus, sgd, lion), "
+                                    "module.Class, file.py:Class or pytorch_optimizer names; settings after colons "
+                                    "(focus:gamma=0.4)", metavar="LIST")
+    optimizer: dict = setting(None, "a setting for every entry of an optimizer that does not set it itself, e.g. "
+                                    "focus.gamma=0.4 (repeatable; a config file's [scan.optimizer.NAME] table)",
+                              metavar="OPT.SETTING=VALUE", multiple=True, name="--opt-param")
+    replicates: int = setting(None, "trajectories per (cell, optimizer, lr)", metavar="N")
+    steps: int = setting(None, "optimizer steps per trajectory", metavar="N")
+    seed: int = setting(None, "base seed of every random stream", metavar="N")
+    chunk_steps: int = setting(None, "work per resumable chunk, lanes x steps (fixes the chunk layout)", metavar="N")
+
+
 SCAN_SCALARS = ("replicates", "steps", "seed", "chunk_steps")
-SCAN_KEYS = set(axes.AXIS_NAMES) | set(SCAN_SCALARS) | {"optimizers", "optimizer"}
+SCAN_KEYS = {f.name for f in fields(ScanSettings)}
 #: Versions of what determines a scan's numbers beyond its config; part of the digest, so a scan
 #: directory written by an engine that would give other numbers or another chunk layout is never
 #: resumed with this one.  generator: the normal generator (focuslab.toy.rng.GENERATOR_VERSION).

@@ -244,3 +244,13 @@ def readable_table(path: Path) -> bool:
         return True
     except Exception:  # pyarrow raises several types for truncated or foreign files
         return False
+
+
+RESULTS = Path("results")
+
+
+def default_out(name: str, digest: str, preset_digest: str, adhoc: str | None = None) -> Path:
+    """results/NAME for a run of exactly a preset (or config file) NAME, else results/ADHOC-DIGEST8
+    (ADHOC defaults to NAME): the same command finds (and resumes) its own directory, and a
+    different one never lands in another's."""
+    return RESULTS / (name if digest == preset_digest else f"{adhoc or name}-{digest[:8]}")

@@ -25,10 +25,39 @@ import pandas as pd
 from . import __version__
 from .axes import CELL_NAMES
 from .config import ScanConfig, build_scan_config, scan_table
+from .devices import resolve
 from .errors import FocuslabError
+from .options import setting
 from .phase import best_per_cell
 from .results import (BEST, CHUNKS, META, RUNS, SHARDS, atomic_write_bytes, open_results_dir,
                       read_json, read_parquet, write_json, write_parquet)
+
+
+@dataclass(frozen=True)
+class ScanRun:
+    """The scan's own run options (beside focuslab.options.Common): sharding, backends, SLURM."""
+
+    shard: str = setting(None, "compute only shard K of N (balanced by cost); `focuslab merge` assembles the tables",
+                         metavar="K/N")
+    backend: str = setting("loky", "where chunks run: local processes (loky) or a Dask cluster (dask)",
+                           choices=("loky", "dask"))
+    scheduler: str = setting(None, "the Dask scheduler (with --backend dask)", metavar="tcp://HOST:PORT")
+    sbatch: str = setting(None, "write a SLURM driver script (an array of --shards tasks, then the merge) "
+                                "instead of running", metavar="FILE")
+    shards: int = setting(None, "array tasks of --sbatch", metavar="N")
+    sbatch_option: str = setting(None, "an extra #SBATCH line for --sbatch, e.g. partition=cpu (repeatable)",
+                                 metavar="NAME=VALUE", multiple=True)
+    dry_run: bool = setting(False, "print the plan (and with --sbatch the script); compute and write nothing")
+    allow_long: bool = setting(False, "run a plan estimated at more than a week on this machine")
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """The merge command's flags."""
+
+    out: str = setting(None, "where runs.parquet, best.parquet and scan.json go (may be one of the shard directories)",
+                       metavar="DIR", shown="required")
+    quiet: bool = setting(False, "print nothing but errors", short="-q")
 
 
 @dataclass(frozen=True)
@@ -116,6 +145,45 @@ def check_plan(config: ScanConfig, plan: dict, allow_long: bool = False, where: 
                             f"on this machine ({grid} values, --replicates {config.replicates}, --steps "
                             f"{config.steps}); shrink the grid, shard it over machines (--shard, --sbatch), or "
                             "pass --allow-long")
+
+
+def describe_plan(config: ScanConfig, out: Path, jobs: int | None = None) -> str:
+    """The plan in one line (``focuslab scan --dry-run``)."""
+    from .runner import _duration
+
+    jobs = jobs or os.cpu_count() or 1
+    p = plan_scan(config, jobs)
+    return (f"{out}: {p['cells']} cells x {len(config.entries)} optimizers x {len(config.axes['lr'])} lrs x "
+            f"{config.replicates} replicates = {p['trajectories']:.3g} trajectories, {p['steps']:.3g} optimizer "
+            f"steps in {p['chunks']} chunks; tables ~{p['table_bytes'] / 2 ** 20:.3g} MiB; ~"
+            f"{_duration(p['eta_seconds'])} on {jobs} worker(s) at the numba kernel's speed (external optimizers are "
+            "probed when the scan starts)")
+
+
+def write_sbatch(config: ScanConfig, out: Path, sbatch_file, shards, jobs, sbatch_options, dry_run: bool) -> str:
+    """The SLURM driver script for ``config`` (focuslab.slurm), written atomically to ``sbatch_file``
+    unless ``dry_run``; returns the script, or the line that says where it went."""
+    from .config import config_to_toml
+    from .slurm import parse_sbatch_options, scan_array_script
+
+    if not sbatch_file and not dry_run:
+        raise FocuslabError("--shards goes with --sbatch FILE (or --dry-run)")
+    if shards is None or shards < 1:
+        raise FocuslabError("--sbatch needs --shards N (N >= 1 array tasks)")
+    n_chunks = len(plan_chunks(config))
+    if shards > n_chunks:
+        raise FocuslabError(f"--shards {shards}: this scan has only {n_chunks} chunks "
+                            "(lower --shards or --chunk-steps)")
+    script = scan_array_script(out=str(Path(out).resolve()), config_toml=config_to_toml(config), shards=shards,
+                               cpus=jobs or 2, extra=parse_sbatch_options(sbatch_options))
+    if dry_run:
+        return script
+    try:
+        atomic_write_bytes(Path(sbatch_file), script.encode())
+    except OSError as err:
+        raise FocuslabError(f"--sbatch {sbatch_file}: cannot write ({err.strerror})") from None
+    Path(sbatch_file).chmod(0o755)
+    return f"wrote {sbatch_file}: {shards} array tasks + merge; submit with `bash {sbatch_file}`\n"
 
 
 def plan_chunks(config: ScanConfig) -> list[Chunk]:
@@ -269,23 +337,18 @@ def _backend_context(backend: str | None, scheduler: str | None):
     return stack, max(workers, 1)
 
 
-def resolve_device(device: str | None):
-    """'cpu' (the numba kernel), 'cuda' or 'torch-cpu' (the torch path; the latter on the CPU, for
-    tests and checks), 'auto' (CUDA when torch sees a GPU, else cpu) -> (name, TorchSimulator|None)."""
-    device = device or "cpu"
-    if device not in ("cpu", "cuda", "auto", "torch-cpu"):
-        raise FocuslabError(f"--device: expected cpu, cuda, auto or torch-cpu, got {device!r}")
-    if device == "auto":
-        try:
-            import torch
-        except ImportError:
-            return "cpu", None
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
+def resolve_device(device: str | None, entries=()):
+    """The device a scan runs on (focuslab.devices.resolve, plus 'torch-cpu': the GPU code path on
+    the CPU, for checks) -> (name, TorchSimulator or None for the numba kernel).  ``auto`` keeps a
+    scan that names external torch optimizers on the CPU, where their engine runs."""
+    name = resolve(device, extra=("torch-cpu",))
+    if (device or "auto") == "auto" and any(e.kind != "builtin" for e in entries):
+        name = "cpu"
+    if name == "cpu":
         return "cpu", None
     from .toy.torch_kernel import TorchSimulator
 
-    return device, TorchSimulator("cpu" if device == "torch-cpu" else "cuda")
+    return name, TorchSimulator("cpu" if name == "torch-cpu" else name)
 
 
 def _run_torch(config: ScanConfig, out: Path, todo: list, sim, progress) -> dict[str, float]:
@@ -364,7 +427,7 @@ def _compute_unit(config: ScanConfig, chunk: Chunk, plan=None, inflight: str | N
 
 def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool = False,
              progress: bool = True, backend: str | None = None, scheduler: str | None = None,
-             shard: tuple[int, int] | None = None, log=None, device: str = "cpu", allow_long: bool = False,
+             shard: tuple[int, int] | None = None, log=None, device: str = "auto", allow_long: bool = False,
              announce=None) -> dict:
     """Compute every missing chunk of ``config`` (or of shard K/N of it) in ``out``.
 
@@ -375,7 +438,7 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
     computed, wall time, ns per optimizer step).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    device, sim = resolve_device(device)  # before anything is written: a missing GPU is one line
+    device, sim = resolve_device(device, config.entries)  # before anything is written: a missing GPU is one line
     if sim is not None and backend == "dask":
         raise FocuslabError("--backend dask runs the CPU kernel on its workers; drop --device or --backend")
     out = Path(out)

@@ -93,7 +93,7 @@ def test_cuda_without_a_gpu_or_without_torch_is_one_line():
 
     if not torch.cuda.is_available():
         res = CliRunner().invoke(main, ["scan", "--sharpness", "1", "--noise", "0", "--device", "cuda", "--out", "x"])
-        assert res.exit_code == 2 and "no GPU is visible to torch" in res.stderr
+        assert res.exit_code == 2 and "no CUDA device is visible to torch" in res.stderr
         assert len(res.stderr.splitlines()) == 1
     code = ("import sys; sys.modules['torch'] = None\n"
             "from focuslab.cli.main import main\n"

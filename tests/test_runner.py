@@ -37,7 +37,7 @@ def test_ad_hoc_scans_get_their_own_directories_and_a_rerun_is_a_no_op():
 
 
 def test_a_config_as_it_is_lands_in_results_NAME_and_a_variant_beside_it():
-    from focuslab.cli.common import default_out
+    from focuslab.results import default_out
     from focuslab.config import build_scan_config
 
     assert str(default_out("default", build_scan_config().digest(), build_scan_config().digest(),

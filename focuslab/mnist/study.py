@@ -28,7 +28,7 @@ from ..values import jsonable
 from ..errors import FocuslabError
 from ..options import setting
 from ..phase import best_per_cell
-from ..results import open_results_dir, read_parquet, write_json, write_parquet
+from ..results import open_results_dir, read_parquet, write_parquet
 from ..runner import InflightReporter, Progress, Unit, pending, run_units, unit_path
 from .data import DATASETS
 
@@ -305,7 +305,7 @@ def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: s
 
 def _run_study(config, out, jobs, device, data_dir, force, progress, log) -> dict:
     from ..results import readable_table
-    from ..runner import _duration
+    from ..runner import _duration, complete
 
     fresh = {"kind": "mnist", "config": config.to_dict(), "digest": config.digest(),
              "version": __version__, "status": "running", "timings": {"attempts": []}}
@@ -371,7 +371,5 @@ def _run_study(config, out, jobs, device, data_dir, force, progress, log) -> dic
                "diagnostics_cost_fraction": diag_cost,
                "units_total": len(units), "unit_seconds": {k: round(v, 3) for k, v in seconds.items()},
                "jobs": jobs, "device": device, "threads_per_job": threads}
-    meta["status"] = "complete"
-    meta["timings"]["attempts"].append(attempt)
-    write_json(meta, out / META)
+    complete(out / META, meta, attempt)
     return attempt

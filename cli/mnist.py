@@ -11,7 +11,7 @@ from focuslab.mnist.study import PRESET, MnistRun, MnistSettings
 from focuslab.options import Common
 
 from .common import say
-from .options import generated, given, split
+from .options import generated, study_inputs
 
 
 @click.command(short_help="the MNIST batch-size study (paper Fig. 2c/2d)")
@@ -20,20 +20,11 @@ def mnist(**values):
     """Train the paper's MLP for every optimizer x batch size x lr x replicate (all lrs and replicates
     of a unit as one batched model) and tabulate the best test loss per optimizer and batch size.
     Re-running the same command resumes; a finished study is left as it is."""
-    from focuslab.errors import FocuslabError
     from focuslab.mnist.study import build_mnist_config, run_study
-    from focuslab.optimizers import parse_opt_params
     from focuslab.results import default_out
 
-    values = given(values)
-    run = {**split(values, Common), **split(values, MnistRun)}
-    if run.get("jobs") is not None and run["jobs"] < 1:
-        raise FocuslabError(f"--jobs: must be >= 1, got {run['jobs']}")
-    flags = split(values, MnistSettings)
-    if "optimizer" in flags:
-        flags["optimizer"] = parse_opt_params(flags["optimizer"])
+    run, flags, file_values = study_inputs(values, MnistSettings, MnistRun, "mnist")
     config_file = run.get("config")
-    file_values = load_toml(config_file, "mnist") if config_file else None
     config = build_mnist_config(file_values, flags)
     out = run.get("out")
     if out is None:  # results/mnist-fig2cd for the preset as it is, else results/mnist-DIGEST

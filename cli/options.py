@@ -128,3 +128,22 @@ def with_defaults(values: dict, cls) -> dict:
         if out.get(f.name) in (None, ()):
             out[f.name] = default_of(f) if not f.metadata["multiple"] else (out.get(f.name) or ())
     return out
+
+
+def study_inputs(values: dict, settings_cls, run_cls, section: str):
+    """What a study command was given: (run options, settings flags with --opt-param parsed, the
+    --config file's table or None)."""
+    from focuslab.config import load_toml
+    from focuslab.errors import FocuslabError
+    from focuslab.options import Common
+    from focuslab.optimizers import parse_opt_params
+
+    values = given(values)
+    run = {**split(values, Common), **split(values, run_cls)}
+    if run.get("jobs") is not None and run["jobs"] < 1:
+        raise FocuslabError(f"--jobs: must be >= 1, got {run['jobs']}")
+    flags = split(values, settings_cls)
+    if "optimizer" in flags:
+        flags["optimizer"] = parse_opt_params(flags["optimizer"])
+    file_values = load_toml(run["config"], section) if run.get("config") else None
+    return run, flags, file_values

@@ -11,7 +11,7 @@ from focuslab.options import Common
 from focuslab.scan import ScanRun
 
 from .common import say
-from .options import generated, given, split
+from .options import generated, study_inputs
 
 
 @click.command(short_help="toy-landscape phase-diagram scans, any optimizer (numba kernel, torch engine, GPU)")
@@ -26,21 +26,13 @@ def scan(old_theta, **values):
     """
     from focuslab.config import build_scan_config
     from focuslab.errors import FocuslabError
-    from focuslab.optimizers import parse_opt_params
     from focuslab.results import default_out
     from focuslab.scan import describe_plan, parse_shard, run_scan, write_sbatch
 
     if old_theta is not None:
         raise FocuslabError("--theta was renamed --phi (the valley angle; theta is the parameter vector)")
-    values = given(values)
-    run = {**split(values, Common), **split(values, ScanRun)}
-    if run.get("jobs") is not None and run["jobs"] < 1:
-        raise FocuslabError(f"--jobs: must be >= 1, got {run['jobs']}")
-    flags = split(values, ScanSettings)
-    if "optimizer" in flags:
-        flags["optimizer"] = parse_opt_params(flags["optimizer"])
+    run, flags, file_values = study_inputs(values, ScanSettings, ScanRun, "scan")
     config_file = run.get("config")
-    file_values = load_toml(config_file, "scan") if config_file else None
     config = build_scan_config(file_values, flags)
     out = run.get("out")
     if out is None:  # results/default, results/fig2a, ... or results/scan-DIGEST for an ad-hoc grid

@@ -202,6 +202,19 @@ def config_digest(obj) -> str:
 _GRID = "a grid: START:STOP:NUM, START:STOP:NUM:log, a comma list, or one value"
 
 
+def optimizers_setting(builtins: str = "adam, signum, focus, sgd, lion"):
+    """The ``optimizers`` setting of a study (the same grammar in every command)."""
+    return setting(None, f"optimizer specs, comma separated: built-ins ({builtins}), module.Class, file.py:Class or "
+                         "pytorch_optimizer names; settings after colons (focus:gamma=0.4)", metavar="LIST")
+
+
+def opt_param_setting(section: str):
+    """The per-optimizer settings of a study: ``--opt-param`` or a ``[SECTION.optimizer.NAME]`` table."""
+    return setting(None, "a setting for every entry of an optimizer that does not set it itself, e.g. "
+                         f"focus.gamma=0.4 (repeatable; a config file's [{section}.optimizer.NAME] table)",
+                   metavar="OPT.SETTING=VALUE", multiple=True, name="--opt-param")
+
+
 @dataclass(frozen=True)
 class ScanSettings:
     """The keys of a [scan] table and the scan's flags, declared once (defaults: preset ``default``)."""
@@ -213,12 +226,8 @@ class ScanSettings:
     c: str = setting(None, f"slope c along the valley floor; {_GRID}", metavar="GRID")
     lr: str = setting(None, f"learning rates: every one is run, each optimizer judged at its best; {_GRID}",
                       metavar="GRID")
-    optimizers: str = setting(None, "optimizer specs, comma separated: built-ins (adam, signum, focus, sgd, lion), "
-                                    "module.Class, file.py:Class or pytorch_optimizer names; settings after colons "
-                                    "(focus:gamma=0.4)", metavar="LIST")
-    optimizer: dict = setting(None, "a setting for every entry of an optimizer that does not set it itself, e.g. "
-                                    "focus.gamma=0.4 (repeatable; a config file's [scan.optimizer.NAME] table)",
-                              metavar="OPT.SETTING=VALUE", multiple=True, name="--opt-param")
+    optimizers: str = optimizers_setting()
+    optimizer: dict = opt_param_setting("scan")
     replicates: int = setting(None, "trajectories per (cell, optimizer, lr)", metavar="N")
     steps: int = setting(None, "optimizer steps per trajectory", metavar="N")
     seed: int = setting(None, "base seed of every random stream", metavar="N")

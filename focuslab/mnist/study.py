@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..config import config_digest, layered, load_toml, parse_grid, parse_int, parse_number
+from ..config import (config_digest, layered, load_toml, opt_param_setting, optimizers_setting, parse_grid,
+                      parse_int, parse_number)
 from ..optimizers import file_slug
 from ..values import jsonable
 from ..errors import FocuslabError
@@ -45,12 +46,8 @@ class MnistSettings:
                                  "files (downloaded when missing); fashion-mnist: Debian's dataset-fashion-mnist",
                            choices=DATASETS)
     batch_size: str = setting(None, "batch sizes: 8, 2,4,8 or a grid spec (integers >= 2)", metavar="GRID")
-    optimizers: str = setting(None, "optimizer specs, comma separated: built-ins (adamw, signum, focus, sgd, lion), "
-                                    "module.Class, file.py:Class or pytorch_optimizer names; settings after colons",
-                              metavar="LIST")
-    optimizer: dict = setting(None, "a setting for every entry of an optimizer that does not set it itself, e.g. "
-                                    "focus.gamma=0.4 (repeatable; a config file's [mnist.optimizer.NAME] table)",
-                              metavar="OPT.SETTING=VALUE", multiple=True, name="--opt-param")
+    optimizers: str = optimizers_setting("adamw, signum, focus, sgd, lion")
+    optimizer: dict = opt_param_setting("mnist")
     lr: str = setting(None, "learning rates: every one is trained, each optimizer judged at its best", metavar="GRID")
     replicates: int = setting(None, "models per (optimizer, batch size, lr)", metavar="N")
     steps: int = setting(None, "training steps", metavar="N")

@@ -38,11 +38,29 @@ def new_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+class WriteError(FocuslabError):
+    """A file could not be written (a full disk, no permission): one line naming it."""
+
+
+def _write_error(path: Path, err: OSError) -> WriteError:
+    import errno
+
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+           errno.EACCES: "permission denied", errno.EROFS: "the file system is read-only"}.get(
+        err.errno, err.strerror or str(err))
+    return WriteError(f"cannot write {path}: {why}; what was finished before is kept (rerun the same command "
+                      "to resume once there is room)")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, fsync, then rename over it.  The file gets the
-    mode the umask allows (mkstemp's own 0600 would hide results on shared cluster filesystems)."""
+    mode the umask allows (mkstemp's own 0600 would hide results on shared cluster filesystems).
+    A full disk or a refused write is a one-line WriteError; no partial file is left."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _write_error(path, err) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -50,11 +68,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fchmod(fh.fileno(), new_file_mode())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from None
         raise
 
 
@@ -63,14 +83,19 @@ def atomic_path(path: Path):
     """A temporary path beside ``path`` to write a large file to; renamed over ``path`` (with the
     umask's mode) when the block ends without an error, removed otherwise."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _write_error(path, err) from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from None
         raise
 
 

@@ -152,7 +152,7 @@ class InflightReporter:
 
         try:
             atomic_write_bytes(self.path, json.dumps({"fraction": float(fraction)}).encode())
-        except OSError:  # progress is best effort
+        except (OSError, ValueError):  # progress is best effort (a WriteError is a ValueError)
             pass
 
 

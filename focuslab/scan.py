@@ -491,17 +491,17 @@ def _run_scan(config, out, jobs, force, progress, backend, scheduler, shard, log
     started = time.time()
     work = sum(steps_of[u.name] for u in todo)
     with stack:
+        if sim is None and todo and backend != "dask":  # compile (or load) each kernel once, before the workers
+            from .toy.engine import warm                  # start and before the clock of the ETA starts
+
+            for label in dict.fromkeys(u.args[1].optimizer for u in todo):
+                warm(config.entry(label))
         bar = Progress(sum(u.cost for u in todo), "work", f"scan {out}", enabled=progress, unit_total=len(todo),
                        unit_name="chunks", count_total=work, count_what="steps")
         if sim is not None:
             seconds = run_units(out / CHUNKS, todo, progress=bar, counts={u.name: steps_of[u.name] for u in todo},
                                 batched=torch_batches(config, sim))
         else:
-            if todo and backend != "dask":  # compile (or load) each kernel once, before the workers start
-                from .toy.engine import warm
-
-                for label in dict.fromkeys(u.args[1].optimizer for u in todo):
-                    warm(config.entry(label))
             seconds = run_units(out / CHUNKS, todo, _compute_unit, jobs=jobs, progress=bar,
                                 inflight=inflight if plans else None, counts={u.name: steps_of[u.name] for u in todo})
         bar.close()

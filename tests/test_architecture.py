@@ -1,7 +1,7 @@
 """The module graph (every import, lazy ones too) has no cycle and no upward import.
 
 Layers, low to high (docs/ARCHITECTURE.md):
-  0  errors, values, axes, optim (torch optimizer classes: import nothing of focuslab's)
+  0  errors, values, axes, devices, options, optim (torch optimizer classes: import nothing of focuslab's)
   1  config, optimizers (the spec grammar and the optimizer definitions)
   2  toy, results, runner, phase (engines, the store, reductions)
   3  scan, refine, mnist, gpt2, diagnostics, slurm, selftest (studies)
@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
-    "errors": 0, "values": 0, "axes": 0, "optim": 0,
+    "errors": 0, "values": 0, "axes": 0, "optim": 0, "devices": 0, "options": 0,
     "config": 1, "optimizers": 1,
     "toy": 2, "results": 2, "runner": 2, "phase": 2,
     "scan": 3, "refine": 3, "mnist": 3, "gpt2": 3, "diagnostics": 3, "slurm": 3, "selftest": 3,

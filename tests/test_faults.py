@@ -95,3 +95,65 @@ def test_a_refused_first_attempt_leaves_no_directory(tmp_path, monkeypatch):
         chunk.unlink()
     res = cli("scan", *FAST, "--out", out)
     assert res.exit_code == 130 and len(list((out / "chunks").glob("*.parquet"))) == 1  # kept
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_was_finished(tmp_path, monkeypatch):
+    """ENOSPC while a chunk is written: one line that names the file; the chunks written before stay,
+    no partial file is left, and the same command finishes the scan once there is room."""
+    import errno
+    import os
+
+    from focuslab import results
+
+    out = tmp_path / "r"
+    real = os.fsync
+    calls = {"n": 0}
+
+    def full(fd):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(results.os, "fsync", full)
+    res = cli("scan", *FAST, "--out", out)
+    one_line_error(res, "the disk is full; what was finished before is kept")
+    assert not list(out.rglob(".*.tmp"))
+    kept = len(list((out / "chunks").glob("*.parquet")))
+    monkeypatch.undo()
+    assert cli("scan", *FAST, "--out", out).exit_code == 0
+    assert len(list((out / "chunks").glob("*.parquet"))) >= kept and (out / "runs.parquet").exists()
+
+
+def test_plot_to_an_unwritable_place_is_one_line(tmp_path):
+    out = tmp_path / "r"
+    assert cli("scan", *FAST, "--out", out).exit_code == 0
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    one_line_error(cli("plot", out, "--out", blocker / "figs"), "--out")
+
+
+def test_plot_to_a_read_only_directory_is_one_line(tmp_path):
+    out = tmp_path / "r"
+    assert cli("scan", *FAST, "--out", out).exit_code == 0
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os_can_write(ro):  # root ignores permissions: nothing to test there
+            pytest.skip("this user can write anywhere")
+        one_line_error(cli("plot", out, "--out", ro), "cannot write")
+    finally:
+        ro.chmod(0o700)
+
+
+def os_can_write(path):
+    import os
+
+    probe = path / ".probe"
+    try:
+        probe.write_text("")
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False

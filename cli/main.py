@@ -51,6 +51,7 @@ def main():
     focuslab mnist  the MNIST batch-size study (Fig. 2c/2d)
     focuslab gpt2   GPT-2 training with FOCUS/AdamW/Signum (Fig. 3), CPU to multi-node
     focuslab optimizers  the built-in optimizers, and how any torch optimizer runs on the toy
+    focuslab selftest    check this machine (CPU or GPU): every stage briefly, with speeds
     """
 
 
@@ -61,6 +62,7 @@ from .optimizers import optimizers  # noqa: E402
 from .plot import plot  # noqa: E402
 from .refine import refine  # noqa: E402
 from .scan import scan  # noqa: E402
+from .selftest import selftest  # noqa: E402
 
 main.add_command(scan)
 main.add_command(refine)
@@ -69,3 +71,4 @@ main.add_command(merge)
 main.add_command(mnist)
 main.add_command(gpt2)
 main.add_command(optimizers)
+main.add_command(selftest)

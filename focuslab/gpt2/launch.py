@@ -448,7 +448,7 @@ def run_torchrun(plan: LaunchPlan, say=print) -> dict:
                     break
                 time.sleep(0.1)
         except KeyboardInterrupt:
-            _stop(proc, pids, at_once=not started.is_set())
+            _stop(proc, pids, at_once=not started.is_set(), srun=isinstance(plan.command, str))
             raise
         finally:
             reader.join(2)
@@ -469,12 +469,14 @@ def run_torchrun(plan: LaunchPlan, say=print) -> dict:
             "rendezvous": rendezvous}
 
 
-def _stop(proc, pids, at_once: bool = False) -> None:
+def _stop(proc, pids, at_once: bool = False, srun: bool = False) -> None:
     """SIGINT to torchrun (it stops its workers), then SIGTERM, then SIGKILL to it and the workers;
-    ``at_once`` (no worker has started, so none can be orphaned): SIGKILL."""
+    ``at_once`` (no worker has started, so none can be orphaned): SIGKILL.  srun takes a single
+    SIGINT as a request for its status, so it gets SIGTERM first (which it passes to its tasks)."""
     import signal
 
-    steps = ((signal.SIGKILL, 5),) if at_once else ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5))
+    first = ((signal.SIGTERM, 10),) if srun else ((signal.SIGINT, 10), (signal.SIGTERM, 5))
+    steps = ((signal.SIGKILL, 5),) if at_once else first + ((signal.SIGKILL, 5),)
     for sig, wait in steps:
         for target in [proc.pid] + (pids if sig == signal.SIGKILL else []):
             try:

@@ -348,7 +348,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True, force: bool = Fals
     mcfg = cfg.model_config(data.meta["vocab_size"])
     model = GPT(mcfg).to(device)
     opt = make_optimizer(cfg, model, device)
-    start = 0
+    start, saved = 0, -1  # saved: the iteration of the checkpoint on disk (-1: none)
     ckpt_path = run / CKPT
     ckpt = read_checkpoint(run, device, force=force, repair=not ddp, log=log if master else (lambda *_: None))
     if ckpt is not None:  # same config (run_state checked the digest): continue where it stopped
@@ -357,7 +357,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True, force: bool = Fals
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        start = ckpt["iter"]
+        start = saved = ckpt["iter"]
         del ckpt
     raw = model
     if cfg.compile:
@@ -365,7 +365,6 @@ def train(cfg: TrainConfig, log=print, progress: bool = True, force: bool = Fals
     if ddp:
         model = DDP(model, device_ids=[local] if device.startswith("cuda") else None)
     tokens_per_iter = share.tokens
-    saved = start if start else -1  # the iteration of the checkpoint on disk
 
     def save(it):
         nonlocal saved

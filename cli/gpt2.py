@@ -1,9 +1,6 @@
 """``focuslab gpt2``: GPT-2 training (one process, torchrun, SLURM) and ``focuslab gpt2 prepare``."""
 from __future__ import annotations
 
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import click
@@ -60,19 +57,23 @@ def _moved(ctx, param, value):
 @click.option("--gamma", callback=_moved, expose_value=False, hidden=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="run directory [results/gpt2-PRESET-OPTIMIZER, plus -DIGEST when other flags are set].")
-@click.option("--force", is_flag=True, help="start over in --out when it holds a run with a different config.")
+@click.option("--force", is_flag=True, help="start over in --out when it holds a run with a different config, or an unreadable "
+                   "checkpoint and no earlier one (that one is moved aside, not deleted).")
 @click.option("--nodes", type=int, default=1, show_default=True, help="machines (one torchrun agent each).")
 @click.option("--gpus-per-node", type=int, default=1, show_default=True,
               help="processes per node (GPUs; on CPU, gloo processes).")
 @click.option("--rdzv-endpoint", metavar="HOST:PORT", default=None,
-              help="c10d rendezvous, the same on every node [127.0.0.1:29500 on one node].")
+              help="c10d rendezvous, the same on every node; checked before launch [one node: torchrun "
+                   "--standalone, a free local port].")
 @click.option("--rdzv-timeout", type=int, default=300, show_default=True, metavar="SECONDS",
-              help="how long to wait for all nodes to join before giving up.")
+              help="how long to wait for all nodes to join (torchrun's join timeout; a launch whose workers "
+                   "have not started 30 s after it is stopped).")
 @click.option("--node-rank", type=int, default=None, help="this node's rank (optional with c10d).")
 @click.option("--sbatch", "sbatch_file", type=click.Path(dir_okay=False, path_type=Path),
               help="write a SLURM job script (srun + torchrun) instead of running.")
 @click.option("--sbatch-option", multiple=True, metavar="NAME=VALUE", help="extra #SBATCH line (repeatable).")
-@click.option("--dry-run", is_flag=True, help="print the launch command (or the --sbatch script) and exit.")
+@click.option("--dry-run", is_flag=True, help="print what the run would do and exit, writing nothing: each process's share of an "
+                   "iteration, the full config, the exact command (or the --sbatch script).")
 @click.option("--quiet", "-q", is_flag=True, help="print nothing but errors.")
 @click.pass_context
 def gpt2(ctx, preset, config_file, opt_param, out, force, nodes, gpus_per_node, rdzv_endpoint, rdzv_timeout,
@@ -89,20 +90,10 @@ def gpt2(ctx, preset, config_file, opt_param, out, force, nodes, gpus_per_node, 
         return
     from focuslab.config import load_toml
     from focuslab.optimizers import parse_opt_params
-    from focuslab.errors import FocuslabError
-    from focuslab.gpt2.config import DEFAULT_PRESET, build_train_config, validate
-    from focuslab.gpt2.launch import in_slurm, slurm_command, torchrun_args, write_run_config
+    from focuslab.gpt2.config import DEFAULT_PRESET, build_train_config
+    from focuslab.gpt2.launch import plan_launch
     from focuslab.slurm import parse_sbatch_options
 
-    if nodes < 1 or gpus_per_node < 1:
-        raise FocuslabError("--nodes and --gpus-per-node must be >= 1")
-    distributed = nodes > 1 or gpus_per_node > 1
-    if nodes > 1 and not (rdzv_endpoint or in_slurm() or sbatch_file or dry_run):
-        raise FocuslabError(f"--nodes {nodes} needs the other machines: give --rdzv-endpoint HOST:PORT (the same on "
-                            "every node, each running this command), run inside a SLURM allocation, or write a "
-                            "job script with --sbatch FILE")
-    if rdzv_timeout < 1:
-        raise FocuslabError("--rdzv-timeout: must be >= 1 second")
     file_values = load_toml(config_file, "gpt2") if config_file else None
     given = {k: v for k, v in flags.items() if v is not None}
     opt_params = parse_opt_params(opt_param)
@@ -118,89 +109,51 @@ def gpt2(ctx, preset, config_file, opt_param, out, force, nodes, gpus_per_node, 
         base = base if base.startswith("gpt2") else f"gpt2-{base}"
         out = default_out(f"{base}-{entry.slug}", cfg.digest(), plain.digest())
     cfg = build_train_config(preset, file_values, given, opt_params, out=str(out))
-    validate(cfg, nodes * gpus_per_node)
-    if sbatch_file or dry_run:
-        return _emit(cfg, nodes, gpus_per_node, rdzv_endpoint, rdzv_timeout, node_rank, sbatch_file,
-                     parse_sbatch_options(sbatch_option), dry_run, distributed)
-    _prepare_run_dir(cfg, force)
-    say(f"focuslab gpt2: results in {out}", quiet)
-    if not distributed:
-        from focuslab.gpt2.train import train
-
-        info = train(cfg, log=(lambda *_: None) if quiet else click.echo, progress=not quiet)
-        if info.get("already_complete"):
-            say(f"{out}: this run is already complete ({info['iter']} iterations); nothing to do "
-                f"(`focuslab plot {out}` draws it; raise --max-iters with --lr-decay-iters set to extend it)", quiet)
-        else:
-            say(f"{out}: metrics.csv, metrics.jsonl, ckpt.pt, gpt2.json", quiet)
+    plan = plan_launch(cfg, nodes, gpus_per_node, rdzv_endpoint, rdzv_timeout, node_rank, sbatch=bool(sbatch_file),
+                       extra=parse_sbatch_options(sbatch_option))
+    if dry_run:
+        click.echo(plan.dry_run_text(), nl=False)
         return
-    path = write_run_config(cfg)
-    if in_slurm() and nodes > 1:
-        sys.exit(subprocess.run(["bash", "-c", slurm_command(procs=gpus_per_node, config_path=path,
-                                                            timeout=rdzv_timeout)]).returncode)
-    endpoint = rdzv_endpoint or "127.0.0.1:29500"
-    args = torchrun_args(nodes=nodes, procs=gpus_per_node, endpoint=endpoint, node_rank=node_rank,
-                         run_id=f"focuslab-{Path(cfg.out).name}", config_path=path, timeout=rdzv_timeout)
-    if nodes > 1:
-        say(f"waiting for {nodes} nodes at {endpoint} (timeout {rdzv_timeout} s; start the same command on "
-            "every node)", quiet)
-    code = subprocess.run(args).returncode
-    if code:
-        hint = (f"; if the other nodes never joined, check that each runs this command with --rdzv-endpoint "
-                f"{endpoint}" if nodes > 1 else "")
-        raise FocuslabError(f"torchrun exited with status {code}{hint}")
-    say(f"{out}: metrics.csv, metrics.jsonl, ckpt.pt, gpt2.json", quiet)
-
-
-def _prepare_run_dir(cfg, force):
-    """Resume (same config), refuse (different config) or, with --force, clear the run directory."""
-    import shutil
-
-    from focuslab.errors import FocuslabError
-    from focuslab.gpt2.train import run_state
-
-    run = Path(cfg.out)
-    try:
-        run_state(run, cfg)
-    except FocuslabError:
-        if not force:
-            raise
-        for name in ("ckpt.pt", "gpt2.json", "metrics.csv", "metrics.jsonl", "run-config.json"):
-            (run / name).unlink(missing_ok=True)
-        shutil.rmtree(run / "data", ignore_errors=True)
-
-
-def _emit(cfg, nodes, gpus, endpoint, timeout, node_rank, sbatch_file, extra, dry_run, distributed):
-    """--sbatch / --dry-run: write or print what would run; run-config.json is written only when the
-    script is written (a dry run writes nothing and says how to get it)."""
-    from focuslab.gpt2.launch import run_config_path, sbatch_script, torchrun_args, write_run_config
-
-    path = run_config_path(cfg)
-    note = (f"# {path} does not exist yet: running this command without --dry-run writes it "
-            "(the run's full config)")
     if sbatch_file:
-        script = sbatch_script(nodes=nodes, gpus=gpus, config_path=path, out=str(Path(cfg.out).resolve()),
-                               timeout=timeout, extra=extra)
-        if dry_run:
-            click.echo(script, nl=False)
-            if not Path(path).exists():
-                click.echo(note)
-            return
-        write_run_config(cfg)
-        from focuslab.results import atomic_write_bytes
+        return _write_sbatch(plan, Path(sbatch_file))
+    from focuslab.gpt2.launch import execute
 
-        atomic_write_bytes(Path(sbatch_file), script.encode())
-        Path(sbatch_file).chmod(0o755)
-        click.echo(f"wrote {sbatch_file} and {path}: {nodes} node(s) x {gpus}; submit with `sbatch {sbatch_file}`")
-        return
-    if not distributed:
-        click.echo(shlex.join([sys.executable, "-m", "focuslab.gpt2.worker", path]))
+    say(f"focuslab gpt2: results in {out}", quiet)
+    if plan.note:
+        say(plan.note, quiet)
+    if plan.mode != "local" and plan.nodes > 1:
+        say(f"waiting for {nodes} nodes at {plan.endpoint or 'the first node of the allocation'} (timeout "
+            f"{rdzv_timeout} s; start the same command on every node)", quiet)
+    echo = (lambda *_: None) if quiet else click.echo
+    info = execute(plan, force=force, log=echo, progress=not quiet)
+    if info.get("diagnostics") == "present":
+        say(f"{out}: this run is already complete ({info['iter']} iterations), with its diagnostics "
+            f"({info['diagnostics_rows']} measurements); nothing to do (`focuslab plot {out}` draws them)", quiet)
+    elif info.get("diagnostics"):
+        pass  # measured on the finished run's checkpoint: the library said so
+    elif info.get("already_complete"):
+        say(f"{out}: this run is already complete ({info['iter']} iterations); nothing to do "
+            f"(`focuslab plot {out}` draws it; raise --max-iters with --lr-decay-iters set to extend it)", quiet)
     else:
-        click.echo(shlex.join(torchrun_args(nodes=nodes, procs=gpus, endpoint=endpoint or "127.0.0.1:29500",
-                                            node_rank=node_rank, run_id=f"focuslab-{Path(cfg.out).name}",
-                                            config_path=path, timeout=timeout)))
-    if not Path(path).exists():
-        click.echo(note)
+        say(f"{out}: metrics.csv, metrics.jsonl, ckpt.pt, gpt2.json", quiet)
+
+
+def _write_sbatch(plan, sbatch_file: Path):
+    """--sbatch: the job script and the run's run-config.json (which the script's workers read)."""
+    from focuslab.errors import FocuslabError
+    from focuslab.gpt2.config import write_run_config
+    from focuslab.results import atomic_write_bytes
+
+    path = write_run_config(plan.cfg)
+    try:
+        atomic_write_bytes(sbatch_file, plan.command.encode())
+    except OSError as err:
+        raise FocuslabError(f"--sbatch {sbatch_file}: cannot write ({err.strerror})") from None
+    sbatch_file.chmod(0o755)
+    click.echo(f"wrote {sbatch_file} and {path}: {plan.nodes} node(s) x {plan.procs}; submit with "
+               f"`sbatch {sbatch_file}`")
+    if plan.note:
+        click.echo(plan.note)
 
 
 @gpt2.command()

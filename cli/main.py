@@ -63,6 +63,7 @@ from .optimizers import optimizers  # noqa: E402
 from .plot import plot  # noqa: E402
 from .refine import refine  # noqa: E402
 from .scan import scan  # noqa: E402
+from .selftest import selftest  # noqa: E402
 
 main.add_command(scan)
 main.add_command(refine)
@@ -71,3 +72,4 @@ main.add_command(merge)
 main.add_command(mnist)
 main.add_command(gpt2)
 main.add_command(optimizers)
+main.add_command(selftest)

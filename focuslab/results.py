@@ -39,7 +39,10 @@ def new_file_mode() -> int:
 
 
 class WriteError(FocuslabError):
-    """A file could not be written (a full disk, no permission): one line naming it."""
+    """A file could not be written (a full disk, no permission): one line naming it.  ``strerror``
+    is the system's own words, for callers that say more about what is kept."""
+
+    strerror: str = ""
 
 
 def _write_error(path: Path, err: OSError) -> WriteError:
@@ -48,8 +51,10 @@ def _write_error(path: Path, err: OSError) -> WriteError:
     why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
            errno.EACCES: "permission denied", errno.EROFS: "the file system is read-only"}.get(
         err.errno, err.strerror or str(err))
-    return WriteError(f"cannot write {path}: {why}; what was finished before is kept (rerun the same command "
-                      "to resume once there is room)")
+    out = WriteError(f"cannot write {path}: {why}; what was finished before is kept (rerun the same command "
+                     "to resume once there is room)")
+    out.strerror = err.strerror or str(err)
+    return out
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

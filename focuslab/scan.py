@@ -29,7 +29,7 @@ from .devices import resolve
 from .errors import FocuslabError
 from .options import setting
 from .phase import best_per_cell
-from .results import (BEST, CHUNKS, META, RUNS, SHARDS, atomic_write_bytes, open_results_dir,
+from .results import (BEST, CHUNKS, META, RUNS, SHARDS, WriteError, atomic_write_bytes, open_results_dir,
                       read_json, read_parquet, write_json, write_parquet)
 
 
@@ -180,7 +180,7 @@ def write_sbatch(config: ScanConfig, out: Path, sbatch_file, shards, jobs, sbatc
         return script
     try:
         atomic_write_bytes(Path(sbatch_file), script.encode())
-    except OSError as err:
+    except WriteError as err:
         raise FocuslabError(f"--sbatch {sbatch_file}: cannot write ({err.strerror})") from None
     Path(sbatch_file).chmod(0o755)
     return f"wrote {sbatch_file}: {shards} array tasks + merge; submit with `bash {sbatch_file}`\n"

@@ -151,8 +151,8 @@ def test_sbatch_and_dry_run(tmp_path):
     res = cli("gpt2", *NANO, "--gpus-per-node", 2, "--gradient-accumulation-steps", 2, "--dry-run",
               "--out", tmp_path / "d")
     assert res.exit_code == 0
-    assert "torch.distributed.run --nnodes=1 --nproc-per-node=2 --rdzv-backend=c10d" in res.output
-    assert "--rdzv-endpoint=127.0.0.1:29500" in res.output and not (tmp_path / "d").exists()
+    assert "torch.distributed.run --nnodes=1 --nproc-per-node=2 --standalone" in res.output  # a free local port
+    assert "each runs 1 micro-step of 8 sequences" in res.output and not (tmp_path / "d").exists()
 
 
 def test_plot_of_several_runs(tmp_path):
@@ -167,7 +167,7 @@ def test_plot_of_several_runs(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--optimizer", "sgdd"], "unknown optimizer 'sgdd'"), (["--n-embd", "65"], "multiple of --n-head"),
-    (["--gpus-per-node", "2"], "multiple of the world size"), (["--dtype", "bfloat16"], "mixed precision"),
+    (["--gpus-per-node", "3"], "3 processes cannot share the 8 sequences"), (["--dtype", "bfloat16"], "mixed precision"),
     (["--gamma", "0.4"], "--opt-param OPTIMIZER.gamma=VALUE"), (["--data", "/no/such/dir"], "not a prepared token directory"),
     (["--preset", "gpt2-huge"], "no gpt2 preset named 'gpt2-huge' (available: gpt2-mini"), (["--learning-rate", "-1"], "--learning-rate"),
     (["--nodes", "2", "--gradient-accumulation-steps", "2"], "--rdzv-endpoint"), (["--device", "tpu"], "--device"),
@@ -296,6 +296,13 @@ def test_a_missing_node_is_reported_after_the_stated_timeout(tmp_path):
                           "--gradient-accumulation-steps", "2", "--nodes", "2", "--rdzv-endpoint",
                           f"127.0.0.1:{port}", "--rdzv-timeout", "5", "--out", str(tmp_path / "r")],
                          capture_output=True, text=True, timeout=180)
-    assert res.returncode == 2
+    assert res.returncode == 2, res.stderr
     assert f"waiting for 2 nodes at 127.0.0.1:{port} (timeout 5 s" in res.stdout
-    assert "torchrun exited with status" in res.stderr and "--rdzv-endpoint" in res.stderr
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"not all 2 nodes joined the rendezvous at --rdzv-endpoint 127.0.0.1:{port} within --rdzv-timeout 5 s" \
+        in err[0]
+    log = tmp_path / "r" / "torchrun.log"
+    assert f"torchrun's output: {log}" in err[0] and "nothing was trained" in err[0]
+    assert "RendezvousTimeoutError" in log.read_text()  # torchrun's own traceback, kept in the log
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["torchrun.log"]  # nothing else left

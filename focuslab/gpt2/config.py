@@ -55,9 +55,11 @@ class TrainConfig(GPTConfig):
     optimizer_settings: dict = _f(None, "resolved optimizer hyperparameters", flag=False)
     optimizer_origin: str = _f("", "which code an external optimizer is (distribution and version, or the "
                                    "file's SHA-256)", flag=False)
-    batch_size: int = _f(12, "sequences per micro-step and process")
-    gradient_accumulation_steps: int = _f(1, "micro-steps per iteration, summed over all processes "
-                                             "(a multiple of nodes x gpus-per-node)")
+    batch_size: int = _f(12, "sequences per micro-step (several processes may split it further: "
+                             "see --gradient-accumulation-steps)")
+    gradient_accumulation_steps: int = _f(1, "micro-steps per iteration, summed over all processes: N processes "
+                                             "run 1/N of them each (nanoGPT's rule), or split the micro-batch when "
+                                             "N does not divide them; tokens per iteration stay the same")
     max_iters: int = _f(600000, "training iterations")
     eval_interval: int = _f(1000, "evaluate (and checkpoint) every N iterations")
     eval_iters: int = _f(200, "batches per evaluation")
@@ -173,6 +175,8 @@ def validate(cfg: TrainConfig, world: int = 1) -> None:
              f"--{key.replace('_', '-')}: must be an integer >= 1, got {getattr(cfg, key)!r}")
     need(cfg.n_embd % cfg.n_head == 0, f"--n-embd {cfg.n_embd} must be a multiple of --n-head {cfg.n_head}")
     need(cfg.learning_rate > 0 and cfg.min_lr >= 0, "--learning-rate must be > 0 and --min-lr >= 0")
+    need(cfg.min_lr <= cfg.learning_rate, f"--min-lr {cfg.min_lr:g} is above --learning-rate {cfg.learning_rate:g}: "
+         "the cosine decay would climb to it; use --min-lr <= --learning-rate (nanoGPT takes a tenth)")
     need(cfg.weight_decay >= 0 and cfg.grad_clip >= 0, "--weight-decay and --grad-clip must be >= 0")
     need(0 <= cfg.dropout < 1, "--dropout must be in [0, 1)")
     need(cfg.warmup_iters >= 0 and cfg.lr_decay_iters >= 0, "--warmup-iters/--lr-decay-iters must be >= 0")
@@ -184,9 +188,56 @@ def validate(cfg: TrainConfig, world: int = 1) -> None:
     need(cfg.diagnostics_every >= 0, f"--diagnostics-every: must be >= 0, got {cfg.diagnostics_every}")
     need(cfg.diagnostics_batches >= 2, f"--diagnostics-batches: must be >= 2 (8 or more recommended), got "
          f"{cfg.diagnostics_batches}")
-    need(cfg.gradient_accumulation_steps % world == 0,
-         f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} must be a multiple of the "
-         f"world size {world} (nodes x gpus-per-node): the global batch stays the same whatever the world size")
+    layout(cfg, world)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How ``world`` processes share an iteration of ``sequences`` sequences: each runs ``accum``
+    micro-steps of ``micro_batch`` sequences; process r takes sequences r * per_process onward."""
+
+    world: int
+    accum: int
+    micro_batch: int
+    sequences: int
+    tokens: int
+
+    @property
+    def per_process(self) -> int:
+        return self.accum * self.micro_batch
+
+    def describe(self, cfg: "TrainConfig") -> str:
+        """One line for the user (empty on one process: nothing was changed)."""
+        if self.world == 1:
+            return ""
+        total = (f"{self.sequences} sequences per iteration (--batch-size {cfg.batch_size} x "
+                 f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps})")
+        each = f"{self.accum} micro-step{'s' * (self.accum != 1)} of {self.micro_batch} sequences"
+        how = (f"{cfg.gradient_accumulation_steps} / {self.world}, nanoGPT's rule" if self.micro_batch == cfg.batch_size
+               else "the micro-batch split, as the accumulation steps do not divide among them")
+        return (f"gpt2: {self.world} processes share {total}: each runs {each} ({how}); "
+                f"{self.tokens} tokens per iteration, as on one process")
+
+
+def layout(cfg: TrainConfig, world: int) -> Layout:
+    """The per-process share of an iteration, keeping its tokens whatever the world size.
+
+    nanoGPT divides the accumulation steps by the world size; when they do not divide, the
+    iteration's sequences are split instead, into the fewest micro-steps of at most --batch-size
+    sequences each.  Impossible only when the world size does not divide the iteration's sequences."""
+    world = max(1, int(world))
+    total = cfg.batch_size * cfg.gradient_accumulation_steps
+    tokens = total * cfg.block_size
+    if cfg.gradient_accumulation_steps % world == 0:
+        return Layout(world, cfg.gradient_accumulation_steps // world, cfg.batch_size, total, tokens)
+    if total % world:
+        raise FocuslabError(f"{world} processes cannot share the {total} sequences of an iteration (--batch-size "
+                            f"{cfg.batch_size} x --gradient-accumulation-steps {cfg.gradient_accumulation_steps}) "
+                            f"evenly: make --gradient-accumulation-steps a multiple of {world}, or use a number of "
+                            f"processes (--nodes x --gpus-per-node) that divides {total}")
+    share = total // world
+    accum = next(a for a in range(-(-share // cfg.batch_size), share + 1) if share % a == 0)
+    return Layout(world, accum, share // accum, total, tokens)
 
 
 def lr_at(cfg: TrainConfig, it: int) -> float:
@@ -198,3 +249,25 @@ def lr_at(cfg: TrainConfig, it: int) -> float:
         return cfg.min_lr
     ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+RUN_CONFIG = "run-config.json"  # the full config of a run, beside its checkpoints
+
+
+def write_run_config(cfg: "TrainConfig") -> str:
+    """The full config as RUN/run-config.json (what `python -m focuslab.gpt2.worker FILE` trains)."""
+    import json
+    from pathlib import Path
+
+    from ..results import atomic_write_bytes
+
+    run = Path(cfg.out)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FocuslabError(f"--out {run}: exists and is not a directory") from None
+    except OSError as err:
+        raise FocuslabError(f"--out {run}: cannot create ({err.strerror})") from None
+    path = run / RUN_CONFIG
+    atomic_write_bytes(path, json.dumps(asdict(cfg), indent=2).encode())  # a refused write: one line
+    return str(path.resolve())

@@ -46,6 +46,28 @@ def get_tokenizer(name: str):
     raise FocuslabError(f"--tokenizer: unknown tokenizer {name!r} (auto, gpt2, bytes)")
 
 
+def interruptible(fn, *args):
+    """``fn(*args)`` in a helper thread, waited for in short slices, so that Ctrl-C reaches the main
+    thread at once even while a long native call (a tokenizer over a large corpus) runs."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as err:  # handed to the caller
+            box["error"] = err
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def read_texts(inputs) -> str:
     files = []
     for item in inputs:
@@ -80,7 +102,7 @@ def embedded_corpus() -> str:
 def prepare(text: str, out: Path, tokenizer: str = "auto", source: str = "") -> dict:
     """Tokenize ``text`` into out/train.bin, out/val.bin (last 10 %) and out/meta.json."""
     name, encode, vocab, why = get_tokenizer(tokenizer)
-    tokens = encode(text)
+    tokens = interruptible(encode, text)
     if len(tokens) < 100:
         raise FocuslabError(f"input too small: {len(tokens)} tokens (need at least 100)")
     split = int(len(tokens) * (1 - VAL_FRACTION))
@@ -136,8 +158,16 @@ class TokenData:
             raise FocuslabError(f"--data {directory}: not a prepared token directory ({err}); run "
                                 "`focuslab gpt2 prepare`") from None
 
-    def batch(self, split: str, batch_size: int, block_size: int, seed: int, it: int, micro: int,
-              device="cpu"):
+    def check_block_size(self, block_size: int, where: str) -> None:
+        """One line when a split is too short for --block-size (a batch needs block_size + 1
+        consecutive tokens and a choice of start): before any model is built."""
+        for split in ("val", "train"):
+            n = len(self.splits[split])
+            if n <= block_size + 1:
+                raise FocuslabError(f"--block-size {block_size}: the {split} split of {where} has only {n} tokens; "
+                                    f"use --block-size {n - 2} or less, or more data (`focuslab gpt2 prepare`)")
+
+    def _starts(self, split: str, batch_size: int, block_size: int, seed: int, it: int, micro: int) -> list:
         data = self.splits[split]
         if len(data) <= block_size + 1:
             raise FocuslabError(f"{split} split has {len(data)} tokens: too few for block_size {block_size}")
@@ -145,7 +175,28 @@ class TokenData:
         for part in ((0 if split == "train" else 1), it, micro):  # not hash(): str hashing is salted
             key = (key * 1_000_003 + part) % (2 ** 63)
         g = torch.Generator().manual_seed(key)
-        ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=g).tolist()
+        return torch.randint(len(data) - block_size - 1, (batch_size,), generator=g).tolist()
+
+    def _stack(self, split: str, ix: list, block_size: int, device):
+        data = self.splits[split]
         x = torch.from_numpy(np.stack([data[i:i + block_size].astype(np.int64) for i in ix]))
         y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size].astype(np.int64) for i in ix]))
         return x.to(device), y.to(device)
+
+    def batch(self, split: str, batch_size: int, block_size: int, seed: int, it: int, micro: int,
+              device="cpu"):
+        """Micro-batch ``micro`` of iteration ``it``: ``batch_size`` sequences."""
+        return self._stack(split, self._starts(split, batch_size, block_size, seed, it, micro), block_size, device)
+
+    def sequences(self, split: str, batch_size: int, block_size: int, seed: int, it: int, start: int, count: int,
+                  device="cpu"):
+        """Sequences ``start`` .. ``start + count - 1`` of iteration ``it``, numbered across its
+        micro-batches of ``batch_size`` (sequence s is row s % batch_size of micro-batch
+        s // batch_size): however processes split an iteration, together they train on exactly the
+        sequences one process would."""
+        ix = []
+        for micro in range(start // batch_size, (start + count - 1) // batch_size + 1):
+            lo = max(start, micro * batch_size) - micro * batch_size
+            hi = min(start + count, (micro + 1) * batch_size) - micro * batch_size
+            ix += self._starts(split, batch_size, block_size, seed, it, micro)[lo:hi]
+        return self._stack(split, ix, block_size, device)

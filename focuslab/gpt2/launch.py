@@ -1,35 +1,142 @@
 """Launching: in-process for one process, torchrun (c10d rendezvous) for several, srun + torchrun
-inside SLURM, and a ready sbatch script.  torch.distributed does the work; this only builds commands.
+inside SLURM, and a ready sbatch script.  torch.distributed does the work; this module plans the
+launch, checks what can be checked before it, and watches torchrun.
+
+* ``plan_launch`` settles everything a run will do -- the mode, the per-process share of an
+  iteration (config.layout), the rendezvous endpoint, the exact command -- and refuses in one line
+  what cannot work (a malformed or unreachable endpoint, a world size that cannot share the batch).
+  ``--dry-run`` prints that plan; the run executes it, so the two never disagree.
+* ``execute`` runs it: in this process for one process; otherwise the data are prepared and
+  checked and the checkpoint read *here*, before torchrun starts, so that bad input is one line
+  and not one traceback per worker.  torchrun's own output goes to RUN/torchrun.log; the workers'
+  progress is relayed.  Waiting for other nodes is bounded by --rdzv-timeout (torchrun's join
+  timeout, and a watchdog ``GRACE`` seconds past it); Ctrl-C stops torchrun and its workers.
 
 Scripts and commands call the Python interpreter that wrote them (``python -m
 torch.distributed.run``, ``python -m focuslab``), never ``torchrun``/``focuslab`` from PATH: on a
-cluster the compute nodes' PATH often lacks the login node's virtual environment.  Every launch
-states how long it waits for the other nodes (``--rdzv-timeout``).
+cluster the compute nodes' PATH often lacks the login node's virtual environment.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import socket
 import sys
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import FocuslabError
-from .config import TrainConfig
+from .config import RUN_CONFIG, TrainConfig, layout, write_run_config
 
-RUN_CONFIG = "run-config.json"
+TORCHRUN_LOG = "torchrun.log"
+#: First line each worker prints (before importing torch): the rendezvous is over, workers run.
+MARKER = "@focuslab-gpt2-worker"
+#: Seconds past --rdzv-timeout after which a launch whose workers never started is stopped.
+GRACE = 30
+#: Files a run writes into its directory (what --force clears and a failed first attempt removes).
+RUN_FILES = ("ckpt.pt", "ckpt.prev.pt", "gpt2.json", "metrics.csv", "metrics.jsonl", RUN_CONFIG,
+             "diagnostics.parquet")
 
 
 def run_config_path(cfg: TrainConfig) -> str:
     return str((Path(cfg.out) / RUN_CONFIG).resolve())
 
 
-def torchrun_args(*, nodes: int, procs: int, endpoint: str, node_rank: int | None, run_id: str,
+def in_slurm() -> bool:
+    return "SLURM_JOB_ID" in os.environ and "SLURM_NNODES" in os.environ
+
+
+# --- the rendezvous endpoint -------------------------------------------------------------------
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[IPv6]:PORT' -> (host, port), or a one-line error."""
+    flag = f"--rdzv-endpoint {text}"
+    host, sep, port = str(text).strip().rpartition(":")
+    if not sep or not host:
+        raise FocuslabError(f"{flag}: expected HOST:PORT, e.g. node01:29500 or 10.0.0.5:29500")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(c.isspace() for c in host) or "/" in host or (":" in host and not text.startswith("[")):
+        raise FocuslabError(f"{flag}: {host!r} is not a host name or address (IPv6 goes in brackets: [::1]:29500)")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise FocuslabError(f"{flag}: the port must be a number from 1 to 65535, got {port!r}")
+    return host, int(port)
+
+
+def _resolve(host: str, port: int, timeout: float = 10.0) -> str | None:
+    """None when ``host`` resolves (within ``timeout`` s), else why not."""
+    import threading
+
+    start = time.monotonic()
+
+    def look():
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            return None
+        except OSError as err:
+            return err.strerror or str(err)
+
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.setdefault("why", look()), daemon=True)
+    worker.start()
+    while worker.is_alive() and time.monotonic() - start < timeout:
+        worker.join(0.1)
+    if worker.is_alive():
+        return f"no answer from the resolver within {timeout:.0f} s"
+    return box.get("why")
+
+
+def _bind_error(host: str, port: int) -> int | None:
+    """errno of binding (host, port) here, None when it binds."""
+    import errno
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        addr = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)[0][4]
+    except OSError:
+        return errno.EADDRNOTAVAIL
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(addr)
+        except OSError as err:
+            return err.errno
+    return None
+
+
+def check_endpoint(text: str, nodes: int) -> str:
+    """The endpoint, checked before launch: its syntax, that its host resolves, and on one node that
+    it is an address of this machine whose port is free (torchrun would otherwise wait on it)."""
+    import errno
+
+    host, port = parse_endpoint(text)
+    why = _resolve(host, port)
+    if why:
+        raise FocuslabError(f"--rdzv-endpoint {text}: cannot resolve the host {host!r} ({why})")
+    if nodes == 1:
+        if _bind_error(host, 0) is not None:
+            raise FocuslabError(f"--rdzv-endpoint {text}: {host} is not an address of this machine, and with --nodes 1 "
+                                "the rendezvous runs here; omit --rdzv-endpoint, or give 127.0.0.1:PORT")
+        if _bind_error(host, port) == errno.EADDRINUSE:
+            raise FocuslabError(f"--rdzv-endpoint {text}: port {port} is already in use on this machine (another "
+                                "run's rendezvous?); choose another port, or omit --rdzv-endpoint for a free one")
+    return text
+
+
+# --- the plan ----------------------------------------------------------------------------------
+
+def torchrun_args(*, nodes: int, procs: int, endpoint: str | None, node_rank: int | None, run_id: str,
                   config_path: str, timeout: int, python: str = sys.executable) -> list[str]:
-    args = [python, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={procs}",
-            "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}",
-            f"--rdzv-conf=join_timeout={timeout}", "--max-restarts=0"]
+    """torchrun's command.  One node without an endpoint: ``--standalone`` (a rendezvous on a free
+    local port, so two runs on one machine never collide)."""
+    args = [python, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={procs}"]
+    if endpoint is None:
+        args.append("--standalone")
+    else:
+        args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}"]
+    args += [f"--rdzv-conf=join_timeout={timeout}", "--max-restarts=0"]
     if node_rank is not None:
         args.append(f"--node-rank={node_rank}")
     return args + ["-m", "focuslab.gpt2.worker", config_path]
@@ -62,18 +169,303 @@ def sbatch_script(*, nodes: int, gpus: int, config_path: str, out: str, timeout:
             + slurm_command(procs=gpus, config_path=config_path, timeout=timeout, python='"$PYTHON"'))
 
 
-def write_run_config(cfg: TrainConfig) -> str:
+@dataclass
+class LaunchPlan:
+    """What a run will do.  ``mode``: local (this process), torchrun, slurm (srun + torchrun in this
+    allocation) or sbatch (a job script).  ``command``: the exact command (a list; a shell text for
+    slurm and sbatch)."""
+
+    cfg: TrainConfig
+    nodes: int
+    procs: int
+    mode: str
+    timeout: int
+    endpoint: str | None = None
+    node_rank: int | None = None
+    command: list | str = field(default_factory=list)
+    note: str = ""  # the per-process share of an iteration, when several processes share it
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.procs
+
+    @property
+    def config_path(self) -> str:
+        return run_config_path(self.cfg)
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.cfg.out) / TORCHRUN_LOG
+
+    def command_text(self) -> str:
+        return self.command if isinstance(self.command, str) else shlex.join(self.command)
+
+    def dry_run_text(self) -> str:
+        """Everything --dry-run prints: a shell text whose comment lines give the share of an
+        iteration and the run's full config, and whose command is what the run executes."""
+        if self.mode == "sbatch":  # the script first, so that what is printed stays a script
+            return self.command + "\n".join(self._comments()) + "\n"
+        lines = self._comments()
+        if self.mode == "local":
+            lines.append("# one process: the run trains in the focuslab process itself, exactly as this command would:")
+        elif self.mode == "slurm":
+            lines.append("# inside this SLURM allocation: srun starts one torchrun agent per node:")
+        elif self.nodes > 1:
+            lines.append(f"# run the same command on each of the {self.nodes} nodes; torchrun waits "
+                         f"{self.timeout} s (--rdzv-timeout) for all of them:")
+        return "\n".join(lines) + "\n" + self.command_text().rstrip("\n") + "\n"
+
+    def _comments(self) -> list[str]:
+        lines = ["# focuslab gpt2 --dry-run: nothing is written"]
+        if self.note:
+            lines.append(f"# {self.note}")
+        exists = Path(self.config_path).exists()
+        lines.append(f"# the run's config, {'as' if exists else 'which the run writes to'} {self.config_path}"
+                     + ("" if exists else " (it does not exist yet: running this command without --dry-run writes it)"))
+        lines += [f"#   {line}" for line in json.dumps(asdict(self.cfg), indent=2).splitlines()]
+        return lines
+
+
+def plan_launch(cfg: TrainConfig, nodes: int = 1, procs: int = 1, endpoint: str | None = None,
+                timeout: int = 300, node_rank: int | None = None, sbatch: bool = False,
+                extra: dict | None = None) -> LaunchPlan:
+    """Everything a launch needs, checked: one-line errors for what could not work."""
+    from .config import validate
+
+    if nodes < 1 or procs < 1:
+        raise FocuslabError("--nodes and --gpus-per-node must be >= 1")
+    if timeout < 1:
+        raise FocuslabError("--rdzv-timeout: must be >= 1 second")
+    if node_rank is not None and not 0 <= node_rank < nodes:
+        raise FocuslabError(f"--node-rank {node_rank}: must be from 0 to --nodes - 1 = {nodes - 1}")
+    if nodes > 1 and not (endpoint or in_slurm() or sbatch):
+        raise FocuslabError(f"--nodes {nodes} needs the other machines: give --rdzv-endpoint HOST:PORT (the same on "
+                            "every node, each running this command), run inside a SLURM allocation, or write a "
+                            "job script with --sbatch FILE")
+    world = nodes * procs
+    validate(cfg, world)
+    note = layout(cfg, world).describe(cfg)
+    path = run_config_path(cfg)
+    plan = LaunchPlan(cfg, nodes, procs, "local", timeout, None, node_rank, note=note)
+    if sbatch:
+        plan.mode = "sbatch"
+        plan.command = sbatch_script(nodes=nodes, gpus=procs, config_path=path, out=str(Path(cfg.out).resolve()),
+                                     timeout=timeout, extra=extra or {})
+    elif world == 1:
+        plan.command = [sys.executable, "-m", "focuslab.gpt2.worker", path]
+    elif in_slurm() and nodes > 1:
+        plan.mode = "slurm"
+        plan.command = slurm_command(procs=procs, config_path=path, timeout=timeout)
+    else:
+        plan.mode = "torchrun"
+        plan.endpoint = check_endpoint(endpoint, nodes) if endpoint else None
+        plan.command = torchrun_args(nodes=nodes, procs=procs, endpoint=plan.endpoint, node_rank=node_rank,
+                                     run_id=f"focuslab-{Path(cfg.out).name}", config_path=path, timeout=timeout)
+    return plan
+
+
+# --- running it --------------------------------------------------------------------------------
+
+class FreshRunDir:
+    """A run directory this command creates: if the run fails before it wrote a checkpoint, what it
+    left there (and the directories it created above it) is removed, so a refused or failed first
+    attempt leaves nothing behind -- except the names in ``keep`` (torchrun's log of a failure)."""
+
+    def __init__(self, run: Path):
+        self.run = Path(run).absolute()
+        self.top = None
+        p = self.run
+        while not p.exists():
+            self.top = p
+            p = p.parent
+        self.keep: set = set()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        import shutil
+
+        if exc_type is None or self.top is None or not self.run.is_dir():
+            return False
+        if any((self.run / name).exists() for name in ("ckpt.pt", "ckpt.prev.pt")):
+            return False  # work was saved: it stays
+        for child in self.run.iterdir():
+            if child.name in self.keep:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        p = self.run
+        while True:
+            try:
+                p.rmdir()
+            except OSError:
+                break
+            if p == self.top:
+                break
+            p = p.parent
+        return False
+
+
+def clear_run(run: Path) -> None:
+    """--force: remove a run's files (logs and checkpoints moved aside as *.corrupt stay)."""
+    import shutil
+
+    run = Path(run)
+    for name in RUN_FILES:
+        (run / name).unlink(missing_ok=True)
+    shutil.rmtree(run / "data", ignore_errors=True)
+
+
+def execute(plan: LaunchPlan, force: bool = False, log=print, progress: bool = True) -> dict:
+    """Run ``plan`` (not sbatch): resume, refuse or (``force``) start over in the run directory,
+    then train.  A first attempt that fails before its first checkpoint leaves no directory."""
+    from .train import _amp, check_optimizer, is_complete, read_checkpoint, resolve_device, run_state, token_data, train
+
+    cfg = plan.cfg
     run = Path(cfg.out)
+    with FreshRunDir(run) as fresh:
+        try:
+            meta = run_state(run, cfg)
+        except FocuslabError:
+            if not force:
+                raise
+            clear_run(run)
+            meta = None
+        if is_complete(meta, cfg):  # answered here (already complete, or diagnostics on its checkpoint)
+            return train(cfg, log=log, progress=progress, force=force)
+        if plan.mode == "local":  # train writes run-config.json once it starts
+            return train(cfg, log=log, progress=progress, force=force)
+        _amp(cfg, resolve_device(cfg.device))  # what every worker would refuse, refused once, here
+        check_optimizer(cfg)
+        write_run_config(cfg)
+        token_data(cfg)  # the embedded corpus prepared, the block size checked
+        repair = plan.nodes == 1 or plan.node_rank == 0
+        read_checkpoint(run, "cpu", force=force and repair, repair=repair, log=log)
+        result = run_torchrun(plan, log)
+        if result["code"] == 0:
+            return {"run": str(run), "iter": cfg.max_iters, "world": plan.world}
+        fresh.keep = {TORCHRUN_LOG}
+        raise FocuslabError(failure_message(plan, result))
+
+
+def _kept(run: Path) -> str:
+    from .train import _peek_iter
+
+    if (run / "ckpt.pt").exists() or (run / "ckpt.prev.pt").exists():
+        return f"the checkpoint at iter {_peek_iter(run)} is kept: re-run the same command to resume"
+    return "nothing was trained"
+
+
+def failure_message(plan: LaunchPlan, result: dict) -> str:
+    run = Path(plan.cfg.out)
+    log = plan.log_path
+    where = f"--rdzv-endpoint {plan.endpoint}" if plan.endpoint else "the local rendezvous"
+    if not result["started"]:
+        if result["timed_out"]:
+            what = (f"the rendezvous at {where} did not complete: no worker had started {plan.timeout + GRACE} s "
+                    f"after launch (--rdzv-timeout {plan.timeout} s + {GRACE} s), so torchrun was stopped")
+        elif result["rendezvous"] == "Timeout":
+            what = f"not all {plan.nodes} nodes joined the rendezvous at {where} within --rdzv-timeout {plan.timeout} s"
+        elif result["rendezvous"]:
+            what = f"torchrun could not reach the rendezvous at {where} (Rendezvous{result['rendezvous']}Error)"
+        else:
+            what = f"torchrun exited with status {result['code']} before any worker started"
+        hint = (f"; check that each of the {plan.nodes} nodes runs this command with {where} and can reach it"
+                if plan.nodes > 1 else "")
+        return f"{what}{hint}; {_kept(run)}; torchrun's output: {log}"
+    if result["worker_error"]:
+        return f"{result['worker_error']} (in a worker; {_kept(run)}; torchrun's output: {log})"
+    return (f"a worker process failed (torchrun exited with status {result['code']}; its traceback is in {log}); "
+            f"{_kept(run)}")
+
+
+def run_torchrun(plan: LaunchPlan, say=print) -> dict:
+    """Run the plan's torchrun (or srun) command and watch it: stdout relayed to ``say`` line by
+    line, stderr (torchrun's logging, the workers' tracebacks) appended to RUN/torchrun.log.
+
+    Returns {code, started, timed_out, worker_error}.  Ctrl-C stops torchrun (SIGINT, which it
+    passes on to its workers; SIGTERM and SIGKILL if they linger) and re-raises."""
+    import subprocess
+    import threading
+
+    cmd = ["bash", "-c", plan.command] if isinstance(plan.command, str) else list(plan.command)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log_path = plan.log_path
+    started = threading.Event()
+    pids: list[int] = []
+    lock = threading.Lock()
+    with open(log_path, "a") as logf:
+        logf.write(f"=== focuslab gpt2, {time.strftime('%Y-%m-%d %H:%M:%S')}: {plan.command_text().strip()}\n")
+        logf.flush()
+        offset = logf.tell()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True, text=True, bufsize=1)
+
+        def relay():
+            for line in proc.stdout:
+                if line.startswith(MARKER):
+                    for word in line.split():
+                        if word.startswith("pid="):
+                            pids.append(int(word[4:]))
+                    started.set()
+                    continue
+                with lock:
+                    logf.write(line)
+                    logf.flush()
+                say(line.rstrip("\n"))
+
+        reader = threading.Thread(target=relay, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + plan.timeout + GRACE
+        timed_out = False
+        try:
+            while proc.poll() is None:
+                if not started.is_set() and time.monotonic() > deadline:
+                    timed_out = True
+                    _stop(proc, pids, at_once=True)  # no workers yet: torchrun may sit in a C++ connect loop
+                    break
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            _stop(proc, pids, at_once=not started.is_set(), srun=isinstance(plan.command, str))
+            raise
+        finally:
+            reader.join(2)
+        code = proc.wait()
+    worker_error = rendezvous = None
     try:
-        run.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise FocuslabError(f"--out {run}: cannot create ({err.strerror})") from None
-    from ..results import atomic_write_bytes
+        with open(log_path) as fh:
+            fh.seek(offset)
+            for line in fh:
+                if line.startswith("focuslab: error: ") and worker_error is None:
+                    worker_error = line[len("focuslab: error: "):].strip()
+                found = re.search(r"\bRendezvous(Timeout|Connection|Closed)Error\b", line)
+                if found:
+                    rendezvous = found.group(1)
+    except OSError:
+        pass
+    return {"code": code, "started": started.is_set(), "timed_out": timed_out, "worker_error": worker_error,
+            "rendezvous": rendezvous}
 
-    path = run / RUN_CONFIG
-    atomic_write_bytes(path, json.dumps(asdict(cfg), indent=2).encode())
-    return str(path.resolve())
 
+def _stop(proc, pids, at_once: bool = False, srun: bool = False) -> None:
+    """SIGINT to torchrun (it stops its workers), then SIGTERM, then SIGKILL to it and the workers;
+    ``at_once`` (no worker has started, so none can be orphaned): SIGKILL.  srun takes a single
+    SIGINT as a request for its status, so it gets SIGTERM first (which it passes to its tasks)."""
+    import signal
 
-def in_slurm() -> bool:
-    return "SLURM_JOB_ID" in os.environ and "SLURM_NNODES" in os.environ
+    first = ((signal.SIGTERM, 10),) if srun else ((signal.SIGINT, 10), (signal.SIGTERM, 5))
+    steps = ((signal.SIGKILL, 5),) if at_once else first + ((signal.SIGKILL, 5),)
+    for sig, wait in steps:
+        for target in [proc.pid] + (pids if sig == signal.SIGKILL else []):
+            try:
+                (os.killpg if target == proc.pid else os.kill)(target, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            proc.wait(wait)
+            return
+        except Exception:  # subprocess.TimeoutExpired
+            continue

@@ -1,16 +1,16 @@
 """The GPT-2 training loop (single process, or one rank of a torchrun/DDP job).
 
 Global batch per iteration = batch_size x block_size x gradient_accumulation_steps tokens, the same
-whatever the world size: each of W ranks runs gradient_accumulation_steps / W micro-steps, and the
-micro-step j of iteration it always draws the same batch (TokenData.batch), so 1 process and W
-processes train on exactly the same data.  Checkpoints (model, optimizer, iteration, config) are
-written atomically at each evaluation; --resume continues exactly (data order is a function of the
-iteration, the LR schedule of the iteration).
+whatever the world size: each of W ranks runs gradient_accumulation_steps / W micro-steps (or, when
+W does not divide them, a share of the iteration's sequences in smaller micro-batches:
+config.layout), and sequence s of iteration it is always the same one (TokenData.sequences), so 1
+process and W processes train on exactly the same data.  Checkpoints (model, optimizer, iteration, config) are
+written atomically at each evaluation, the one before kept as ckpt.prev.pt; a rerun continues
+exactly (data order is a function of the iteration, the LR schedule of the iteration).
 """
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import time
@@ -20,14 +20,20 @@ from pathlib import Path
 import torch
 
 from ..errors import FocuslabError
-from ..results import atomic_write_bytes, write_json
-from .config import TrainConfig, lr_at, optimizer_entry, validate
+from ..results import write_json
+from .config import TrainConfig, lr_at, optimizer_entry, validate, write_run_config
 from .model import GPT
 
 def make_optimizer(cfg: TrainConfig, model: GPT, device: str = "cpu"):
     """The run's optimizer (its own torch class) with its resolved settings.  One that needs a
     closure or a gradient with its graph (Hessian-vector products) is refused: the training loop
     computes one gradient per micro-step, under autocast, DDP and torch.compile."""
+    entry = check_optimizer(cfg)
+    return entry.build_torch(model.param_groups(cfg.weight_decay), cfg.learning_rate, device)
+
+
+def check_optimizer(cfg: TrainConfig):
+    """The run's optimizer entry, refused in one line if it needs more than one plain gradient."""
     from ..optimizers.probe import calling_convention
 
     entry = optimizer_entry(cfg)
@@ -36,7 +42,7 @@ def make_optimizer(cfg: TrainConfig, model: GPT, device: str = "cpu"):
         if closure or graph:
             raise FocuslabError(f"--optimizer {entry.label}: needs {'a closure' if closure else 'Hessian-vector products'}"
                                 "; GPT-2 training takes one plain gradient per micro-step (MNIST and the toy support it)")
-    return entry.build_torch(model.param_groups(cfg.weight_decay), cfg.learning_rate, device)
+    return entry
 
 
 def resolve_device(device: str) -> str:
@@ -47,6 +53,10 @@ def resolve_device(device: str) -> str:
         raise FocuslabError(f"--device {device}: no CUDA device is available (torch {torch.__version__} is {build}); "
                             "use --device cpu, or auto to take CUDA when present")
     return device
+
+
+CKPT = "ckpt.pt"
+PREV = "ckpt.prev.pt"  # the checkpoint before ckpt.pt: what a run resumes from if ckpt.pt is unreadable
 
 
 def run_state(run: Path, cfg: TrainConfig) -> dict | None:
@@ -64,10 +74,120 @@ def run_state(run: Path, cfg: TrainConfig) -> dict | None:
     return meta
 
 
-def _atomic_save(obj, path: Path):
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+def is_complete(meta: dict | None, cfg: TrainConfig) -> bool:
+    return bool(meta) and meta.get("status") == "complete" and meta.get("iter", -1) >= cfg.max_iters
+
+
+def token_data(cfg: TrainConfig, prepare_embedded: bool = True):
+    """The run's TokenData, checked against the model before anything is built: the embedded corpus
+    is prepared into RUN/data first when no --data is given (``prepare_embedded``)."""
+    from .data import TokenData, embedded_corpus, prepare
+
+    run = Path(cfg.out)
+    data_dir = Path(cfg.data) if cfg.data else run / "data"
+    if not cfg.data and prepare_embedded and not (data_dir / "meta.json").exists():
+        _mkdir(run)
+        prepare(embedded_corpus(), data_dir, "bytes", source="pydoc_data.topics (CPython)")
+    data = TokenData(data_dir)
+    data.check_block_size(cfg.block_size, f"--data {cfg.data}" if cfg.data else "the embedded corpus")
+    vocab = data.meta["vocab_size"]
+    if cfg.vocab_size and vocab > cfg.vocab_size:
+        raise FocuslabError(f"--vocab-size {cfg.vocab_size} is smaller than the tokenizer's {vocab}")
+    return data
+
+
+def _mkdir(run: Path) -> None:
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FocuslabError(f"--out {run}: exists and is not a directory") from None
+    except OSError as err:
+        raise FocuslabError(f"--out {run}: cannot create ({err.strerror})") from None
+
+
+def _save_checkpoint(obj, run: Path) -> None:
+    """ckpt.pt atomically (written beside it, fsynced, renamed over it); the one it replaces becomes
+    ckpt.prev.pt, so a ckpt.pt damaged later (a copy cut short, a full disk elsewhere) still leaves
+    a checkpoint to resume from.  A failed write leaves both as they were."""
+    from ..results import WriteError, atomic_path
+
+    path = run / CKPT
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                torch.save(obj, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if path.exists():
+                os.replace(path, run / PREV)
+    except (OSError, WriteError) as err:
+        kept = f"the checkpoint at iter {_peek_iter(run)} is kept" if (run / CKPT).exists() or (run / PREV).exists() \
+            else "no checkpoint was written"
+        raise FocuslabError(f"{path}: cannot write the checkpoint ({err.strerror or err}); {kept}") from None
+
+
+def _peek_iter(run: Path):
+    meta = Path(run) / "gpt2.json"
+    try:
+        return json.loads(meta.read_text()).get("iter", "?")
+    except (OSError, ValueError):
+        return "?"
+
+
+def _load(path: Path, device):
+    """(checkpoint, None) or (None, why it is unreadable) -- never a traceback."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
+        first = (str(err).strip().splitlines() or [""])[0]
+        return None, f"truncated or corrupt: {type(err).__name__}{': ' + first[:160] if first else ''}"
+    if not isinstance(ckpt, dict) or not {"model", "optimizer", "iter", "digest"} <= set(ckpt):
+        return None, "not a focuslab GPT-2 checkpoint"
+    return ckpt, None
+
+
+def _aside(path: Path) -> Path:
+    target = path.with_name(path.name + ".corrupt")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{n}")
+        n += 1
+    os.replace(path, target)
+    return target
+
+
+def read_checkpoint(run: Path, device="cpu", force: bool = False, repair: bool = True, log=print) -> dict | None:
+    """The checkpoint a run resumes from: ckpt.pt, else (unreadable or missing) ckpt.prev.pt; None
+    when there is none.  ``repair`` (the one process that owns the directory): an unreadable
+    ckpt.pt is moved aside to ckpt.pt.corrupt when the previous checkpoint is good, or, with no good
+    checkpoint, when ``force`` asks to start over (else a one-line error that keeps everything)."""
+    run = Path(run)
+    path, prev = run / CKPT, run / PREV
+    bad = []
+    for candidate in (path, prev):
+        if not candidate.exists():
+            continue
+        ckpt, why = _load(candidate, device)
+        if ckpt is not None:
+            if bad and repair:
+                for p, reason in bad:
+                    log(f"gpt2: {p} is unreadable ({reason}): moved to {_aside(p)}; resuming from {candidate} "
+                        f"(iter {ckpt['iter']})")
+            elif bad:
+                log(f"gpt2: {bad[0][0]} is unreadable; resuming from {candidate} (iter {ckpt['iter']})")
+            return ckpt
+        bad.append((candidate, why))
+    if not bad:
+        return None
+    first, why = bad[0]
+    if force and repair:
+        moved = [str(_aside(p)) for p, _ in bad]
+        log(f"gpt2: {first} is unreadable ({why}) and there is no earlier checkpoint: moved to {', '.join(moved)}; "
+            "--force starts the run over")
+        return None
+    raise FocuslabError(f"{first} is unreadable ({why}) and there is no earlier good checkpoint; nothing was "
+                        f"changed (the run's metrics up to iter {_peek_iter(run)} are kept): --force moves it aside "
+                        "and starts the run over")
 
 
 class Metrics:
@@ -79,7 +199,11 @@ class Metrics:
         self.csv, self.jsonl = run / "metrics.csv", run / "metrics.jsonl"
         rows = []
         if start_iter and self.jsonl.exists():
-            rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+            for line in self.jsonl.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:  # a line cut short by a hard stop: its iteration is recomputed
+                    continue
             # keep what precedes the checkpoint; its evaluation row is logged again on resume
             rows = [r for r in rows if r["iter"] < start_iter or (r["iter"] == start_iter and r["val_loss"] is None)]
         self.csv.write_text(",".join(self.COLS) + "\n" + "".join(self._line(r) for r in rows))
@@ -95,12 +219,26 @@ class Metrics:
             f.write(json.dumps(row) + "\n")
 
 
-class _Interrupt:
-    """SIGINT during training: finish the current iteration, checkpoint, then stop (single process)."""
+class _Stop(Exception):
+    """Raised at a safe point after Ctrl-C: the parameters are those at the start of the iteration."""
 
-    def __init__(self):
+
+class _Interrupt:
+    """SIGINT during training.
+
+    One process: stop at the next safe point (between micro-steps or evaluation batches, where the
+    parameters are still those at the start of the iteration) and checkpoint there.  If no safe
+    point comes within ``GRACE`` seconds (a torch.compile, a slow first batch of a big model), stop
+    at once, keeping the last checkpoint.  A second Ctrl-C stops at once.  Under torchrun every rank
+    stops at once: the ranks could agree on a safe point only through a collective."""
+
+    GRACE = 1.0
+
+    def __init__(self, immediate: bool = False):
+        self.immediate = immediate
         self.requested = False
         self.previous = None
+        self.timer = None
 
     def __enter__(self):
         import signal
@@ -111,91 +249,129 @@ class _Interrupt:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C stops at once
+        import _thread
+        import threading
+
+        if self.requested or self.immediate:
             raise KeyboardInterrupt
         self.requested = True
+        self.timer = threading.Timer(self.GRACE, _thread.interrupt_main)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def check(self):
+        if self.requested:
+            self.acknowledge()
+            raise _Stop
+
+    def acknowledge(self):
+        if self.timer is not None:
+            self.timer.cancel()
 
     def __exit__(self, *exc):
         import signal
 
+        self.acknowledge()
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
         return False
 
 
-def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
+def bf16_native() -> bool:
+    """Whether the CUDA device computes in bfloat16 natively (Ampere and newer).  torch's
+    is_bf16_supported() also answers True where bf16 is only emulated (e.g. a V100), unless
+    including_emulation=False (torch >= 2.4); older torch: judged by the compute capability."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:
+        return torch.cuda.get_device_capability() >= (8, 0)
+
+
+def _amp(cfg: TrainConfig, device: str):
+    """(dtype name, autocast context, GradScaler) for the device: bf16 on CUDA where supported,
+    fp16 with a GradScaler otherwise, fp32 on the CPU."""
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = ("bfloat16" if bf16_native() else "float16") if device.startswith("cuda") else "float32"
+    if dtype != "float32" and not device.startswith("cuda"):
+        raise FocuslabError(f"--dtype {dtype}: mixed precision is for CUDA; use float32 on CPU")
+    amp = contextlib.nullcontext() if dtype == "float32" else torch.autocast("cuda", dtype=getattr(torch, dtype))
+    return dtype, amp, torch.amp.GradScaler("cuda", enabled=dtype == "float16")
+
+
+def train(cfg: TrainConfig, log=print, progress: bool = True, force: bool = False, stream=None) -> dict:
     """Train (this rank of) a run in ``cfg.out``, resuming from its checkpoint when there is one for
     the same config; a run that already reached ``max_iters`` returns at once
-    (``already_complete``).  Under torchrun, RANK/WORLD_SIZE are set.  Ctrl-C (one process)
-    checkpoints at the next iteration boundary before stopping."""
+    (``already_complete``), or, asked for diagnostics it was trained without, measures them on its
+    final checkpoint.  Under torchrun, RANK/WORLD_SIZE are set.  Ctrl-C (one process) checkpoints at
+    the next safe point before stopping.  ``force``: start over past an unreadable checkpoint."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from ..runner import Progress
-    from .data import TokenData, embedded_corpus, prepare
+    from .config import layout
 
     ddp = int(os.environ.get("RANK", -1)) != -1
-    validate(cfg, int(os.environ.get("WORLD_SIZE", 1)) if ddp else 1)
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if ddp else 1
+    validate(cfg, world_size)
+    share = layout(cfg, world_size)
     rank, world, local = 0, 1, 0
     device = resolve_device(cfg.device)
     run = Path(cfg.out)
     meta = run_state(run, cfg)
-    if meta and meta.get("status") == "complete" and meta.get("iter", -1) >= cfg.max_iters:
+    if is_complete(meta, cfg):
+        if cfg.diagnostics_every and not ddp:
+            return diagnose_finished(cfg, meta, device, log)
         return {"already_complete": True, "final": meta.get("final"), "run": str(run), "iter": meta["iter"]}
     if ddp:
         import torch.distributed as dist
 
         rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
         if device.startswith("cuda"):
             device = f"cuda:{local}"
             torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
     master = rank == 0
-    accum = cfg.gradient_accumulation_steps // world
+    accum, micro = share.accum, share.micro_batch
     if master:
-        run.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(cfg.data) if cfg.data else run / "data"
-    if not cfg.data and master and not (data_dir / "meta.json").exists():
-        prepare(embedded_corpus(), data_dir, "bytes", source="pydoc_data.topics (CPython)")
+        _mkdir(run)
+        data = token_data(cfg)  # the master prepares the embedded corpus; the others wait for it
     if ddp:
         torch.distributed.barrier()
-    data = TokenData(data_dir)
-    dtype = cfg.dtype
-    if dtype == "auto":
-        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device.startswith("cuda") else "float32"
-    if dtype != "float32" and not device.startswith("cuda"):
-        raise FocuslabError(f"--dtype {dtype}: mixed precision is for CUDA; use float32 on CPU")
-    amp = contextlib.nullcontext() if dtype == "float32" else \
-        torch.autocast("cuda", dtype=getattr(torch, dtype))
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == "float16")
+    if not master:
+        data = token_data(cfg, prepare_embedded=False)
+    dtype, amp, scaler = _amp(cfg, device)
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     mcfg = cfg.model_config(data.meta["vocab_size"])
-    if data.meta["vocab_size"] > mcfg.vocab_size:
-        raise FocuslabError(f"--vocab-size {mcfg.vocab_size} is smaller than the tokenizer's {data.meta['vocab_size']}")
     model = GPT(mcfg).to(device)
     opt = make_optimizer(cfg, model, device)
-    start = 0
-    ckpt_path = run / "ckpt.pt"
-    if ckpt_path.exists():  # same config (run_state checked the digest): continue where it stopped
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt.get("digest") != cfg.digest() or ckpt["model_config"] != mcfg.model_dict():
+    start, saved = 0, -1  # saved: the iteration of the checkpoint on disk (-1: none)
+    ckpt_path = run / CKPT
+    ckpt = read_checkpoint(run, device, force=force, repair=not ddp, log=log if master else (lambda *_: None))
+    if ckpt is not None:  # same config (run_state checked the digest): continue where it stopped
+        if ckpt.get("digest") != cfg.digest() or ckpt.get("model_config") != mcfg.model_dict():
             raise FocuslabError(f"{ckpt_path} was written by a different config; use --force to start over")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        start = ckpt["iter"]
+        start = saved = ckpt["iter"]
+        del ckpt
     raw = model
     if cfg.compile:
         model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[local] if device.startswith("cuda") else None)
-    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    tokens_per_iter = share.tokens
 
     def save(it):
-        _atomic_save({"model": raw.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                      "iter": it, "config": asdict(cfg), "digest": cfg.digest(),
-                      "model_config": mcfg.model_dict()}, ckpt_path)
+        nonlocal saved
+        _save_checkpoint({"model": raw.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                          "iter": it, "config": asdict(cfg), "digest": cfg.digest(),
+                          "model_config": mcfg.model_dict()}, run)
+        saved = it
 
     entry = optimizer_entry(cfg)
 
@@ -207,14 +383,16 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         write_json(meta, run / "gpt2.json")
 
     if master:
+        if not ddp:  # the config as a file, so that `python -m focuslab.gpt2.worker RUN_CONFIG` (what
+            write_run_config(cfg)  # --dry-run shows) is this very run
         log(f"gpt2: {raw.n_params() / 1e6:.2f}M parameters (non-embedding), optimizer {cfg.optimizer} "
             f"{cfg.optimizer_settings}, {tokens_per_iter} tokens/iter (world {world} x accum {accum} x batch "
-            f"{cfg.batch_size} x block {cfg.block_size}), device {device}, {dtype}, data: "
+            f"{micro} x block {cfg.block_size}), device {device}, {dtype}, data: "
             f"{data.meta.get('tokenizer')} tokens" + (f"; resuming at iter {start}" if start else ""))
         record(status="running", iter=start)
         metrics = Metrics(run, start)
         wandb_run = _wandb(cfg) if cfg.wandb else None
-        bar = Progress(cfg.max_iters - start, "iters", f"gpt2 {run}", enabled=progress, bar=False)
+        bar = Progress(cfg.max_iters - start, "iters", f"gpt2 {run}", enabled=progress, bar=False, stream=stream)
 
     @torch.no_grad()
     def evaluate(it):
@@ -223,6 +401,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         for split in ("train", "val"):
             losses = []
             for k in range(cfg.eval_iters):
+                interrupt.check()
                 x, y = data.batch(split, cfg.batch_size, cfg.block_size, cfg.seed + 1, it, k, device)
                 with amp:
                     losses.append(raw(x, y)[1].item())
@@ -231,67 +410,87 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         return out
 
     peak = _peak_flops(device)
+    cuda = device.startswith("cuda")
+    window = [0.0, 0]  # training seconds and iterations since the last logged row (evaluations excluded)
     t_start = time.time()
     last = {}
     diag = _Diagnostics(cfg, raw, data, opt, device, run, amp) if (cfg.diagnostics_every and master) else None
-    with _Interrupt() as interrupt:
-        for it in range(start, cfg.max_iters + 1):
-            if interrupt.requested and not ddp:
+    it = start
+    with _Interrupt(immediate=ddp) as interrupt:
+        try:
+            for it in range(start, cfg.max_iters + 1):
+                interrupt.check()
+                lr = lr_at(cfg, it)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                if diag is not None and it == cfg.max_iters and it % cfg.diagnostics_every == 0:
+                    diag.measure(it, lr, time.time() - t_start)  # no step follows: its gradient is computed
+                if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+                    losses = evaluate(it) if master else None
+                    if master:
+                        row = {"iter": it, "tokens": it * tokens_per_iter, "lr": lr, "train_loss": losses["train"],
+                               "val_loss": losses["val"], "step_time": None, "tokens_per_s": None, "mfu": None}
+                        metrics.log(row)
+                        if wandb_run:
+                            wandb_run.log(row)
+                        log(f"iter {it}/{cfg.max_iters}: train {losses['train']:.4f}, val {losses['val']:.4f}, "
+                            f"lr {lr:.2e}" + (f", ETA {bar.eta()}" if it > start else ""))
+                        last = row
+                        if it > start or start == 0:
+                            save(it)
+                            record(status="running", iter=it, final=row)
+                if it == cfg.max_iters:
+                    break
+                t0 = time.time()
+                total = torch.zeros((), device=device)  # read back only when logged: no per-step sync
+                for k in range(accum):
+                    interrupt.check()
+                    x, y = data.sequences("train", cfg.batch_size, cfg.block_size, cfg.seed, it,
+                                          rank * share.per_process + k * micro, micro, device)
+                    sync = (not ddp) or k == accum - 1
+                    ctx = contextlib.nullcontext() if sync else model.no_sync()
+                    with ctx, amp:
+                        loss = model(x, y)[1] / accum
+                    with ctx:
+                        scaler.scale(loss).backward()
+                    total += loss.detach()
+                interrupt.check()
+                if diag is not None and it % cfg.diagnostics_every == 0:  # the step's gradient joins the reference
+                    spent = diag.measure(it, lr, time.time() - t_start, [p.grad for p in raw.parameters()],
+                                         scaler.get_scale() if scaler.is_enabled() else 1.0)
+                    t0 += spent  # step_time stays the training's own
+                if cfg.grad_clip:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
                 if master:
-                    save(it)
-                    record(status="interrupted", iter=it)
-                raise KeyboardInterrupt
-            lr = lr_at(cfg, it)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            if diag is not None and it == cfg.max_iters and it % cfg.diagnostics_every == 0:
-                diag.measure(it, lr, time.time() - t_start)  # no step follows: its gradient is computed
-            if it % cfg.eval_interval == 0 or it == cfg.max_iters:
-                losses = evaluate(it) if master else None
-                if master:
-                    row = {"iter": it, "tokens": it * tokens_per_iter, "lr": lr, "train_loss": losses["train"],
-                           "val_loss": losses["val"], "step_time": None, "tokens_per_s": None, "mfu": None}
-                    metrics.log(row)
-                    if wandb_run:
-                        wandb_run.log(row)
-                    log(f"iter {it}/{cfg.max_iters}: train {losses['train']:.4f}, val {losses['val']:.4f}, "
-                        f"lr {lr:.2e}" + (f", ETA {bar.eta()}" if it > start else ""))
-                    last = row
-                    if it > start or start == 0:
-                        save(it)
-                        record(status="running", iter=it, final=row)
-            if it == cfg.max_iters:
-                break
-            t0 = time.time()
-            total = torch.zeros((), device=device)  # read back only when logged: no per-step sync
-            for k in range(accum):
-                x, y = data.batch("train", cfg.batch_size, cfg.block_size, cfg.seed, it, rank * accum + k, device)
-                sync = (not ddp) or k == accum - 1
-                ctx = contextlib.nullcontext() if sync else model.no_sync()
-                with ctx, amp:
-                    loss = model(x, y)[1] / accum
-                with ctx:
-                    scaler.scale(loss).backward()
-                total += loss.detach()
-            if diag is not None and it % cfg.diagnostics_every == 0:  # the step's gradient joins the reference
-                spent = diag.measure(it, lr, time.time() - t_start, [p.grad for p in raw.parameters()],
-                                     scaler.get_scale() if scaler.is_enabled() else 1.0)
-                t0 += spent  # step_time stays the training's own
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
+                    bar.update(1)
+                    logged = (it + 1) % max(1, cfg.eval_interval // 5) == 0
+                    if logged and cuda:
+                        torch.cuda.synchronize(device)  # the GPU's queued work counts in this window
+                    window[0] += time.time() - t0
+                    window[1] += 1
+                    if logged:  # step time: the mean over the window, measured on the host after a sync
+                        dt = window[0] / window[1]
+                        row = {"iter": it + 1, "tokens": (it + 1) * tokens_per_iter, "lr": lr,
+                               "train_loss": total.item(), "val_loss": None, "step_time": round(dt, 5),
+                               "tokens_per_s": round(tokens_per_iter / dt, 1),
+                               "mfu": (raw.flops_per_token() * tokens_per_iter / dt / (peak * world)) if peak else None}
+                        metrics.log(row)
+                        window[:] = [0.0, 0]
+        except _Stop:  # Ctrl-C at a safe point: the parameters are those at the start of ``it``
             if master:
-                bar.update(1)
-                if (it + 1) % max(1, cfg.eval_interval // 5) == 0:
-                    dt = time.time() - t0
-                    row = {"iter": it + 1, "tokens": (it + 1) * tokens_per_iter, "lr": lr,
-                           "train_loss": total.item(), "val_loss": None, "step_time": round(dt, 5),
-                           "tokens_per_s": round(tokens_per_iter / dt, 1),
-                           "mfu": (raw.flops_per_token() * tokens_per_iter / dt / peak) if peak else None}
-                    metrics.log(row)
+                if it > saved and it > 0:
+                    save(it)
+                if saved >= 0:
+                    record(status="interrupted", iter=saved)
+            raise KeyboardInterrupt from None
+        except KeyboardInterrupt:  # stopped at once: the last checkpoint stands
+            if master and saved >= 0:
+                record(status="interrupted", iter=saved)
+            raise
     if master:
         bar.close()
         extra = {}
@@ -305,6 +504,46 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     if ddp:
         torch.distributed.destroy_process_group()
     return {"final": last, "params": raw.n_params(), "run": str(run), "iter": cfg.max_iters}
+
+
+def diagnose_finished(cfg: TrainConfig, meta: dict, device: str, log=print) -> dict:
+    """--diagnostics-every asked of a finished run: measured on its final checkpoint (one row, at its
+    last iteration), since the parameters along the way are gone; a run that already has that row
+    is left as it is."""
+    import pandas as pd
+
+    run = Path(cfg.out)
+    it = int(meta["iter"])
+    path = run / "diagnostics.parquet"
+    info = {"already_complete": True, "final": meta.get("final"), "run": str(run), "iter": it}
+    if path.exists():
+        try:
+            steps = set(pd.read_parquet(path)["step"])
+        except Exception:
+            steps = set()
+        if it in steps:
+            return {**info, "diagnostics": "present", "diagnostics_rows": len(steps)}
+    data = token_data(cfg)
+    dtype, amp, scaler = _amp(cfg, device)
+    mcfg = cfg.model_config(data.meta["vocab_size"])
+    ckpt = read_checkpoint(run, device, log=log)
+    if ckpt is None or ckpt.get("iter") != it:
+        raise FocuslabError(f"--diagnostics-every: {run} is a finished run but holds no checkpoint of its last "
+                            f"iteration ({it}) to measure; --force retrains it with diagnostics")
+    torch.manual_seed(cfg.seed)
+    model = GPT(mcfg).to(device)
+    model.load_state_dict(ckpt["model"])
+    opt = make_optimizer(cfg, model, device)
+    opt.load_state_dict(ckpt["optimizer"])
+    del ckpt
+    diag = _Diagnostics(cfg, model, data, opt, device, run, amp)
+    diag.measure(it, lr_at(cfg, it), float(meta.get("wall_seconds") or 0.0))
+    meta = {**meta, "diagnostics_on_checkpoint": {"step": it, "seconds": round(diag.seconds, 3)}}
+    write_json(meta, run / "gpt2.json")
+    log(f"gpt2: {run} finished ({it} iterations) without diagnostics along training: measured on its final "
+        f"checkpoint (step {it}, {diag.seconds:.1f} s) into {path}; for every {cfg.diagnostics_every} steps from 0, "
+        "retrain with --force")
+    return {**info, "diagnostics": "measured on checkpoint", "diagnostics_rows": len(diag.rows)}
 
 
 class _Diagnostics:

@@ -190,7 +190,7 @@ def decisive_figure(decisions: pd.DataFrame, optimizers, geo: Geometry, title: s
             handles.append(Patch(facecolor=colour_of[c], hatch="///", edgecolor=(0.3, 0.3, 0.3),
                                  label=f"tied: {name}\n(within {pct} of each other,\nany other > {pct} worse)"))
         elif c in optimizers:
-            handles.append(Patch(color=colour_of[c], label=f"{geo.name(c)} wins\n(> {pct} better than each other)"))
+            handles.append(Patch(color=colour_of[c], label=f"{geo.name(c)} wins\n(better than every other\nby more than {pct})"))
         elif c == "undecided":
             handles.append(Patch(color=colour_of[c], label=f"undecided (no claim at FDR\n{100 * fdr:g} % within "
                                                            f"{max_replicates}\nreplicates per lr)"))
@@ -289,9 +289,10 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
             prm = refine["params"]
             margin, fdr, top = prm["equivalence"], prm["fdr"], prm["max_replicates"]
             how = f"BH FDR {fdr:g}, margin {100 * margin:g}%, up to {top} estimation replicates per lr"
-            emit(decisive_figure(decisions, opts, geo, "Best optimizer, each at its best lr\n(lr raced on selection "
-                                 f"replicates, judged on disjoint ones; {how})", margin, fdr, top)[0],
-                 "phase_decisive")
+            emit(decisive_figure(decisions, opts, geo, "Best optimizer, each at its best lr (raced on selection\n"
+                                 f"replicates, judged on disjoint ones; BH FDR {fdr:g} over the map,\n"
+                                 f"margin {100 * margin:g} %, up to {top} estimation replicates per lr)", margin, fdr,
+                                 top)[0], "phase_decisive")
             emit(lead_figure(decisions, geo, margin, "Leader's lead over the runner-up at the selected lrs\n"
                              f"(white line: the {100 * margin:g} % margin)")[0], "lead")
             emit(heatmap_figure(geo.grid(decisions, "replicates").astype(float), geo,

@@ -6,11 +6,14 @@ B *each at its best lr*?  So the lr is chosen inside the procedure, on replicate
 used to judge the optimizers, and the judgement is valid for the lrs chosen.
 
 **Estimand.**  m_o = min over the candidate lrs C_o of the mean final loss of optimizer o (a
-diverged replicate counts as +inf, so an lr that ever diverges has mean +inf).  C_o starts from the
-scan (its best grid lr, the grid lrs next to it and any lr whose scan mean is within 2 standard
-errors of the best) and grows while racing: the grid lrs either side of the current leader (past
-the grid's edge too, up to ``extend_steps`` steps inside ``lr_min``..``lr_max``) and, up to
-``lr_levels`` times, the geometric midpoint between the leader and its better neighbour.
+diverged replicate counts as +inf, so an lr that ever diverges has mean +inf, and an optimizer
+whose every candidate diverged is +inf).  C_o starts from the scan: its best grid lr, that lr's
+grid neighbours, and the grid lrs beyond those (out to 2 steps) whose scan mean is within 2
+combined standard errors of the best.  It grows while racing: the grid neighbours of the current
+leader (past the grid's edge too, up to ``extend_steps`` steps, inside ``lr_min``..``lr_max``)
+and, down to ``lr_levels`` halvings of the grid step, the geometric midpoint between the leader
+and its better neighbour.  C_o is reported (refine/lrs.parquet); the claims are about the best lr
+in it.
 
 **Replicates.**  Fresh replicates R, R+1, ... (R = the scan's replicates, so new random streams)
 are interleaved: fresh replicate R + j is a *selection* replicate when j % 3 == 0 and an
@@ -19,20 +22,22 @@ are interleaved: fresh replicate R + j is a *selection* replicate when j % 3 == 
 gets the same replicates, and so does every optimizer of the cell (common random numbers).
 
 **Racing (selection replicates only).**  After each look, for each optimizer: the selected lr is
-the one with the lowest selection mean; an lr whose paired selection difference to it exceeds
-twice its standard error by more than 4 sqrt(2) standard deviations of a loss over sqrt(n) is
-dropped from the race (it keeps the estimation replicates it has; dropping only saves work);
-brackets and midpoints are added as above.  None of this looks at estimation replicates, except
-that an lr seen to diverge anywhere is known to have mean +inf and leaves the race.
+the one with the lowest selection mean; from the third look on, an lr whose paired selection
+difference to it has a lower bound above 0 at a hundredth of the level its statements face is
+dropped from the race (it keeps the estimation replicates it has and stays in C_o; dropping only
+saves work); brackets and a midpoint are added as above.  None of this looks at estimation
+replicates, except that an lr seen to diverge anywhere is known to have mean +inf and leaves.
 
 **Judgement (estimation replicates only).**  For optimizers a and b, the statement "b is worse
-than a by more than t" (m_b - m_a > t) is shown by a lower confidence bound for
-mu_b(l) - mu_a(l_a) above t for *every* candidate l of b with estimation replicates (l_a: a's
-selected lr).  Only the bound at b's true best lr needs to hold, because m_a <= mu_a(l_a) and
-m_b = mu_b(l_b*): so no multiplicity over lrs, and the statement is valid at the lrs selected
-whatever the racing did.  Its p-value is the largest p-value over b's lrs.
-With margin delta = ``equivalence`` x |L| (L: the lowest scan mean among the cell's optimizers,
-fixed before any fresh replicate), the cell's claims are
+than a by more than t" (m_b - m_a > t) needs a lower confidence bound above t for
+mu_b(l) - mu_a(p_a) at *every* l in C_o of b (p_a: a's selected lr).  Only the bound at b's true
+best lr has to hold, because m_a <= mu_a(p_a) and m_b = mu_b(l_b*): so there is no multiplicity
+over lrs, and the statement is valid whatever the race selected.  Each l is bounded either
+directly (paired differences y_b(l) - y_a(p_a), at level alpha) or through b's selected lr p_b,
+[y_b(p_b) - y_a(p_a)] + [y_b(l) - y_b(p_b)] (each at alpha/2; the second is within one optimizer,
+where common random numbers can make it precise), whichever the selection replicates promise to
+be narrower.  With margin delta = ``equivalence`` x |L| (L: the lowest scan mean among the
+cell's optimizers, fixed before any fresh replicate), the cell's claims are
 
 - ``winner`` w: every other optimizer o is worse than w by more than delta;
 - ``tied`` T (w in T, two or more optimizers): each t in T is within delta of w both ways
@@ -63,7 +68,7 @@ rate it gives on all-null maps resampled from the simulator itself (README).
 the look's replicates (sum 1): a union bound over looks, valid whenever the cell stops.  A
 statement computed on an lr whose replicates stopped at an earlier look j uses w_j.  A cell stops
 at the first look where its p-value is at most ``fdr``; an optimizer shown worse than every other
-by the margin at p <= 1e-9 stops being simulated (its statements keep their replicates).
+by the margin at p <= 1e-6 stops being simulated (its statements keep their replicates).
 
 **False discovery rate over the map.**  Benjamini-Hochberg at ``fdr`` over the cells' p-values
 (scipy.stats.false_discovery_control): a passing cell gets its claim, the others are undecided.
@@ -94,15 +99,17 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from itertools import combinations
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from . import __version__
 from .axes import CELL_NAMES
 from .config import config_digest
 from .errors import FocuslabError
-from .results import read_json, read_parquet, write_json, write_parquet
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REFINE = "refine"
 DECISIONS = "decisions.parquet"
@@ -649,6 +656,8 @@ def refine_map(cells: list, params: RefineParams, lattice: Lattice, optimizers) 
     them: every cell to its first look with p <= fdr, then BH, continuing the cells that stopped
     early but fail BH (the rule run_refine applies through its work units).  Returns the cells'
     results and which passed BH."""
+    import pandas as pd
+
     results = [refine_cell(s, sc, params, lattice, params.fdr, optimizers) for s, sc in cells]
     while True:
         table = pd.DataFrame({"cell": range(len(results)), "kind": [r.kind for r in results],
@@ -734,6 +743,8 @@ class SimulatorSampler:
 
 def _cell_rows(i: int, r: CellResult, lattice: Lattice, replicate0: int, steps: int):
     """The three tables' rows for one cell: (cell row, lr rows, replicate frames)."""
+    import pandas as pd
+
     unit, top = lattice.unit, (len(lattice.grid) - 1) * lattice.unit
     beyond, lr_rows, frames, refined = [], [], [], 0
     for o, arms in r.arms.items():
@@ -772,6 +783,8 @@ def compute_chunk(config, params: RefineParams, index: list[int], coords: np.nda
                   screens: list[dict]) -> dict:
     """Worker body: the procedure for the cells ``index`` (coordinates ``coords``) with their stop
     targets; returns the tables of a work unit ("" cells, "lrs", "data")."""
+    import pandas as pd
+
     lattice = Lattice(config.axes["lr"].values, params)
     cells, lrs, frames = [], [], []
     for i, xy, target, screen in zip(index, coords, targets, screens):
@@ -830,10 +843,12 @@ def _unit_name(chunk: int, rnd: int, cells=(), targets=()) -> str:
 def run_refine(directory: Path, params: RefineParams, jobs: int | None = None, progress: bool = True,
                shard: tuple[int, int] | None = None, force: bool = False, log=None) -> dict:
     """Refine the scan in ``directory`` (see the module docstring); resumable and shardable."""
+    import pandas as pd
+
     import os
     import shutil
 
-    from .results import load_scan
+    from .results import load_scan, read_json, read_parquet, write_json
     from .runner import Progress, Unit, pending, run_units, unit_path
     from .scan import cell_values, config_from_meta
 
@@ -930,6 +945,9 @@ def run_refine(directory: Path, params: RefineParams, jobs: int | None = None, p
 
 def _latest_cells(work: Path, latest: dict) -> pd.DataFrame:
     """Each cell's row from the unit that holds its latest result."""
+    import pandas as pd
+
+    from .results import read_parquet
     from .runner import unit_path
 
     frames = []
@@ -955,10 +973,12 @@ def _reopen(table: pd.DataFrame, params: RefineParams) -> tuple[float, list[int]
 def _finish(directory, config, cells, work, latest, params, rounds) -> dict:
     """BH over the cells' final p-values; decisions.parquet, refine/lrs.parquet and
     replicates.parquet (written chunk by chunk: tens of millions of rows need not sit in memory)."""
+    import pandas as pd
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .results import atomic_path
+    from .results import atomic_path, read_parquet, write_parquet
     from .runner import unit_path
 
     table = _latest_cells(work, latest)

@@ -351,7 +351,7 @@ def test_refine_help_shows_every_setting_with_its_default():
     for f in FLAG_FIELDS:
         flag = "--" + f.name.replace("_", "-")
         assert flag in out
-    assert "[default: 0.05]" in out and "[default: 6400]" in out and "[default: 100]" in out
+    assert "[default: 0.05]" in out and "[default: 6400]" in out and "[default: 200]" in out
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -827,7 +827,8 @@ def compute_chunk(config, params: RefineParams, index: list[int], coords: np.nda
 def refine_digest(scan_digest: str, params: RefineParams) -> str:
     return config_digest({"scan": scan_digest, "refine": asdict(params), "procedure": PROCEDURE,
                           "selection_every": SELECTION_EVERY, "screen_z": SCREEN_Z, "screen_steps": SCREEN_STEPS,
-                          "prune_from": PRUNE_FROM, "retire_p": RETIRE_P, "spending": "n^2"})
+                          "prune_from": PRUNE_FROM, "retire_p": RETIRE_P, "spending": "n^2",
+                          "test": "skew-corrected, a in (1/3, (3c-1)/6)"})
 
 
 @contextlib.contextmanager

@@ -154,9 +154,10 @@ def _blend(rgbs, weight=0.7):
 DIVERGED_COLOUR = (0.25, 0.25, 0.25)
 
 
-def decisive_figure(decisions: pd.DataFrame, optimizers, geo: Geometry, title: str):
+def decisive_figure(decisions: pd.DataFrame, optimizers, geo: Geometry, title: str, margin: float, fdr: float,
+                    max_replicates: int):
     """The refined map: winners in their colours, ties in a light tint of theirs, hatched and named,
-    undecided grey, all-diverged dark grey."""
+    undecided grey, all-diverged dark grey; the legend says what each colour claims."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
@@ -185,14 +186,35 @@ def decisive_figure(decisions: pd.DataFrame, optimizers, geo: Geometry, title: s
     if tie_mask.any():
         ax.pcolor(xe, ye, np.ma.masked_where(~tie_mask, np.ones_like(img)), hatch="////", facecolor="none",
                   shading="flat", edgecolor=(0.2, 0.2, 0.2), linewidth=0)
+    pct = f"{100 * margin:g} %"
     handles = []
     for c in cats:
         if c.startswith("tie:"):
             name = " = ".join(geo.name(m) for m in c[4:].split(","))
-            handles.append(Patch(facecolor=colour_of[c], hatch="///", edgecolor=(0.3, 0.3, 0.3), label=f"tie: {name}"))
+            handles.append(Patch(facecolor=colour_of[c], hatch="///", edgecolor=(0.3, 0.3, 0.3),
+                                 label=f"tied: {name}\n(within {pct} of each other,\nany other > {pct} worse)"))
+        elif c in optimizers:
+            handles.append(Patch(color=colour_of[c], label=f"{geo.name(c)} wins\n(better than every other\nby more than {pct})"))
+        elif c == "undecided":
+            handles.append(Patch(color=colour_of[c], label=f"undecided (no claim at FDR\n{100 * fdr:g} % within "
+                                                           f"{max_replicates}\nreplicates per lr)"))
         else:
-            handles.append(Patch(color=colour_of[c], label=geo.name(c) if c in optimizers else c))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+            handles.append(Patch(color=colour_of[c], label="diverged (every optimizer,\nevery lr raced)"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8,
+              labelspacing=0.9)
+    return fig, ax
+
+
+def lead_figure(decisions: pd.DataFrame, geo: Geometry, margin: float, title: str):
+    """The leader's lead over the runner-up at the selected lrs (% of |L|), in every cell; the
+    contour marks the margin, so "better, but within it" stays visible."""
+    lead = 100 * geo.grid(decisions, "lead").astype(float)
+    cap = max(5.0, 4 * 100 * margin)
+    fig, ax = heatmap_figure(np.clip(np.nan_to_num(lead, posinf=cap), 0, cap), geo, title,
+                             "lead over the runner-up (% of |L|)", log=False)
+    xc, yc = geo.centres(geo.x), geo.centres(geo.y)
+    if np.isfinite(lead).sum() > 3 and np.nanmin(lead) < 100 * margin < np.nanmax(lead):
+        ax.contour(xc, yc, np.nan_to_num(lead, nan=0.0), levels=[100 * margin], colors="white", linewidths=0.8)
     return fig, ax
 
 
@@ -319,12 +341,17 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
 
             decisions = read_parquet(decisions_path)
             prm = refine["params"]
-            how = (f"BH FDR {prm['fdr']:g}, ties within {100 * prm['equivalence']:g}%, "
-                   f"up to {prm['max_replicates']} fresh replicates")
-            emit(decisive_figure(decisions, opts, geo, f"Decided: best optimizer at its held-out lr\n({how})")[0],
-                 "phase_decisive")
+            margin, fdr, top = prm["equivalence"], prm["fdr"], prm["max_replicates"]
+            how = f"BH FDR {fdr:g}, margin {100 * margin:g}%, up to {top} estimation replicates per lr"
+            emit(decisive_figure(decisions, opts, geo, "Best optimizer, each at its best lr (raced on selection\n"
+                                 f"replicates, judged on disjoint ones; BH FDR {fdr:g} over the map,\n"
+                                 f"margin {100 * margin:g} %, up to {top} estimation replicates per lr)", margin, fdr,
+                                 top)[0], "phase_decisive")
+            emit(lead_figure(decisions, geo, margin, "Leader's lead over the runner-up at the selected lrs\n"
+                             f"(white line: the {100 * margin:g} % margin)")[0], "lead")
             emit(heatmap_figure(geo.grid(decisions, "replicates").astype(float), geo,
-                                "Fresh replicates used per cell", "replicates", log=True)[0], "replicates_used")
+                                "Fresh replicates per raced lr (selection + estimation)", "replicates", log=True)[0],
+                 "replicates_used")
             counts = decisions["outcome"].value_counts(normalize=True)
             wins = decisions[decisions["outcome"] == "winner"]["winner"].value_counts(normalize=False)
             n = len(decisions)

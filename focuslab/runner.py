@@ -230,8 +230,9 @@ def run_units(work: Path, todo: list[Unit], compute: Callable | None = None, *, 
                 if table is not None:
                     write_parquet(table, unit_path(work, name, suffix))
             seconds[name] = secs
-            if inflight is not None:
+            if inflight is not None:  # the unit is stored: its progress report and checkpoint go
                 (Path(inflight) / f"{name}.json").unlink(missing_ok=True)
+                (Path(inflight) / f"{name}.pt").unlink(missing_ok=True)
                 progress.set_partial(*_partial(Path(inflight), by_name, counts, seconds))  # not counted twice
             progress.update(by_name[name].cost, units=1, count=counts.get(name, 0.0))
     finally:

@@ -166,6 +166,7 @@ def test_end_to_end_tables_plots_and_resume(tmp_path):
     assert {"test_loss", "test_accuracy", "train_loss", "diverged"} <= set(runs.columns)
     assert {"best_lr", "test_loss_mean", "test_loss_std", "test_accuracy_mean"} <= set(best.columns)
     assert sorted(curves.step.unique()) == [5, 10, 15]
+    assert not list((tmp_path / "r" / "units").rglob("*.pt"))  # a stored unit's checkpoint is gone
     expect = runs.groupby(["optimizer", "batch_size", "lr"], sort=False).test_loss.mean()
     for _, row in best.iterrows():
         assert row.test_loss_mean == pytest.approx(expect[(row.optimizer, row.batch_size)].min())
@@ -224,3 +225,57 @@ def test_a_long_study_prints_its_estimated_cost_first(tmp_path, monkeypatch):
     assert info["units_computed"] == 2
     estimate = [line for line in lines if "estimated ~" in line]
     assert len(estimate) == 1 and "2 units, 24 model-steps" in estimate[0] and "on this machine" in estimate[0]
+
+
+def _small_data():
+    g = np.random.default_rng(3)
+    arrays = {"train_images": g.integers(0, 256, (96, 28, 28), dtype=np.uint8),
+              "train_labels": g.integers(0, 10, 96), "test_images": g.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+              "test_labels": g.integers(0, 10, 40)}
+    return to_tensors(arrays)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("opt, diagnostics", [("adamw", 4), ("focus", 0), ("pytorch_optimizer.AdamP", 0)])
+def test_an_interrupted_unit_resumes_from_its_checkpoint_bit_for_bit(tmp_path, opt, diagnostics):
+    """Ctrl-C inside a unit loses at most the checkpoint interval: the unit continues from its
+    checkpoint (parameters, optimizer states -- stacked or one instance per model --, BatchNorm
+    statistics, random state, curves, diagnostics) and ends with exactly an uninterrupted unit's
+    numbers."""
+    if "." in opt:
+        pytest.importorskip("pytorch_optimizer")
+    data = _small_data()
+    kw = dict(seed=2, eval_every=4, diagnostics_every=diagnostics, diagnostics_batches=2, diagnostics_reference=2)
+    whole = train_batched(data, opt, 8, [1e-3, 1e-2], 2, 13, **kw)
+    ckpt = tmp_path / "unit.pt"
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(t):
+        if t == 9:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_batched(data, opt, 8, [1e-3, 1e-2], 2, 13, on_step=stop_at, checkpoint=ckpt, checkpoint_key="u",
+                      checkpoint_seconds=0.0, **kw)
+    assert ckpt.exists()
+    seen = []
+    other = train_batched(data, opt, 8, [1e-3, 1e-2], 2, 13, checkpoint=tmp_path / "none.pt", **kw)  # no file: fresh
+    resumed = train_batched(data, opt, 8, [1e-3, 1e-2], 2, 13, on_step=seen.append, checkpoint=ckpt,
+                            checkpoint_key="u", **kw)
+    assert resumed["resumed_at"] == 8 and seen[0] == 8 and other["resumed_at"] == 0
+    for key in ("test_loss", "test_accuracy", "train_loss", "diverged"):
+        np.testing.assert_array_equal(resumed[key], whole[key])
+    assert len(resumed["curves"]) == len(whole["curves"]) == 4
+    for a, b in zip(resumed["curves"], whole["curves"], strict=True):
+        assert a[0] == b[0] and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+    assert len(resumed["diagnostics"]) == len(whole["diagnostics"]) == (4 if diagnostics else 0)
+    for a, b in zip(resumed["diagnostics"], whole["diagnostics"], strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]), k  # equal, or both NaN
+    # another unit's checkpoint (another key) is never used
+    fresh = train_batched(data, opt, 8, [1e-3, 1e-2], 2, 13, checkpoint=ckpt, checkpoint_key="other", **kw)
+    assert fresh["resumed_at"] == 0
+    np.testing.assert_array_equal(fresh["test_loss"], whole["test_loss"])

@@ -140,6 +140,28 @@ class Steppers:
         elif not self.shared:
             self._write_back()
 
+    def state_dict(self) -> dict:
+        """Everything a resumed unit needs to step on exactly as if never stopped: the models'
+        parameters (as each instance holds them) and each instance's optimizer state."""
+        return {"mode": self.mode, "params": {n: p.detach().clone() for n, p in self.model.params.items()},
+                "instances": [{n: p.detach().clone() for n, p in inst.items()} for inst in self.instances],
+                "opts": [opt.state_dict() for opt in self.opts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["mode"] != self.mode or len(state["opts"]) != len(self.opts):
+            raise ValueError("a checkpoint of another layout")
+        with torch.no_grad():
+            for inst, saved in zip(self.instances, state["instances"]):
+                for name, p in inst.items():
+                    p.copy_(saved[name])
+            if not self.graph:
+                for name, p in self.model.params.items():
+                    p.copy_(state["params"][name])
+        for opt, saved in zip(self.opts, state["opts"]):
+            opt.load_state_dict(saved)
+        if self.graph:
+            self._assemble()
+
     def stacked_state(self, key: str, name: str) -> torch.Tensor | None:
         """The optimizer's per-parameter state ``key`` (e.g. "exp_avg_sq") of tensor ``name`` for all K
         models, stacked as the model stores it; None when the optimizer keeps no such state."""

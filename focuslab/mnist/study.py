@@ -221,8 +221,10 @@ def run_unit(config: MnistConfig, label: str, batch_size: int, data_dir, device:
                         config.replicates, config.steps, seed=config.seed,
                         weight_decay=config.weight_decay, device=device, eval_every=config.eval_every,
                         on_step=lambda t: report(t / config.steps), diagnostics_every=config.diagnostics_every,
-                        diagnostics_reference=config.diagnostics_reference, diagnostics_lrs=config.diagnostics_lrs)
-    total = time.perf_counter() - t0
+                        diagnostics_reference=config.diagnostics_reference, diagnostics_lrs=config.diagnostics_lrs,
+                        checkpoint=Path(inflight).with_suffix(".pt") if inflight else None,
+                        checkpoint_key=f"{config.digest()}/{label}/{batch_size}")
+    total = out["seconds"]  # the unit's own training time, its interrupted attempts included
     rows = []
     for i, lr in enumerate(config.lrs):
         for r in range(config.replicates):

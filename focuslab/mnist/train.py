@@ -12,6 +12,9 @@ common).  There the two trainers may take different +-lr steps; neither is more 
 """
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,6 +27,9 @@ from .steppers import StateView, Steppers
 #: 2 / 8 / 64 took 28 / 31 / 97 ms stacked against 61 / 101 / 168 ms one by one (512: 645 vs 423);
 #: 12 models x 32 batches were slower stacked (memory traffic of 384 copies).
 STACK_MAX = 64
+
+#: An MNIST unit checkpoints its training state this often (seconds), so Ctrl-C loses at most this.
+CHECKPOINT_SECONDS = 20.0
 
 def resolve_optimizer(spec):
     """An optimizer spec ('adamw', 'focus:gamma=0.4', 'pytorch_optimizer.AdaBelief', ...) or an
@@ -79,7 +85,8 @@ def evaluate(forward, x_test: torch.Tensor, y_test: torch.Tensor, K: int, chunk:
 def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: int, steps: int,
                   seed: int = 0, weight_decay: float = 1e-2, device="cpu", dtype=torch.float32,
                   eval_every: int = 0, on_step=None, diagnostics_every: int = 0, diagnostics_batches: int = 8,
-                  diagnostics_reference: int = 24, diagnostics_lrs: str = "best") -> dict:
+                  diagnostics_reference: int = 24, diagnostics_lrs: str = "best", checkpoint=None,
+                  checkpoint_key: str = "", checkpoint_seconds: float = CHECKPOINT_SECONDS) -> dict:
     """Train len(lrs) * replicates models together; returns per-model arrays of shape (n_lr, R)
     (test_loss, test_accuracy, train_loss, diverged) and, with eval_every, test curves.
     ``on_step(t)`` is called after every step (progress reporting).  With ``diagnostics_every`` N,
@@ -88,7 +95,14 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
     replicates (``"best"``, the lr the study's best.parquet picks): then replicate 0's parameters at
     every lr are kept at each of those steps and the winner's are measured once training is over.
     Rows in out["diagnostics"], their cost (copies included) in out["diagnostics_seconds"];
-    training is unchanged."""
+    training is unchanged.
+
+    With ``checkpoint`` (a path), the whole training state (parameters, optimizer states, BatchNorm
+    statistics, torch's random state, curves and diagnostics so far) is written there atomically
+    every ``checkpoint_seconds``; a call that finds a checkpoint with the same ``checkpoint_key``
+    continues from it and ends with exactly the numbers of an uninterrupted run (tested), so an
+    interrupted unit loses at most ``checkpoint_seconds`` of work.  The caller removes the file once
+    the unit's results are stored."""
     entry = resolve_optimizer(optimizer)
     kind, opt = _kind(entry), dict(entry.settings)
     x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
@@ -108,9 +122,24 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
 
     diag = _Diagnostics(model, data, batch_size, lrs, R, seed, kind, opt, state, diagnostics_batches,
                         diagnostics_reference, device, diagnostics_lrs) if diagnostics_every else None
-    if diag:
+    start, began, before = 0, time.perf_counter(), 0.0
+    saved = _load_checkpoint(checkpoint, checkpoint_key, device)
+    if saved is not None:
+        start, before = saved["t"], saved["seconds"]
+        steppers.load_state_dict(saved["steppers"])
+        with torch.no_grad():
+            for name, value in saved["running"].items():
+                model.running[name].copy_(value)
+        train_loss, curves = saved["train_loss"].to(device), saved["curves"]
+        _set_rng(saved["rng"], device)
+        if diag:
+            diag.__dict__.update(saved["diagnostics"])
+        if on_step is not None:
+            on_step(start)
+    elif diag:
         diag.at(0)
-    for t in range(1, steps + 1):
+    last = time.monotonic()
+    for t in range(start + 1, steps + 1):
         idx = order[t - 1].to(device)  # (R, b)
         xb = x_train[idx]  # (R, b, 784): the models of a replicate share its minibatch
         yb = y_train[idx].repeat(n_lr, 1)  # (K, b), model k = i * R + r
@@ -126,6 +155,14 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
             diag.at(t)
         if on_step is not None:
             on_step(t)
+        if checkpoint is not None and t < steps and time.monotonic() - last >= checkpoint_seconds:
+            _save_checkpoint(checkpoint, {
+                "key": checkpoint_key, "t": t, "seconds": before + time.perf_counter() - began,
+                "steppers": steppers.state_dict(),
+                "running": {n: r.detach().clone() for n, r in model.running.items()},
+                "train_loss": train_loss.detach().cpu(), "curves": curves, "rng": _get_rng(device),
+                "diagnostics": {k: getattr(diag, k) for k in _Diagnostics.STATE} if diag else None})
+            last = time.monotonic()
     test_loss, test_acc = evaluate(eval_forward, x_test, y_test, K)
     train_loss = train_loss.double().cpu()
     diverged = ~np.isfinite(test_loss) | ~np.isfinite(train_loss.numpy())
@@ -135,7 +172,8 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
     return {"test_loss": np.where(diverged, np.inf, test_loss).reshape(shape),
             "test_accuracy": test_acc.reshape(shape), "train_loss": train_loss.numpy().reshape(shape),
             "diverged": diverged.reshape(shape), "curves": curves,
-            "diagnostics": diag.rows if diag else [], "diagnostics_seconds": diag.seconds if diag else 0.0}
+            "diagnostics": diag.rows if diag else [], "diagnostics_seconds": diag.seconds if diag else 0.0,
+            "seconds": before + time.perf_counter() - began, "resumed_at": start}
 
 
 def batch_gradients(model: BatchedMLP, x: torch.Tensor, y: torch.Tensor, indices) -> list:
@@ -165,6 +203,9 @@ class _Diagnostics:
     ``which="best"``: the best lr is known only at the end, so each measurement step keeps a copy
     of replicate 0's parameters at every lr (and AdamW's second moments), n_lr x 2 x 167k floats;
     ``finish`` measures the winner's copies in step order.  ``"all"`` measures every lr at once."""
+
+    #: What a unit's checkpoint keeps of the diagnostics (the rest is rebuilt from the arguments).
+    STATE = ("rows", "seconds", "eigvec", "eigvec_p", "snapshots")
 
     def __init__(self, model, data, batch_size, lrs, R, seed, kind, opt, state, k, reference, device, which):
         if which not in ("best", "all"):
@@ -239,6 +280,43 @@ class _Diagnostics:
         for i, row in zip(lr_index, out["per_model"]):
             self.rows.append({"step": step, "lr": self.lrs[i], "replicate": 0, **row})
         self.seconds += time.perf_counter() - t0
+
+
+def _get_rng(device) -> dict:
+    rng = {"cpu": torch.get_rng_state()}
+    if str(device).startswith("cuda"):
+        rng["cuda"] = torch.cuda.get_rng_state(torch.device(device))
+    return rng
+
+
+def _set_rng(rng: dict, device) -> None:
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and str(device).startswith("cuda"):
+        torch.cuda.set_rng_state(rng["cuda"], torch.device(device))
+
+
+def _save_checkpoint(path, state: dict) -> None:
+    """Atomically (a failed write leaves the previous checkpoint); best effort: a unit that cannot
+    checkpoint (a full disk) still trains, it only loses the protection."""
+    from ..results import WriteError, atomic_path
+
+    try:
+        with atomic_path(Path(path)) as tmp:
+            torch.save(state, tmp)
+    except (OSError, WriteError):
+        pass
+
+
+def _load_checkpoint(path, key: str, device):
+    """The checkpoint at ``path`` if it is this very unit's and reads, else None (a damaged or
+    foreign one is ignored: the unit starts over)."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)  # our own file, our own classes
+    except Exception:  # noqa: BLE001 -- any unreadable file means: start the unit over
+        return None
+    return state if isinstance(state, dict) and state.get("key") == key else None
 
 
 def train_one(data: dict, optimizer: str, batch_size: int, lr: float, replicate: int, steps: int,

@@ -254,6 +254,16 @@ def lr_at(cfg: TrainConfig, it: int) -> float:
 RUN_CONFIG = "run-config.json"  # the full config of a run, beside its checkpoints
 
 
+def make_run_dir(run) -> None:
+    """The run directory (and its parents), or a one-line error naming --out."""
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FocuslabError(f"--out {run}: exists and is not a directory") from None
+    except OSError as err:
+        raise FocuslabError(f"--out {run}: cannot create ({err.strerror})") from None
+
+
 def write_run_config(cfg: "TrainConfig") -> str:
     """The full config as RUN/run-config.json (what `python -m focuslab.gpt2.worker FILE` trains)."""
     import json
@@ -262,12 +272,7 @@ def write_run_config(cfg: "TrainConfig") -> str:
     from ..results import atomic_write_bytes
 
     run = Path(cfg.out)
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise FocuslabError(f"--out {run}: exists and is not a directory") from None
-    except OSError as err:
-        raise FocuslabError(f"--out {run}: cannot create ({err.strerror})") from None
+    make_run_dir(run)
     path = run / RUN_CONFIG
     atomic_write_bytes(path, json.dumps(asdict(cfg), indent=2).encode())  # a refused write: one line
     return str(path.resolve())

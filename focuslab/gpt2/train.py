@@ -21,7 +21,7 @@ import torch
 
 from ..errors import FocuslabError
 from ..results import write_json
-from .config import TrainConfig, lr_at, optimizer_entry, validate, write_run_config
+from .config import TrainConfig, lr_at, make_run_dir, optimizer_entry, validate, write_run_config
 from .model import GPT
 
 def make_optimizer(cfg: TrainConfig, model: GPT, device: str = "cpu"):
@@ -86,7 +86,7 @@ def token_data(cfg: TrainConfig, prepare_embedded: bool = True):
     run = Path(cfg.out)
     data_dir = Path(cfg.data) if cfg.data else run / "data"
     if not cfg.data and prepare_embedded and not (data_dir / "meta.json").exists():
-        _mkdir(run)
+        make_run_dir(run)
         prepare(embedded_corpus(), data_dir, "bytes", source="pydoc_data.topics (CPython)")
     data = TokenData(data_dir)
     data.check_block_size(cfg.block_size, f"--data {cfg.data}" if cfg.data else "the embedded corpus")
@@ -94,15 +94,6 @@ def token_data(cfg: TrainConfig, prepare_embedded: bool = True):
     if cfg.vocab_size and vocab > cfg.vocab_size:
         raise FocuslabError(f"--vocab-size {cfg.vocab_size} is smaller than the tokenizer's {vocab}")
     return data
-
-
-def _mkdir(run: Path) -> None:
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise FocuslabError(f"--out {run}: exists and is not a directory") from None
-    except OSError as err:
-        raise FocuslabError(f"--out {run}: cannot create ({err.strerror})") from None
 
 
 def _save_checkpoint(obj, run: Path) -> None:
@@ -336,7 +327,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True, force: bool = Fals
     master = rank == 0
     accum, micro = share.accum, share.micro_batch
     if master:
-        _mkdir(run)
+        make_run_dir(run)
         data = token_data(cfg)  # the master prepares the embedded corpus; the others wait for it
     if ddp:
         torch.distributed.barrier()

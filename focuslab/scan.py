@@ -148,16 +148,22 @@ def check_plan(config: ScanConfig, plan: dict, allow_long: bool = False, where: 
 
 
 def describe_plan(config: ScanConfig, out: Path, jobs: int | None = None) -> str:
-    """The plan in one line (``focuslab scan --dry-run``)."""
+    """The plan in one line (``focuslab scan --dry-run``), its ETA from each engine's speed: the
+    numba kernel's, and for external optimizers the probe's measurement (the probe, a second or so
+    each, is what a real scan runs first; a directory that recorded it for this config is reused)."""
     from .runner import _duration
+    from .toy.engine import ns_per_step
 
     jobs = jobs or os.cpu_count() or 1
-    p = plan_scan(config, jobs)
+    plans = _plans(config, out, force=False)
+    speed = {e.label: ns_per_step(e, plans.get(e.label)) * 1e-9 for e in config.entries}
+    p = plan_scan(config, jobs, speed)
+    how = "at the numba kernel's speed" if not plans else \
+        f"at the numba kernel's speed and the probed speed of {len(plans)} external optimizer(s)"
     return (f"{out}: {p['cells']} cells x {len(config.entries)} optimizers x {len(config.axes['lr'])} lrs x "
             f"{config.replicates} replicates = {p['trajectories']:.3g} trajectories, {p['steps']:.3g} optimizer "
             f"steps in {p['chunks']} chunks; tables ~{p['table_bytes'] / 2 ** 20:.3g} MiB; ~"
-            f"{_duration(p['eta_seconds'])} on {jobs} worker(s) at the numba kernel's speed (external optimizers are "
-            "probed when the scan starts)")
+            f"{_duration(p['eta_seconds'])} on {jobs} worker(s) {how}")
 
 
 def write_sbatch(config: ScanConfig, out: Path, sbatch_file, shards, jobs, sbatch_options, dry_run: bool) -> str:

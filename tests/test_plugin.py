@@ -477,3 +477,18 @@ def test_json_round_trip_of_external_settings():
     e = parse_one("pytorch_optimizer.AdaBelief:betas=(0.9,0.95)")
     rebuilt = parse_one(e.spec, json.loads(json.dumps({"betas": [0.9, 0.95]})))
     assert rebuilt.label == e.label and rebuilt.name == e.name
+
+
+def test_a_dry_run_plans_with_the_probed_speed_of_an_external_optimizer(tmp_path):
+    from click.testing import CliRunner
+
+    from focuslab.cli.main import main
+
+    out = tmp_path / "s"
+    args = ["scan", "--sharpness", "1,10", "--noise", "0,1", "--replicates", "4", "--steps", "100", "--out", str(out),
+            "--dry-run", "-j", "1"]
+    native = CliRunner().invoke(main, [*args, "--optimizers", "adam"])
+    plugin = CliRunner().invoke(main, [*args, "--optimizers", "adam,torch.optim.AdamW"])
+    assert native.exit_code == 0 and plugin.exit_code == 0, plugin.output
+    assert "probed speed of 1 external optimizer" in plugin.output and "probed" not in native.output
+    assert not out.exists()  # a plan writes nothing

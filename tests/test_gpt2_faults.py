@@ -18,7 +18,7 @@ from focuslab.cli.main import main  # noqa: E402
 
 pytestmark = pytest.mark.faults
 
-NANO = ["--preset", "gpt2-nano", "--dropout", "0", "--eval-iters", "2", "-q"]
+NANO = ["--config", "gpt2-nano", "--dropout", "0", "--eval-iters", "2", "-q"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -124,7 +124,7 @@ def test_bad_rendezvous_endpoints_are_refused_before_launch(tmp_path, endpoint, 
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--min-lr", "1"], "--min-lr 1 is above --learning-rate 0.002"),
+    (["--min-lr", "1"], "--min-lr 1 is above --lr 0.002"),
     (["--block-size", "100000"], "--block-size 100000: the val split of the embedded corpus has only"),
     (["--vocab-size", "100"], "--vocab-size 100 is smaller than the tokenizer's 256"),
     (["--node-rank", "3", "--nodes", "2", "--rdzv-endpoint", "127.0.0.1:29500"], "--node-rank 3"),
@@ -265,7 +265,7 @@ def _interrupt_when(run, ready, cmd, wait=1.0):
 @pytest.mark.slow
 def test_ctrl_c_in_the_first_batch_of_a_big_model_stops_within_seconds_and_leaves_nothing(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "focuslab", "gpt2", "--preset", "gpt2-small", "--device", "cpu", "--no-compile",
+    cmd = [sys.executable, "-m", "focuslab", "gpt2", "--config", "gpt2-small", "--device", "cpu", "--no-compile",
            "--eval-iters", "1", "--out", str(run)]
     code, took, out, err = _interrupt_when(run, lambda: (run / "gpt2.json").exists(), cmd)
     assert code == 130 and "interrupted" in err and "Traceback" not in err, err

@@ -254,6 +254,7 @@ def plan_launch(cfg: TrainConfig, nodes: int = 1, procs: int = 1, endpoint: str 
                 timeout: int = 300, node_rank: int | None = None, sbatch: bool = False,
                 extra: dict | None = None) -> LaunchPlan:
     """Everything a launch needs, checked: one-line errors for what could not work."""
+    from ..results import claim_dir
     from .config import validate
 
     if nodes < 1 or procs < 1:
@@ -268,6 +269,7 @@ def plan_launch(cfg: TrainConfig, nodes: int = 1, procs: int = 1, endpoint: str 
                             "job script with --sbatch FILE")
     world = nodes * procs
     validate(cfg, world)
+    claim_dir(cfg.out, "gpt2", own=RUN_FILES + ("data", TORCHRUN_LOG))  # not another command's directory
     note = layout(cfg, world).describe(cfg)
     path = run_config_path(cfg)
     plan = LaunchPlan(cfg, nodes, procs, "local", timeout, None, node_rank, note=note)

@@ -98,6 +98,8 @@ def _write_sbatch(plan, sbatch_file: Path):
     from focuslab.gpt2.config import write_run_config
     from focuslab.results import atomic_write_bytes
 
+    if sbatch_file.is_dir():  # refused before the run's config is written
+        raise FocuslabError(f"--sbatch {sbatch_file}: is a directory; give the job script's file name")
     path = write_run_config(plan.cfg)
     try:
         atomic_write_bytes(sbatch_file, plan.command.encode())

@@ -134,9 +134,9 @@ def test_a_deprecated_spelling_works_and_prints_one_note(tmp_path, key):
     assert plain.exit_code == 0 and plain.stderr == "" and plain.stdout == res.stdout
 
 
-def test_preset_is_a_silent_alias_of_config():
-    a = CliRunner().invoke(main, ["gpt2", "--preset", "gpt2-small", "--dry-run", "--out", "r"])
-    b = CliRunner().invoke(main, ["gpt2", "--config", "gpt2-small", "--dry-run", "--out", "r"])
+def test_preset_is_a_silent_alias_of_config(tmp_path):
+    a = CliRunner().invoke(main, ["gpt2", "--preset", "gpt2-small", "--dry-run", "--out", str(tmp_path / "r")])
+    b = CliRunner().invoke(main, ["gpt2", "--config", "gpt2-small", "--dry-run", "--out", str(tmp_path / "r")])
     assert a.exit_code == b.exit_code == 0 and a.stderr == "" and a.stdout == b.stdout
     assert '"n_layer": 12' in a.stdout
 

@@ -138,6 +138,11 @@ def test_bad_settings_are_one_line_and_leave_no_directory(tmp_path, args, needle
     assert not (tmp_path / "new").exists()  # nor the parent it created
 
 
+def test_an_sbatch_path_that_is_a_directory_is_refused_before_anything_is_written(tmp_path):
+    one_line_error(cli("gpt2", *NANO, "--sbatch", tmp_path, "--out", tmp_path / "r"), f"--sbatch {tmp_path}: is a directory")
+    assert not (tmp_path / "r").exists()
+
+
 def test_block_size_beyond_the_data_is_refused_at_once_not_after_minutes(tmp_path):
     t0 = time.time()
     res = focuslab("gpt2", *NANO, "--block-size", 100000, "--out", tmp_path / "r", timeout=120)

@@ -227,7 +227,7 @@ def stage_refine(ctx: Context) -> tuple[str, str]:
     if "toy" not in ctx.facts:
         raise Skip("needs the toy scan")
     t0 = time.perf_counter()
-    info = run_refine(ctx.facts["toy"], RefineParams(initial=20, max_replicates=40), jobs=1, progress=False,
+    info = run_refine(ctx.facts["toy"], RefineParams(initial_replicates=20, max_replicates=40), jobs=1, progress=False,
                       log=lambda *_: None)
     seconds = time.perf_counter() - t0
     f = info["fractions"]

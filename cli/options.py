@@ -73,7 +73,8 @@ def field_option(f, defaults: dict | None = None):
     decls = [name] + ([m["short"]] if m["short"] else []) + list(m["aliases"])
     kwargs = {"default": None, "help": help_, "show_default": False}
     if kind is bool:
-        if m["negatable"] and f.default is not False:
+        negatable = m["negatable"] if m["negatable"] is not None else f.default is not False
+        if negatable:
             decls = [f"{name}/--no-{f.name.replace('_', '-')}"] + decls[1:]
         else:
             kwargs.update(is_flag=True, default=False)

@@ -1,50 +1,45 @@
-"""``focuslab refine``: decide every cell of a scan (winner, tied, undecided, diverged)."""
+"""``focuslab refine``: decide every cell of a scan (winner, tied, undecided, diverged).  Flags from
+focuslab.refine.RefineParams (the decisions), RefineRun and focuslab.options.Common (--jobs, --quiet)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
+from focuslab.options import Common
+from focuslab.refine import RefineParams, RefineRun
+
 from .common import say
+from .options import generated, given, split, with_defaults
 
-_TYPES = {"int": int, "float": float}
-
-
-def _param_options(fn):
-    """One flag per RefineParams field (focuslab.refine holds their defaults and help)."""
-    from focuslab.refine import FLAG_FIELDS
-
-    for f in reversed(FLAG_FIELDS):
-        kind = _TYPES.get(f.type, f.type) if isinstance(f.type, str) else f.type
-        fn = click.option("--" + f.name.replace("_", "-"), f.name, type=kind, default=f.default, show_default=True,
-                          metavar=f.metadata.get("metavar"), help=f.metadata["help"] + ".")(fn)
-    return fn
+#: Common's run options that refine has no use for: RESULTS_DIR is where it reads and writes, the
+#: scan it refines fixes the config, and its simulations run where the scan's did.
+NOT_COMMON = ("config", "out", "device", "force")
 
 
 @click.command(short_help="decide every cell of a scan: winner, tied within a margin, undecided")
 @click.argument("results_dir", type=click.Path(path_type=Path))
-@_param_options
-@click.option("--jobs", "-j", type=int, default=None, help="worker processes [all cores].")
-@click.option("--shard", metavar="K/N", help="refine only chunk K of N of the cells (the shards share RESULTS_DIR; "
-              "a final run without --shard writes the decisions).")
-@click.option("--force", is_flag=True, help="start over when RESULTS_DIR was refined with other settings.")
-@click.option("--quiet", "-q", is_flag=True)
-def refine(results_dir, jobs, shard, force, quiet, **settings):
+@generated(RefineParams, RefineRun)
+@generated(Common, skip=NOT_COMMON)
+def refine(results_dir, **values):
     """Turn the scan in RESULTS_DIR into a decisive phase map: each optimizer at its best lr (raced
     on selection replicates, judged on disjoint estimation replicates), a winner only when it beats
     every other optimizer by more than the margin, ties within it, false discovery rate controlled
     over the map.  Writes decisions.parquet, refine/lrs.parquet and replicates.parquet beside the
     scan; `focuslab plot` draws them."""
     from focuslab.errors import FocuslabError
-    from focuslab.refine import RefineParams, run_refine
+    from focuslab.refine import run_refine
     from focuslab.scan import parse_shard
 
+    values = given(values)
+    run = with_defaults({**split(values, RefineRun), **split(values, Common)}, RefineRun)
+    jobs, quiet = run.get("jobs"), run.get("quiet", False)
     if jobs is not None and jobs < 1:
         raise FocuslabError(f"--jobs: must be >= 1, got {jobs}")
-    params = RefineParams(**settings).validate()
-    shard_kn = parse_shard(shard) if shard else None
+    params = RefineParams(**split(values, RefineParams)).validate()
+    shard_kn = parse_shard(run["shard"]) if run["shard"] else None
     say(f"focuslab refine: refining the scan in {results_dir}", quiet)
-    info = run_refine(results_dir, params, jobs=jobs, progress=not quiet, shard=shard_kn, force=force)
+    info = run_refine(results_dir, params, jobs=jobs, progress=not quiet, shard=shard_kn, force=run["force"])
     if info.get("already_complete"):
         say(f"{results_dir}: already refined with these settings; nothing to do (`focuslab plot {results_dir}`)", quiet)
         return

@@ -137,10 +137,16 @@ def preset_path(name: str, section: str | None = None) -> Path:
     return path
 
 
+def names_preset(path_or_preset: str | Path) -> bool:
+    """Whether a --config value names a preset (not a file): no such file, no slash, no .toml."""
+    text = str(path_or_preset)
+    return not Path(text).exists() and "/" not in text and not text.endswith(".toml")
+
+
 def load_toml(path_or_preset: str | Path, section: str | None = None) -> dict:
     """Read a config file, or a preset by name; returns the table (or one section of it)."""
     path = Path(path_or_preset)
-    if not path.exists() and "/" not in str(path_or_preset) and not str(path_or_preset).endswith(".toml"):
+    if names_preset(path_or_preset):
         path = preset_path(str(path_or_preset), section)
     try:
         with open(path, "rb") as fh:

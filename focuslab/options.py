@@ -5,7 +5,9 @@ never written in two places.  Imports nothing of focuslab's and neither Click, n
 * ``setting(default, help, ...)``: a field with that metadata.  The flag is ``--NAME`` (underscores
   as dashes); ``short`` adds ``-X``; ``aliases`` are other spellings that work silently;
   ``deprecated`` are old spellings that work for one release with a one-line note.  ``cli=False``
-  keeps a field out of the command line (a resolved value, not a choice).
+  keeps a field out of the command line (a resolved value, not a choice).  A boolean gets a
+  ``--no-NAME`` spelling when its default is on, or always with ``negatable=True`` (a setting a
+  preset or config file may turn on, which a flag must be able to turn off again).
 * ``shown``: what the help says the default is when it is not a plain value ("results/NAME").
 * ``Common``: the run options every study command shares (--config, --out, --force, --jobs,
   --device, --quiet).  Study settings (what determines the numbers) live in each command's own
@@ -18,7 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields
 
 def setting(default=None, help: str = "", *, kind=None, metavar: str | None = None, choices=None,
             multiple: bool = False, cli: bool = True, short: str | None = None, aliases=(), deprecated=(),
-            shown: str | None = None, negatable: bool = True, name: str | None = None):
+            shown: str | None = None, negatable: bool | None = None, name: str | None = None):
     """A dataclass field that declares a setting (see the module docstring); ``name`` overrides the
     flag when the config key and the flag differ (the [scan.optimizer] table is --opt-param)."""
     meta = {"help": help, "kind": kind, "metavar": metavar, "choices": tuple(choices) if choices else None,

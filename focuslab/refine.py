@@ -100,7 +100,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from itertools import combinations
 from pathlib import Path
@@ -112,6 +112,7 @@ from . import __version__
 from .axes import CELL_NAMES
 from .config import config_digest
 from .errors import FocuslabError
+from .options import setting
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -131,26 +132,23 @@ PRUNE_FROM = 2  # no lr leaves the race before this look (0-based): frozen small
 RETIRE_P = 1e-6  # an optimizer worse than every other by the margin at this p stops being simulated
 
 
-def _f(default, help: str, flag: bool = True, metavar: str | None = None):
-    return field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar})
-
-
 @dataclass(frozen=True)
 class RefineParams:
-    """The refinement's settings; ``focuslab refine`` makes one flag per field (name with dashes)."""
+    """The refinement's settings, declared once (focuslab.options): ``focuslab refine`` makes one flag
+    per field (name with dashes); ``validate`` checks their values."""
 
-    fdr: float = _f(0.05, "false discovery rate over the map's cells (Benjamini-Hochberg)", metavar="Q")
-    equivalence: float = _f(0.01, "margin, relative to |best loss|: a winner beats every other optimizer by more, "
-                                  "tied optimizers are within it", metavar="EPS")
-    initial_replicates: int = _f(200, "estimation replicates per lr at the first look (plus half as many for "
-                                      "selection); later looks double", metavar="N")
-    max_replicates: int = _f(6400, "estimation replicates per lr at most", metavar="N")
-    lr_levels: int = _f(1, "midpoint levels between grid lrs: 1 halves the grid step around the leader, "
-                           "2 quarters it, 0 races grid lrs only", metavar="L")
-    extend_steps: int = _f(8, "grid steps an lr may go beyond the grid's edge", metavar="N")
-    lr_min: float = _f(1e-7, "smallest lr the race may reach", metavar="LR")
-    lr_max: float = _f(10.0, "largest lr the race may reach", metavar="LR")
-    chunk_cells: int = _f(50, "cells per work unit", flag=False)
+    fdr: float = setting(0.05, "false discovery rate over the map's cells (Benjamini-Hochberg)", metavar="Q")
+    equivalence: float = setting(0.01, "margin, relative to |best loss|: a winner beats every other optimizer by "
+                                       "more, tied optimizers are within it", metavar="EPS")
+    initial_replicates: int = setting(200, "estimation replicates per lr at the first look (plus half as many for "
+                                           "selection); later looks double", metavar="N")
+    max_replicates: int = setting(6400, "estimation replicates per lr at most", metavar="N")
+    lr_levels: int = setting(1, "midpoint levels between grid lrs: 1 halves the grid step around the leader, "
+                                "2 quarters it, 0 races grid lrs only", metavar="L")
+    extend_steps: int = setting(8, "grid steps an lr may go beyond the grid's edge", metavar="N")
+    lr_min: float = setting(1e-7, "smallest lr the race may reach", metavar="LR")
+    lr_max: float = setting(10.0, "largest lr the race may reach", metavar="LR")
+    chunk_cells: int = setting(50, "cells per work unit", cli=False)
 
     def validate(self) -> "RefineParams":
         if not 0 < self.fdr < 1:
@@ -189,7 +187,15 @@ class RefineParams:
         return n / n.sum()
 
 
-FLAG_FIELDS = [f for f in fields(RefineParams) if f.metadata.get("flag", True)]
+@dataclass(frozen=True)
+class RefineRun:
+    """The refine command's own run options (beside --jobs and --quiet of focuslab.options.Common):
+    how the work is split and what happens to an earlier refinement, never the decisions."""
+
+    shard: str = setting(None, "refine only chunk K of N of the cells (the shards share RESULTS_DIR; a final run "
+                               "without --shard writes the decisions)", metavar="K/N")
+    force: bool = setting(False, "start over when RESULTS_DIR was refined with other settings (a refinement with "
+                                 "these settings is resumed, or left as it is when complete)")
 
 
 def fresh_count(estimation: int) -> int:

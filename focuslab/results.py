@@ -174,10 +174,12 @@ def kind_of(directory: Path) -> str | None:
     return None
 
 
-def claim_dir(out: Path, kind: str) -> bool:
+def claim_dir(out: Path, kind: str, own=()) -> bool:
     """Check that ``out`` may hold results of ``kind``: it is new, empty, or already of that kind.
-    Another command's directory, or a directory of other files, is refused in one line.  Returns
-    whether the directory is new (so that a run that fails before computing anything removes it)."""
+    Another command's directory, or a directory of other files, is refused in one line (``own``:
+    further names a run of this kind may leave before its metadata file, e.g. a GPT-2 run's
+    run-config.json).  Returns whether the directory is new (so that a run that fails before
+    computing anything removes it)."""
     out = Path(out)
     if not out.exists():
         return True
@@ -187,7 +189,7 @@ def claim_dir(out: Path, kind: str) -> bool:
     if other is not None and other != kind:
         raise FocuslabError(f"--out {out} holds a {WORDS[other]} ({KINDS[other]}); give the {WORDS[kind]} a "
                             "directory of its own")
-    foreign = [p.name for p in out.iterdir() if not _ours(p)]
+    foreign = [p.name for p in out.iterdir() if not _ours(p) and p.name not in own]
     if other is None and foreign:
         raise FocuslabError(f"--out {out} holds files that are not focuslab results ({', '.join(sorted(foreign)[:3])}"
                             f"{', ...' if len(foreign) > 3 else ''}); give an empty or new directory")

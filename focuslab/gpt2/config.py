@@ -87,6 +87,9 @@ class TrainConfig(GPTConfig):
     diagnostics_reference: int = setting(1, "further batches (of --batch-size sequences) in the noise sample (mean "
                                             "and variance), besides the K micro-batches and the training step's own "
                                             "gradient")
+    diagnostics_preconditioned: bool = setting(False, "also measure the optimizer's preconditioned lambda_max "
+                                                      "(Adam's sqrt(v); a second Lanczos solve, ~1.7x a "
+                                                      "measurement's cost)", negatable=True)
     out: str = setting("results/gpt2", "run directory", cli=False)  # the flag is focuslab.gpt2.launch.Gpt2Run's
     wandb: bool = setting(False, "also log to Weights & Biases", negatable=True)
 
@@ -110,7 +113,8 @@ class TrainConfig(GPTConfig):
         d = self.to_dict()
         if not d["optimizer_origin"]:  # built-ins: keep the digests runs had before this field
             d.pop("optimizer_origin")
-        for key in ("out", "wandb", "compile", "diagnostics_every", "diagnostics_batches", "diagnostics_reference"):
+        for key in ("out", "wandb", "compile", "diagnostics_every", "diagnostics_batches", "diagnostics_reference",
+                    "diagnostics_preconditioned"):
             d.pop(key)
         if self.lr_decay_iters:
             d.pop("max_iters")

@@ -608,7 +608,8 @@ class _Diagnostics:
         if step_gradient is None:
             step_gradient = self.step_gradient(it)
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        pre = optimizer_preconditioner(self.opt, list(self.model.parameters())) if it > 0 else None
+        pre = optimizer_preconditioner(self.opt, list(self.model.parameters())) \
+            if it > 0 and self.cfg.diagnostics_preconditioned else None
         # J = K micro-batches + the reference batches + the step's gradient, all in the mean and the
         # variance; the Hessian by double backward through the math attention backend (the fused
         # kernels have none)

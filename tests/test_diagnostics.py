@@ -532,7 +532,8 @@ def test_gpt2_sharpness_is_the_dense_hessians_top_eigenvalue(tmp_path):
     prepare(embedded_corpus()[:20000], tmp_path / "data", "bytes")
     data = TokenData(tmp_path / "data")
     cfg = TrainConfig(n_layer=1, n_head=2, n_embd=4, block_size=8, vocab_size=256, batch_size=8,
-                      optimizer="adamw", diagnostics_every=1, diagnostics_reference=1, out=str(tmp_path / "run"))
+                      optimizer="adamw", diagnostics_every=1, diagnostics_reference=1,
+                      diagnostics_preconditioned=True, out=str(tmp_path / "run"))
     torch.manual_seed(0)
     model = GPT(cfg.model_config(256))
     with torch.no_grad():

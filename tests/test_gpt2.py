@@ -21,6 +21,7 @@ def cli(*args):
 
 
 from distributed_helpers import launch_with_retries  # noqa: E402
+from conftest import interruptible  # noqa: E402
 
 
 def val_rows(run):
@@ -220,7 +221,8 @@ def test_ctrl_c_checkpoints_and_a_plain_rerun_resumes_exactly(tmp_path):
 
     run = tmp_path / "run"
     proc = subprocess.Popen(_nano_cmd(run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=interruptible)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
         time.sleep(0.05)

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 torch = pytest.importorskip("torch")
 
 from focuslab.cli.main import main  # noqa: E402
+from conftest import interruptible  # noqa: E402
 
 pytestmark = pytest.mark.faults
 
@@ -287,7 +288,7 @@ def test_diagnostics_of_a_finished_run_are_measured_on_its_checkpoint(tmp_path):
 
 def _interrupt_when(run, ready, cmd, wait=1.0):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=ENV)
+                            env=ENV, preexec_fn=interruptible)
     deadline = time.time() + 180
     while time.time() < deadline and not ready():
         time.sleep(0.05)

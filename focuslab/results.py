@@ -58,29 +58,14 @@ def _write_error(path: Path, err: OSError) -> WriteError:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename over it.  The file gets the
-    mode the umask allows (mkstemp's own 0600 would hide results on shared cluster filesystems).
-    A full disk or a refused write is a one-line WriteError; no partial file is left."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise _write_error(path, err) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    """Write to a temporary file beside ``path``, fsync, then rename over it (``atomic_path``).  The
+    file gets the mode the umask allows (mkstemp's own 0600 would hide results on shared cluster
+    filesystems).  A full disk or a refused write is a one-line WriteError; no partial file is left."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fchmod(fh.fileno(), new_file_mode())
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(err, OSError):
-            raise _write_error(path, err) from None
-        raise
 
 
 @contextlib.contextmanager

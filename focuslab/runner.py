@@ -148,11 +148,11 @@ class InflightReporter:
         self.last = time.time()
         import json
 
-        from .results import atomic_write_bytes
+        from .results import WriteError, atomic_write_bytes
 
         try:
             atomic_write_bytes(self.path, json.dumps({"fraction": float(fraction)}).encode())
-        except (OSError, ValueError):  # progress is best effort (a WriteError is a ValueError)
+        except WriteError:  # progress is best effort
             pass
 
 

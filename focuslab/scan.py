@@ -124,6 +124,14 @@ def plan_scan(config: ScanConfig, jobs: int = 1, speeds: dict | None = None) -> 
             "eta_seconds": seconds / max(1, jobs)}
 
 
+def engine_speeds(config: ScanConfig, plans: dict) -> dict:
+    """label -> seconds per trajectory-step on one core: the numba kernel's, or the probe's
+    measurement of an external optimizer (``plans``, focuslab.toy.engine.plans)."""
+    from .toy.engine import ns_per_step
+
+    return {e.label: ns_per_step(e, plans.get(e.label)) * 1e-9 for e in config.entries}
+
+
 def check_plan(config: ScanConfig, plan: dict, allow_long: bool = False, where: str = "scan") -> None:
     """Refuse, in one line naming the flag, a plan that cannot fit in memory or would run for more
     than a week (unless ``allow_long``)."""
@@ -152,12 +160,10 @@ def describe_plan(config: ScanConfig, out: Path, jobs: int | None = None) -> str
     numba kernel's, and for external optimizers the probe's measurement (the probe, a second or so
     each, is what a real scan runs first; a directory that recorded it for this config is reused)."""
     from .runner import _duration
-    from .toy.engine import ns_per_step
 
     jobs = jobs or os.cpu_count() or 1
     plans = _plans(config, out, force=False)
-    speed = {e.label: ns_per_step(e, plans.get(e.label)) * 1e-9 for e in config.entries}
-    p = plan_scan(config, jobs, speed)
+    p = plan_scan(config, jobs, engine_speeds(config, plans))
     how = "at the numba kernel's speed" if not plans else \
         f"at the numba kernel's speed and the probed speed of {len(plans)} external optimizer(s)"
     return (f"{out}: {p['cells']} cells x {len(config.entries)} optimizers x {len(config.axes['lr'])} lrs x "
@@ -451,9 +457,7 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
         raise FocuslabError(f"--device {device}: {external[0].label} is an external torch optimizer, which runs on "
                             "the CPU engine; scan it without --device (or scan the built-ins alone on the GPU)")
     plans = _plans(config, out, force)  # probes external optimizers before anything is written
-    from .toy.engine import ns_per_step
-
-    speed = {e.label: ns_per_step(e, plans.get(e.label)) * 1e-9 for e in config.entries}
+    speed = engine_speeds(config, plans)
     check_plan(config, plan_scan(config, 1 if sim is not None else (jobs or os.cpu_count() or 1), speed), allow_long)
     if announce is not None:  # the plan holds: say where the results will go
         announce()

@@ -138,7 +138,7 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
             on_step(start)
     elif diag:
         diag.at(0)
-    last = time.monotonic()
+    last = began
     for t in range(start + 1, steps + 1):
         idx = order[t - 1].to(device)  # (R, b)
         xb = x_train[idx]  # (R, b, 784): the models of a replicate share its minibatch
@@ -155,14 +155,14 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
             diag.at(t)
         if on_step is not None:
             on_step(t)
-        if checkpoint is not None and t < steps and time.monotonic() - last >= checkpoint_seconds:
+        if checkpoint is not None and t < steps and time.perf_counter() - last >= checkpoint_seconds:
             _save_checkpoint(checkpoint, {
                 "key": checkpoint_key, "t": t, "seconds": before + time.perf_counter() - began,
                 "steppers": steppers.state_dict(),
                 "running": {n: r.detach().clone() for n, r in model.running.items()},
                 "train_loss": train_loss.detach().cpu(), "curves": curves, "rng": _get_rng(device),
                 "diagnostics": {k: getattr(diag, k) for k in _Diagnostics.STATE} if diag else None})
-            last = time.monotonic()
+            last = time.perf_counter()
     test_loss, test_acc = evaluate(eval_forward, x_test, y_test, K)
     train_loss = train_loss.double().cpu()
     diverged = ~np.isfinite(test_loss) | ~np.isfinite(train_loss.numpy())

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-
-from focuslab.cli.main import main
+from test_faults import cli, one_line_error  # the faults' one way to run a command and judge its error
 
 pytestmark = pytest.mark.faults
 
@@ -18,16 +16,6 @@ FAST = ["--sharpness", "1,10", "--noise", "0,1", "--lr", "0.01,0.1", "--replicat
         "--optimizers", "adam,signum", "--jobs", "1", "-q"]
 REFINE = ["--initial-replicates", "20", "--max-replicates", "40", "-j", "1"]
 TABLES = ("decisions.parquet", "replicates.parquet", "refine/lrs.parquet")
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(res, needle):
-    assert res.exit_code == 2, res.output
-    assert needle in res.stderr, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output
 
 
 def snapshot(directory: Path) -> dict:

@@ -53,6 +53,7 @@ SHARPNESS, NOISE, WEIGHT_DECAY, PHI, C = (COLUMN[n] for n in ("sharpness", "nois
 rotate = njit(inline="always")(landscape.rotate)
 loss_uv = njit(inline="always")(landscape.loss_uv)
 grad_theta = njit(inline="always")(landscape.grad_theta)
+noise_factor = njit(inline="always")(landscape.noise_factor)
 
 
 def _simulate(hp, cells, lrs, keys, steps, final_loss, min_loss, progress, diverged):
@@ -103,8 +104,8 @@ def _simulate(hp, cells, lrs, keys, steps, final_loss, min_loss, progress, diver
                             S[Z2, l * nr + r] = z2[r]
                     for j in range(n):
                         g1, g2 = grad_theta(S[U, j], S[V, j], sharpness, c, cos_phi, sin_phi)
-                        g1 = g1 * (1.0 + noise * S[Z1, j])
-                        g2 = g2 * (1.0 + noise * S[Z2, j])
+                        g1 = g1 * noise_factor(noise, S[Z1, j])
+                        g2 = g2 * noise_factor(noise, S[Z2, j])
                         lr = S[LR, j]
                         y1, S[S10, j], S[S11, j] = update(cx, S[THETA1, j], g1, S[S10, j], S[S11, j], lr, wd, hp)  # noqa: F821
                         y2, S[S20, j], S[S21, j] = update(cx, S[THETA2, j], g2, S[S20, j], S[S21, j], lr, wd, hp)  # noqa: F821

@@ -67,6 +67,7 @@ BLOCK = 1024  # trajectories held at once in single mode
 _rotate = njit(inline="always")(landscape.rotate)
 _loss_uv = njit(inline="always")(landscape.loss_uv)
 _grad_theta = njit(inline="always")(landscape.grad_theta)
+_noise_factor_of = njit(inline="always")(landscape.noise_factor)
 # cell parameter columns of ``cellp``
 SHARP, NOISE, SLOPE, COS, SIN = range(5)
 
@@ -95,8 +96,8 @@ def _noisy_grad(theta, grad, lane_cell, lane_pair, cellp, z):
         u, v = _rotate(theta[j, 0], theta[j, 1], co, si)
         g1, g2 = _grad_theta(u, v, cellp[c, SHARP], cellp[c, SLOPE], co, si)
         p = lane_pair[j]
-        grad[j, 0] = g1 * (1.0 + cellp[c, NOISE] * z[p, 0])
-        grad[j, 1] = g2 * (1.0 + cellp[c, NOISE] * z[p, 1])
+        grad[j, 0] = g1 * _noise_factor_of(cellp[c, NOISE], z[p, 0])
+        grad[j, 1] = g2 * _noise_factor_of(cellp[c, NOISE], z[p, 1])
 
 
 @njit(cache=True, nogil=True)
@@ -108,8 +109,8 @@ def _noisy_grad_direct(theta, grad, lane_cell, lane_pair, cellp, pair_keys, n):
         u, v = _rotate(theta[j, 0], theta[j, 1], co, si)
         g1, g2 = _grad_theta(u, v, cellp[c, SHARP], cellp[c, SLOPE], co, si)
         z1, z2 = normal_pair(pair_keys[lane_pair[j]], n)
-        grad[j, 0] = g1 * (1.0 + cellp[c, NOISE] * z1)
-        grad[j, 1] = g2 * (1.0 + cellp[c, NOISE] * z2)
+        grad[j, 0] = g1 * _noise_factor_of(cellp[c, NOISE], z1)
+        grad[j, 1] = g2 * _noise_factor_of(cellp[c, NOISE], z2)
 
 
 @njit(cache=True, nogil=True)
@@ -117,16 +118,16 @@ def _noise_factor_direct(xi, lane_cell, lane_pair, cellp, pair_keys, n):
     for j in range(xi.shape[0]):
         c = lane_cell[j]
         z1, z2 = normal_pair(pair_keys[lane_pair[j]], n)
-        xi[j, 0] = 1.0 + cellp[c, NOISE] * z1
-        xi[j, 1] = 1.0 + cellp[c, NOISE] * z2
+        xi[j, 0] = _noise_factor_of(cellp[c, NOISE], z1)
+        xi[j, 1] = _noise_factor_of(cellp[c, NOISE], z2)
 
 
 @njit(cache=True, nogil=True)
 def _noise_factor(xi, lane_cell, lane_pair, cellp, z):
     for j in range(xi.shape[0]):
         c, p = lane_cell[j], lane_pair[j]
-        xi[j, 0] = 1.0 + cellp[c, NOISE] * z[p, 0]
-        xi[j, 1] = 1.0 + cellp[c, NOISE] * z[p, 1]
+        xi[j, 0] = _noise_factor_of(cellp[c, NOISE], z[p, 0])
+        xi[j, 1] = _noise_factor_of(cellp[c, NOISE], z[p, 1])
 
 
 @njit(cache=True, nogil=True)

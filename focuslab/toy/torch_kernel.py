@@ -121,8 +121,8 @@ def _advance(n_steps, update, hp, keys, t0, ctx, cell, lr, state, gen):
         z1, z2 = gen.normal_pair(keys, t0 + k)
         cx = ctx[k]
         g1, g2 = landscape.grad_theta(u, v, sharpness, c, cos_phi, sin_phi)
-        g1 = g1 * (1.0 + noise * z1)
-        g2 = g2 * (1.0 + noise * z2)
+        g1 = g1 * landscape.noise_factor(noise, z1)
+        g2 = g2 * landscape.noise_factor(noise, z2)
         theta1, s10, s11 = update(cx, theta1, g1, s10, s11, lr, wd, hp)
         theta2, s20, s21 = update(cx, theta2, g2, s20, s21, lr, wd, hp)
         u, v = landscape.rotate(theta1, theta2, cos_phi, sin_phi)

@@ -2,8 +2,10 @@
 
 Layers, low to high (docs/ARCHITECTURE.md):
   0  errors, values, axes, devices, options, optim (torch optimizer classes: import nothing of focuslab's)
-  1  config, optimizers (the spec grammar and the optimizer definitions)
-  2  toy, results, runner, phase (engines, the store, reductions)
+  1  toy (the simulator's engines: they run the rules and torch classes they are handed, and know
+     no optimizer by name)
+  2  config, optimizers (the spec grammar, the definitions, the one optimizer interface over the
+     engines), results, runner, phase (the store, reductions)
   3  scan, refine (a package), mnist, gpt2, diagnostics, slurm, selftest (studies)
   4  plot (figures from results)
   5  cli (the command tree, installed as focuslab.cli), focuslab.__main__
@@ -17,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "errors": 0, "values": 0, "axes": 0, "optim": 0, "devices": 0, "options": 0,
-    "config": 1, "optimizers": 1,
-    "toy": 2, "results": 2, "runner": 2, "phase": 2,
+    "toy": 1,
+    "config": 2, "optimizers": 2, "results": 2, "runner": 2, "phase": 2,
     "scan": 3, "refine": 3, "mnist": 3, "gpt2": 3, "diagnostics": 3, "slurm": 3, "selftest": 3,
     "plot": 4,
     "cli": 5, "__main__": 5,

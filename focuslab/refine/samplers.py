@@ -55,11 +55,9 @@ def simulate(config, label: str, cells: np.ndarray, lrs: np.ndarray, keys: np.nd
     """Every simulator call of refine goes through here: optimizer ``label`` of ``config`` on
     ``cells`` (n_cells, 5) x ``lrs`` x replicate ``keys`` (n_cells, n_rep) -> per-lane metrics of
     shape (cells, lrs, replicates), at least ``final_loss`` and ``diverged``.  The toy's one entry
-    point (focuslab.toy.engine) runs built-ins on the numba kernel and any other torch optimizer on
+    point (OptimizerEntry.simulate) runs built-ins on the numba kernel and any other torch optimizer on
     the plug-in engine, in the mode the scan's probe recorded (``plans``: label -> plan)."""
-    from ..toy.engine import simulate as run
-
-    return run(config.entry(label), cells, lrs, keys, config.steps, plan=(plans or {}).get(label))
+    return config.entry(label).simulate(cells, lrs, keys, config.steps, plan=(plans or {}).get(label))
 
 
 class SimulatorSampler:

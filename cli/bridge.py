@@ -15,7 +15,7 @@ from .options import generated, given, split, with_defaults
 NOT_COMMON = ("config", "out")
 
 
-@click.command(short_help="the toy read at the sigma_equiv real MNIST / GPT-2 runs measured: predicted vs observed")
+@click.command(short_help="the toy read at the gradient noise real runs measured: predicted vs observed winners")
 @generated(BridgeSettings)
 @generated(Common, skip=NOT_COMMON)
 def bridge(**values):

@@ -47,7 +47,7 @@ class FocuslabGroup(click.Group):
 
 
 @click.group(cls=FocuslabGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="focuslab")
+@click.version_option(package_name="focuslab", prog_name="focuslab")
 def main():
     """focuslab: reproduce and extend the FOCUS optimizer paper (arXiv 2501.12243).
 

@@ -22,16 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from bench_toy import host_line  # noqa: E402  (the CPU, LLVM's name for it, AVX2/FMA/AVX-512)
 
 
 def busy_seconds() -> float:
@@ -101,7 +94,7 @@ def main() -> int:
              "|---|---:|---:|"]
     lines += [f"| {label} | {scan:.1f} s | {plot:.1f} s |" for label, scan, plot in rows]
     lines.append("")
-    lines.append(f"{cpu_model()}, {cores} cores; numba target {target}; Python {platform.python_version()}; "
+    lines.append(f"{host_line()}; numba target {target}; Python {platform.python_version()}; "
                  f"{when}, commit {commit}. Other processes used {100 * quiet:.0f} % of the machine's CPU time "
                  f"while it ran (load average {load_before[0]:.1f} before, {load_after[0]:.1f} after): "
                  + ("a quiet machine." if quiet < 0.1 else "a shared machine: read these as upper bounds."))

@@ -46,9 +46,15 @@ def markdown(header: list[str], rows: list[list[str]], align: str | None = None)
     return "\n".join(lines) + "\n"
 
 
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
 def _steps(n: float) -> str:
-    exp = int(math.floor(math.log10(n))) if n > 0 else 0
-    return f"{n / 10 ** exp:.1f}·10^{exp}^" if n > 0 else "0"
+    """2.6·10¹¹"""
+    if n <= 0:
+        return "0"
+    exp = int(math.floor(math.log10(n)))
+    return f"{n / 10 ** exp:.1f}·10{str(exp).translate(_SUPERSCRIPT)}"
 
 
 def _minutes(seconds: float) -> str:
@@ -122,7 +128,7 @@ def mnist_diagnostics(directory: Path) -> str:
                      _num(sig.loc[b, "sigma_equiv"]) if b in sig.index else "—", _num(r.weighted_median),
                      _num(r.b_simple, ".4g"), _num(r.lambda_max), _num(s),
                      _pct(first.loc[b, "zero_fraction"], 0) if b in first.index else "—"])
-    return markdown(["B", "I(B)", "σ_equiv [95 %]", "step 0", "Signum's", "|G|-wt. median", "B_simple",
+    return markdown(["B", "I(B)", "σ_equiv [95 %]", "step 0", "Signum's", "\\|G\\|-wt. median", "B_simple",
                      "λ_max", "S", "zero share, step 0"], rows, "r" * 10)
 
 
@@ -154,7 +160,7 @@ def gpt2_runs(dirs: list) -> str:
         rows.append(row)
     header = ["run", "optimizer", "iterations", "final val loss", "wall"]
     if diagnosed:
-        header += ["σ_equiv step 0", "median after 0 (range)", "middle [95 %]", "last [95 %]", "|G|-wt. median",
+        header += ["σ_equiv step 0", "median after 0 (range)", "middle [95 %]", "last [95 %]", "\\|G\\|-wt. median",
                    "B_simple (seq.)", "λ_max first → last", "diagnostics cost"]
         rows = [r + ["—"] * (len(header) - len(r)) for r in rows]
     return markdown(header, rows, "ll" + "r" * (len(header) - 2))

@@ -4,6 +4,7 @@ input tables; the toy map scanned in-process when missing; bad input refused in 
 nothing written."""
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +256,45 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(runs, tmp_path, args, 
     assert "Traceback" not in res.output
     assert not (tmp_path / "out").exists() and not (tmp_path / "new-toy").exists()
     assert listing() == before
+
+
+def _table(path: Path) -> list[dict]:
+    """A Markdown table written by focuslab.report, as rows of {header: cell}."""
+    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
+    split = [[c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]] for ln in lines]
+    return [dict(zip(split[0], row)) for row in split[2:]]
+
+
+@pytest.mark.slow
+def test_the_docs_tables_are_written_from_the_results_directories(runs, bridged, tmp_path):
+    from focuslab import report
+
+    root = tmp_path / "results"
+    root.mkdir()
+    (root / "mnist-5k-diag").symlink_to(runs / "mnist")
+    for opt in ("adamw", "signum", "focus"):
+        (root / f"gpt2-mini-{opt}").symlink_to(runs / f"gpt2-{opt}")
+    (root / "bridge").symlink_to(bridged[0])
+    written, skipped = report.write_tables(root, tmp_path / "tables")
+    assert set(written) == {"mnist-diagnostics.md", "gpt2-mini.md", "bridge-mnist.md", "bridge-boundary.md",
+                            "bridge-gpt2.md", "bridge-stability.md"}
+    assert any(s.startswith("paper-maps.md: no ") for s in skipped)
+    m = pd.read_parquet(bridged[0] / "mnist.parquet").set_index("batch_size")
+    rows = _table(tmp_path / "tables" / "mnist-diagnostics.md")
+    assert [int(r["B"]) for r in rows] == sorted(m.index)
+    for r in rows:
+        b = int(r["B"])
+        assert r["σ_equiv [95 %]"].split()[0] == format(m.loc[b, "sigma_equiv"], ".3g")
+        assert r["I(B)"] == f"{100 * m.loc[b, 'improvement']:+.0f} % ± {100 * m.loc[b, 'improvement_error']:.0f} %"
+    for r in _table(tmp_path / "tables" / "gpt2-mini.md"):
+        meta = json.loads((root / r["run"].strip("`") / "gpt2.json").read_text())
+        assert r["final val loss"] == f"{meta['final']['val_loss']:.4f}"
+    pred = pd.read_parquet(bridged[0] / "mnist_toy.parquet")
+    for r in _table(tmp_path / "tables" / "bridge-mnist.md"):
+        for col, cell in r.items():
+            if col.startswith("toy, a = "):
+                a = float(col.split("= ")[1])
+                q = pred[(pred.batch_size == int(r["B"])) & np.isclose(pred.sharpness, a)].predicted_improvement
+                assert cell == f"{100 * q.iloc[0]:+.0f} %"
+    assert (tmp_path / "tables" / "bridge-boundary.md").read_text().startswith(
+        f"<!-- written by `python -m focuslab.report` from {root / 'bridge'}")

@@ -6,7 +6,7 @@ Layers, low to high (docs/ARCHITECTURE.md):
   2  toy, results, runner, phase (engines, the store, reductions)
   3  scan, refine, mnist, gpt2, diagnostics, slurm, selftest (studies)
   4  plot (figures from results), bridge (reads other studies' results, as plot does, and runs the
-     toy scan it needs)
+     toy scan it needs), report (the docs' tables from results)
   5  cli (the command tree, installed as focuslab.cli), focuslab.__main__
 A module may import its own layer or lower ones, never a higher one.
 """
@@ -19,7 +19,7 @@ LAYERS = {
     "config": 1, "optimizers": 1,
     "toy": 2, "results": 2, "runner": 2, "phase": 2,
     "scan": 3, "refine": 3, "mnist": 3, "gpt2": 3, "diagnostics": 3, "slurm": 3, "selftest": 3,
-    "plot": 4, "bridge": 4,
+    "plot": 4, "bridge": 4, "report": 4,
     "cli": 5, "__main__": 5,
 }
 

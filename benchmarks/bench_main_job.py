@@ -5,7 +5,7 @@ SIMD width the kernel was compiled to, and how loaded the machine was (load aver
 time other processes took while it ran), so that a figure from a shared machine is labelled as such.
 
     python benchmarks/bench_main_job.py                       # print the table
-    python benchmarks/bench_main_job.py --markdown docs/tables/timing.md
+    python benchmarks/bench_main_job.py --markdown docs/tables/timing.md --readme README.md
     NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="" python benchmarks/bench_main_job.py   # as an AVX2 machine
 """
 from __future__ import annotations
@@ -65,6 +65,8 @@ def kernel_target(env: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--markdown", type=Path, help="also write the table there (Markdown)")
+    ap.add_argument("--readme", type=Path, help="also put it in this README, between its <!-- main-job-timing --> "
+                                                 "and <!-- /main-job-timing --> lines")
     args = ap.parse_args()
     focuslab = shutil.which("focuslab")
     if focuslab is None:
@@ -103,6 +105,13 @@ def main() -> int:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text)
+    if args.readme:
+        readme = args.readme.read_text()
+        start, end = "<!-- main-job-timing -->\n", "<!-- /main-job-timing -->"
+        if start not in readme or end not in readme:
+            sys.exit(f"{args.readme} has no {start.strip()} ... {end} lines to put the table between")
+        head, rest = readme.split(start, 1)
+        args.readme.write_text(head + start + text + rest[rest.index(end):])
     return 0
 
 

@@ -516,6 +516,14 @@ def run_bridge(settings: BridgeSettings, *, jobs: int | None = None, force: bool
     return {"out": out, "lines": summary_lines(out)}
 
 
+def _g(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def _span(low: float, high: float) -> str:
+    return _g(low) if _g(low) == _g(high) else f"{_g(low)}-{_g(high)}"
+
+
 def summary_lines(directory: Path) -> list[str]:
     """The bridge's reading in a few lines, from its tables (what `focuslab bridge` and `focuslab
     plot` print)."""
@@ -553,11 +561,10 @@ def summary_lines(directory: Path) -> list[str]:
                      + f"; sigma_equiv median {sigma:.3g}")
         firsts = t[t["rank"] == 1].groupby("optimizer")["sharpness"].agg(["min", "max", "count"])
         lines.append("  toy at that sigma, best per a: " + "; ".join(
-            f"{TITLE.get(o, o)} at {int(r['count'])} a ({r['min']:g}-{r['max']:g})" for o, r in firsts.iterrows()))
+            f"{TITLE.get(o, o)} at {int(r['count'])} a ({_span(r['min'], r['max'])})" for o, r in firsts.iterrows()))
     if (directory / "stability.parquet").exists():
         s = read_parquet(directory / "stability.parquet")
         real = s.groupby("measurement", sort=False)["stability"].first()
-        lines.append(f"Adam's stability number S = lr x lambda_max(P^-1/2 H P^-1/2): real {real.min():.3g}-"
-                     f"{real.max():.3g}, toy at the same sigma {s['toy_stability'].min():.3g}-"
-                     f"{s['toy_stability'].max():.3g}")
+        lines.append(f"Adam's stability number S = lr x lambda_max(P^-1/2 H P^-1/2): real {_span(real.min(), real.max())}, "
+                     f"toy at the same sigma {_span(s['toy_stability'].min(), s['toy_stability'].max())}")
     return lines

@@ -155,7 +155,7 @@ def gpt2_runs(dirs: list) -> str:
                     f"{int(mid.step)}: {mid.sigma_equiv:.2f} {_interval(mid.sigma_equiv_lo, mid.sigma_equiv_hi, '.2f')}",
                     f"{int(last.step)}: {last.sigma_equiv:.2f} {_interval(last.sigma_equiv_lo, last.sigma_equiv_hi, '.2f')}",
                     f"{later.noise_ratio_weighted_median.median():.2f}", f"{later.noise_scale_simple.median():.3g}",
-                    f"{zero.lambda_max:.3g} → {last.lambda_max:.3g}",
+                    f"{zero.lambda_max:.4g} → {last.lambda_max:.4g}",
                     _pct(meta.get("diagnostics_cost_fraction", math.nan))]
         rows.append(row)
     header = ["run", "optimizer", "iterations", "final val loss", "wall"]

@@ -259,9 +259,10 @@ def sign_change(sizes, values) -> float:
 
 
 def _sign_change_word(values) -> str:
+    """What a prediction over the batch sizes on the map says when it does not turn (nan: it does)."""
     v = np.asarray(values, float)
-    if np.isnan(v).any():
-        return "off the map at some B"
+    if not len(v):
+        return "every B off the map"
     return "Signum at every B" if (v > 0).all() else ("Adam at every B" if (v <= 0).all() else "no + to - turn")
 
 
@@ -309,9 +310,12 @@ def mnist_reading(study: dict, toy: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
         star = toy_boundary(toy, a)
         beyond = math.exp((math.log(star) - icpt) / slope) if np.isfinite(star) and np.isfinite(slope) \
             and slope != 0 else math.nan
-        judged = [(p, observed_imp[b]) for p, b in zip(pred, measured) if np.isfinite(p)]
-        per_a.append({"sharpness": float(a), "sigma_star": star, "predicted_crossover": sign_change(measured, pred),
-                      "predicted": _sign_change_word(pred), "extrapolated_crossover": beyond,
+        on_map = [(b, p) for b, p in zip(measured, pred) if np.isfinite(p)]  # sigma within the map's noise axis
+        judged = [(p, observed_imp[b]) for b, p in on_map]
+        per_a.append({"sharpness": float(a), "sigma_star": star,
+                      "predicted_crossover": sign_change(*zip(*on_map)) if on_map else math.nan,
+                      "predicted": _sign_change_word([p for _, p in on_map]), "off_map": len(measured) - len(on_map),
+                      "extrapolated_crossover": beyond,
                       "miss": beyond / observed if np.isfinite(observed) and observed else math.nan,
                       "signs_right": float(np.mean([np.sign(p) == np.sign(o) for p, o in judged]))
                       if judged else math.nan})
@@ -546,7 +550,9 @@ def summary_lines(directory: Path) -> list[str]:
         words = per_a["predicted"].where(per_a["predicted_crossover"].isna(), "a Signum-to-Adam turn within them")
         lines.append(f"  toy Adam/Signum boundary sigma*(a) {np.nanmin(star):.3g}-{np.nanmax(star):.3g} over a "
                      f"{per_a['sharpness'].min():g}-{per_a['sharpness'].max():g}; the toy at the measured sigma "
-                     "predicts " + "; ".join(f"{w} at {n} of {len(per_a)} a" for w, n in words.value_counts().items()))
+                     "predicts " + "; ".join(f"{w} at {n} of {len(per_a)} a" for w, n in words.value_counts().items())
+                     + (f" ({int(per_a['off_map'].max())} batch size(s) beyond its noise axis)"
+                        if "off_map" in per_a and per_a["off_map"].max() else ""))
         ext = per_a["extrapolated_crossover"]
         if np.isfinite(ext).any():
             lines.append(f"  extrapolated toy crossover B ≈ {np.nanmin(ext):.3g} (a = "

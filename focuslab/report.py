@@ -195,7 +195,8 @@ def bridge_boundary(directory: Path) -> str:
     right."""
     per_a = read_parquet(Path(directory) / "boundary.parquet")
     rows = [[_num(r.sharpness), _num(r.sigma_star), (f"B ≈ {r.predicted_crossover:.0f}"
-                                                     if np.isfinite(r.predicted_crossover) else r.predicted),
+                                                     if np.isfinite(r.predicted_crossover) else r.predicted)
+             + (f" ({r.off_map} B off the map)" if getattr(r, "off_map", 0) else ""),
              _num(r.extrapolated_crossover), _num(r.miss), _pct(r.signs_right, 0)] for r in per_a.itertuples()]
     return markdown(["a", "σ*(a)", "predicted over the measured B", "extrapolated crossover B", "÷ observed",
                      "signs right"], rows, "rrlrrr")

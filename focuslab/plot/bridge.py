@@ -56,7 +56,11 @@ def _mnist(plt, directory: Path, out: Path, formats) -> list[Path]:
     fig.colorbar(mesh, ax=ax, label="toy (L_Adam − L_Signum)/|L_Adam| (blue: Signum better)")
     star = per_a["sigma_star"].to_numpy(float)
     ax.plot(np.log10(star), np.log10(per_a["sharpness"]), color="k", lw=1.5, label="toy boundary σ*(a)")
+    off = []
     for b, s in zip(measured["batch_size"], measured["sigma_equiv"]):
+        if not x[0] <= math.log10(s) <= x[-1]:  # beyond the map's noise axis: said, not drawn
+            off.append(f"B = {b} at σ {s:.3g}")
+            continue
         ax.axvline(math.log10(s), color="0.2", lw=0.6, ls=":")
         ax.text(math.log10(s), y[-1], f"{b}", fontsize=7, ha="center", va="bottom", rotation=90)
     obs, s_obs = r["observed_crossover"], r["sigma_at_observed_crossover"]
@@ -64,7 +68,8 @@ def _mnist(plt, directory: Path, out: Path, formats) -> list[Path]:
         ax.axvline(math.log10(s_obs), color="tab:orange", lw=2,
                    label=f"σ_equiv at the observed crossover B ≈ {obs:.0f}")
     ax.set_xlim(x[0] - 0.05, x[-1] + 0.05)
-    ax.set_xlabel("log10 noise σ (dotted: MNIST σ_equiv at batch B, labelled)")
+    ax.set_xlabel("log10 noise σ (dotted: MNIST σ_equiv at batch B, labelled)"
+                  + (f"\noff the map: {', '.join(off)}" if off else ""))
     ax.set_ylabel("log10 sharpness a")
     ax.set_title("Toy Adam vs Signum, and where MNIST's batches sit", fontsize=10)
     ax.legend(frameon=False, fontsize=7, loc="lower left")

@@ -2,7 +2,7 @@
 and returns the final losses (+inf: diverged) of fresh replicates lo..hi-1 of optimizer ``label`` at
 ``lrs``, shape (len(lrs), hi - lo).  SimulatorSampler runs the toy (every simulator call of refine
 goes through ``simulate`` here); PoolSampler resamples a pool of simulator output, so that the truth
-is known (tests, benchmarks/bench_refine_null.py)."""
+is known (tests, validation/refine_null.py)."""
 from __future__ import annotations
 
 import math
@@ -17,7 +17,7 @@ class PoolSampler:
     the truth (the pool's means) is known: ``pool`` maps an optimizer label to (lrs, losses) with
     losses of shape (len(lrs), P), replicate-aligned across lrs and optimizers (common random
     numbers).  Fresh replicate j is pool column ``index[j]``; the scan's replicates use their own
-    columns.  For validating the procedure (tests, benchmarks/bench_refine_null.py)."""
+    columns.  For validating the procedure (tests, validation/refine_null.py)."""
 
     def __init__(self, pool: dict, seed: int, scan_replicates: int, size: int):
         rng = np.random.default_rng(seed)

@@ -16,8 +16,8 @@ refined by focuslab.refine.refine_cell exactly as `focuslab refine` does (racing
 at p <= fdr, BH over the map, continuing cells that stopped early but fail BH).  With every claim
 false, the false discovery rate is the chance that a map has any discovery.
 
-  python benchmarks/bench_refine_null.py                      # both geometries, both nulls
-  python benchmarks/bench_refine_null.py --geometry heavy --null equal --maps 40 --cells 200 --jobs 2
+  python validation/refine_null.py                      # both geometries, both nulls
+  python validation/refine_null.py --geometry heavy --null equal --maps 40 --cells 200 --jobs 2
 
 Geometries: ``default`` is fig2a's valley (c = 0.1, phi = pi/6, weight decay 0.1, 1000 steps) at
 a = 3, sigma = 3, where Signum and FOCUS are close; ``heavy`` is c = 1, phi = 0, a = 10,

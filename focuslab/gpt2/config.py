@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from ..config import config_digest, layered, load_toml
 from ..errors import FocuslabError
 from ..options import setting
-from ..values import jsonable
+from ..values import jsonable, parse_bool
 
 DEFAULT_PRESET = "gpt2-nano"
 
@@ -154,6 +154,9 @@ def build_train_config(preset: str | None = None, file_values: dict | None = Non
     merged["optimizer"] = entry.spec
     merged["optimizer_settings"] = jsonable(entry.settings)
     merged["optimizer_origin"] = entry.origin
+    for f in fields(TrainConfig):  # bias = "no" in a config file is refused, never read as true
+        if f.type in (bool, "bool") and f.name in merged:
+            merged[f.name] = parse_bool(merged[f.name], f"gpt2 config {f.name}")
     if out is not None:
         merged["out"] = str(out)
     return TrainConfig(**merged)
@@ -259,6 +262,9 @@ def lr_at(cfg: TrainConfig, it: int) -> float:
 
 
 RUN_CONFIG = "run-config.json"  # the full config of a run, beside its checkpoints
+#: How a run whose gpt2.json is damaged recovers: its checkpoint carries the config's digest.
+RECOVER_META = ("delete it and rerun the `focuslab gpt2` command that wrote it (the same flags and --out {run}): it "
+                "resumes from {run}/ckpt.pt, whose config is checked")
 
 
 def make_run_dir(run) -> None:

@@ -99,23 +99,36 @@ def write_json(obj: dict, path: Path) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def read_json(path: Path) -> dict:
+def _then(fix: str | None) -> str:
+    return f"; {fix}" if fix else ""
+
+
+def read_json(path: Path, fix: str | None = None) -> dict:
+    """A JSON file, or a one-line error that ends with ``fix``: what recovers it."""
     try:
         with open(path) as fh:
             return json.load(fh)
     except FileNotFoundError:
-        raise FocuslabError(f"{path} not found") from None
+        raise FocuslabError(f"{path} not found{_then(fix)}") from None
     except (OSError, ValueError) as err:
-        raise FocuslabError(f"{path} is unreadable or not JSON: {err}") from None
+        raise FocuslabError(f"{path} is unreadable or not JSON ({err}){_then(fix)}") from None
 
 
-def read_parquet(path: Path) -> pd.DataFrame:
+def read_parquet(path: Path, fix: str | None = None) -> pd.DataFrame:
+    """A parquet table, or a one-line error that ends with ``fix``: what recovers it."""
     try:
         return pd.read_parquet(path)
     except FileNotFoundError:
-        raise FocuslabError(f"{path} not found") from None
+        raise FocuslabError(f"{path} not found{_then(fix)}") from None
     except Exception as err:  # pyarrow raises several types for corrupt files
-        raise FocuslabError(f"{path} is not a readable parquet table: {err}") from None
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise FocuslabError(f"{path} is not a readable parquet table ({first}){_then(fix)}") from None
+
+
+def rerun(command: str, directory: Path, force: bool = False, rebuilds: str = "") -> str:
+    """The command that recovers a damaged results directory, as an error message ends with it."""
+    how = f"rerun the `focuslab {command}` command that wrote it (the same flags and --out {directory})"
+    return f"{how} with --force" if force else f"{how}: it rebuilds {rebuilds}" if rebuilds else how
 
 
 def prepare_out_dir(out: Path) -> Path:
@@ -132,18 +145,26 @@ def prepare_out_dir(out: Path) -> Path:
     return out
 
 
-def load_scan(directory: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """(metadata, runs, best) of a finished scan, with one-line errors for anything wrong."""
+def scan_meta(directory: Path) -> dict:
+    """The metadata of a finished scan, with one-line errors that say what recovers it."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FocuslabError(f"results directory not found: {directory}")
-    meta = read_json(directory / META)
+    lost = "the scan's config is lost with it, so its chunk files cannot be checked: " + rerun("scan", directory, True)
+    meta = read_json(directory / META, fix=lost)
     if meta.get("kind", "scan") != "scan" or "config" not in meta:
-        raise FocuslabError(f"{directory / META} is not focuslab scan metadata")
+        raise FocuslabError(f"{directory / META} is not focuslab scan metadata; {lost}")
     if meta.get("status") != "complete":
         raise FocuslabError(f"scan in {directory} is not complete (status {meta.get('status')!r}); "
                             "re-run the same `focuslab scan` command to finish it")
-    return meta, read_parquet(directory / RUNS), read_parquet(directory / BEST)
+    return meta
+
+
+def load_scan(directory: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """(metadata, runs, best) of a finished scan, with one-line errors for anything wrong."""
+    meta = scan_meta(directory)
+    fix = rerun("scan", directory, rebuilds=f"{RUNS} and {BEST} from its chunk files")
+    return meta, read_parquet(Path(directory) / RUNS, fix), read_parquet(Path(directory) / BEST, fix)
 
 
 #: The metadata file that makes a directory a results directory of each kind.
@@ -220,8 +241,9 @@ def open_results_dir(out: Path, meta_name: str, digest: str, fresh_meta: dict, w
     out = prepare_out_dir(out)
     (out / work_dir).mkdir(exist_ok=True)
     meta_path = out / meta_name
-    if meta_path.exists():
-        old = read_json(meta_path)
+    if meta_path.exists():  # --force replaces it unread (it may be the damaged file --force recovers from)
+        old = {} if force else read_json(meta_path, fix=f"the config of the work in {out} cannot be checked against "
+                                         "this one: rerun with --force to start over, or use another --out")
         if old.get("digest") == digest and not force:
             return old
         if not force:

@@ -58,7 +58,9 @@ def run_state(run: Path, cfg: TrainConfig) -> dict | None:
         return None
     from ..results import read_json
 
-    meta = read_json(meta_path)
+    from .config import RECOVER_META
+
+    meta = read_json(meta_path, fix=RECOVER_META.format(run=run))
     if meta.get("digest") != cfg.digest():
         raise FocuslabError(f"--out {run} holds a GPT-2 run with a different config (digest {meta.get('digest')} "
                             f"vs {cfg.digest()}); use another --out, or --force to start it over")

@@ -54,8 +54,8 @@ def scan(old_theta, **values):
     summary = run_scan(config, out, jobs=jobs, force=run.get("force", False), progress=not quiet,
                        backend=run.get("backend"), scheduler=run.get("scheduler"), shard=shard,
                        device=run.get("device", "auto"), allow_long=run.get("allow_long", False),
-                       announce=lambda: say(f"focuslab scan: results in {out} ({config.total_steps():.3g} optimizer "
-                                            "steps)", quiet))
+                       announce=lambda eta: say(f"focuslab scan: results in {out} ({config.total_steps():.3g} "
+                                                f"optimizer steps, {eta})", quiet))
     say(summary_line(config, out, summary, shard), quiet)
 
 

@@ -175,15 +175,23 @@ def rerun(command: str, directory: Path, force: bool = False, rebuilds: str = ""
     return f"{how} with --force" if force else f"{how}: it rebuilds {rebuilds}" if rebuilds else how
 
 
+def make_dir(path: Path, shown: Path | None = None) -> Path:
+    """Create ``path`` (and its parents), or say in one line naming --out ``shown`` (default
+    ``path``) why it cannot be made: a file in the way, a read-only file system, no permission."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FocuslabError(f"--out {shown or path}: exists and is not a directory") from None
+    except OSError as err:
+        raise FocuslabError(f"--out {shown or path}: cannot create ({err.strerror})") from None
+    return path
+
+
 def prepare_out_dir(out: Path) -> Path:
     """Create ``out`` (and chunks/) or explain in one line why it cannot be used."""
     out = Path(out)
-    try:
-        (out / CHUNKS).mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise FocuslabError(f"--out {out}: exists and is not a directory") from None
-    except OSError as err:
-        raise FocuslabError(f"--out {out}: cannot create directory ({err.strerror})") from None
+    make_dir(out / CHUNKS, out)
     if not os.access(out, os.W_OK) or not os.access(out / CHUNKS, os.W_OK):
         raise FocuslabError(f"--out {out}: directory is not writable")
     return out
@@ -194,6 +202,10 @@ def scan_meta(directory: Path) -> dict:
     directory = Path(directory)
     if not directory.is_dir():
         raise FocuslabError(f"results directory not found: {directory}")
+    if not (directory / META).exists():
+        other = kind_of(directory)
+        raise FocuslabError(f"{directory} holds no scan (no {META})" + (f" but a {WORDS[other]}" if other else "")
+                            + ": give the directory a `focuslab scan` wrote")
     lost = "the scan's config is lost with it, so its chunk files cannot be checked: " + rerun("scan", directory, True)
     meta = read_json(directory / META, fix=lost)
     if meta.get("kind", "scan") != "scan" or "config" not in meta:
@@ -331,13 +343,7 @@ def hold(out: Path, what: str = "scan", part: str | None = None):
     import socket
     import sys
 
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise FocuslabError(f"--out {out}: exists and is not a directory") from None
-    except OSError as err:
-        raise FocuslabError(f"--out {out}: cannot create directory ({err.strerror})") from None
+    out = make_dir(out)
     me = (f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}: "
           + " ".join(["focuslab", *sys.argv[1:]])[:120])
     files = []

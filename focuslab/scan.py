@@ -486,15 +486,17 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
     A full scan then assembles runs/best and marks scan.json complete; a shard records itself in
     shards/K-of-N.json for `focuslab merge`.  A scan that is already complete is left as it is
     (``already_complete`` in the summary).  A plan that cannot fit or would take more than a week is
-    refused first (``check_plan``), then ``announce()`` is called.  Returns a summary dict (chunks
-    computed, wall time, ns per optimizer step).
+    refused first (``preflight``), then ``announce(eta)`` is called with the plan's ETA ("~2h10m on 2
+    worker(s)").  Returns a summary dict (chunks computed, wall time, ns per optimizer step).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out)
     pre = preflight(config, out, jobs, force, backend, scheduler, device, allow_long, shard)  # nothing written yet
     sim, plans, speed = pre["sim"], pre["plans"], pre["speed"]
-    if announce is not None:  # the plan holds: say where the results will go
-        announce()
+    if announce is not None:  # the plan holds: say where the results will go, and when
+        from .runner import _duration
+
+        announce(f"~{_duration(pre['plan']['eta_seconds'])} on {pre['workers']} worker(s)")
     from .results import claim_dir, discard_if_empty, hold
 
     created = claim_dir(out, "scan")

@@ -3,26 +3,14 @@
 data, dtype, vocabulary and optimizer checks (but only warns about a rendezvous host this machine
 cannot resolve: a job prepared on a login node for node001); mnist gets a --dry-run and always
 prints its plan and ETA before it trains; a GPT-2 run that ends inside its warm-up says so."""
-import json
 
 import pytest
-from click.testing import CliRunner
 
-from focuslab.cli.main import main
+from faults_helpers import cli, one_line_error
 
 pytestmark = pytest.mark.faults
 
 
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(res, needle, code=2):
-    assert res.exit_code == code, (res.output, res.stderr)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in res.output, res.stderr
-    assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # --- scan ------------------------------------------------------------------------------------------
@@ -53,6 +41,14 @@ def test_a_scan_dry_run_refuses_another_config_in_its_directory(tmp_path):
     assert cli("scan", *small, "-q", "--out", out).exit_code == 0
     one_line_error(cli("scan", *small, "--seed", "3", "--dry-run", "--out", out), "different config (seed: 0 -> 3)")
     assert cli("scan", *small, "--seed", "3", "--dry-run", "--force", "--out", out).exit_code == 0
+
+
+def test_a_scan_says_its_eta_before_it_computes(tmp_path):
+    res = cli("scan", "--sharpness", "1,10", "--noise", "0,1", "--lr", "0.01,0.1", "--replicates", "2", "--steps", "5",
+              "-j", "1", "--out", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    first = res.output.splitlines()[0]
+    assert first.startswith(f"focuslab scan: results in {tmp_path / 'r'} (") and " on 1 worker(s))" in first, first
 
 
 # --- gpt2 ------------------------------------------------------------------------------------------

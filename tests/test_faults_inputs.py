@@ -8,25 +8,14 @@ import sys
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from focuslab.cli.main import main
+from faults_helpers import cli, one_line_error
 
 pytestmark = pytest.mark.faults
 
 TINY = ["--lr", "0.01,0.1", "--replicates", "3", "--steps", "20", "-j", "1", "-q"]
 
 
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(res, needle, code=2):
-    assert res.exit_code == code, (res.output, res.stderr)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in res.output, res.stderr
-    assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def listing(path):

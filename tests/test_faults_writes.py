@@ -17,11 +17,10 @@ import time
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from focuslab.cli.main import main  # noqa: E402
+from faults_helpers import cli, one_line_error  # noqa: E402
 from conftest import interruptible  # noqa: E402
 
 pytestmark = pytest.mark.faults
@@ -29,16 +28,6 @@ pytestmark = pytest.mark.faults
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(res, needle, code=2):
-    assert res.exit_code == code, (res.output, res.stderr)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in res.output, res.stderr
-    assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def focuslab(*args, env=None, limit=None, timeout=600):

@@ -269,12 +269,9 @@ RECOVER_META = ("delete it and rerun the `focuslab gpt2` command that wrote it (
 
 def make_run_dir(run) -> None:
     """The run directory (and its parents), or a one-line error naming --out."""
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise FocuslabError(f"--out {run}: exists and is not a directory") from None
-    except OSError as err:
-        raise FocuslabError(f"--out {run}: cannot create ({err.strerror})") from None
+    from ..results import make_dir
+
+    make_dir(run)
 
 
 def write_run_config(cfg: "TrainConfig") -> str:

@@ -49,7 +49,6 @@ def make_pool(geometry: str, size: int, params) -> dict:
     from focuslab.axes import cell_array
     from focuslab.refine import Lattice
     from focuslab.optimizers import parse_one
-    from focuslab.toy.engine import simulate
     from focuslab.toy.rng import trajectory_keys
 
     g = GEOMETRIES[geometry]
@@ -64,7 +63,7 @@ def make_pool(geometry: str, size: int, params) -> dict:
     keys = trajectory_keys(12345, cell, np.arange(size))
     pool = {}
     for name in ("signum", "focus"):
-        out = simulate(parse_one(name), cell, lrs, keys, g["steps"])
+        out = parse_one(name).simulate(cell, lrs, keys, g["steps"])
         pool[name] = np.where(out["diverged"][0] == 1, np.inf, out["final_loss"][0])
     np.savez(cache, lrs=lrs, **pool)
     return {o: (lrs, pool[o]) for o in pool}

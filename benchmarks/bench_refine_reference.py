@@ -46,7 +46,6 @@ def _nearest(values, x):
 
 def reference_cell(config, coords: np.ndarray, best_lr: dict, margin: float, reps: int) -> dict:
     """The reference answer for one cell (see the module docstring)."""
-    from focuslab.toy.engine import simulate
     from focuslab.toy.rng import trajectory_keys
 
     grid = np.sort(np.asarray(config.axes["lr"].values, dtype=float))
@@ -58,7 +57,7 @@ def reference_cell(config, coords: np.ndarray, best_lr: dict, margin: float, rep
         near = grid[max(0, j - 3): j + 4]
         lrs = np.sort(np.concatenate([near, np.sqrt(near[:-1] * near[1:])]))
         entry = config.entry(label)
-        out = simulate(entry, coords[None], lrs, keys, config.steps)
+        out = entry.simulate(coords[None], lrs, keys, config.steps)
         y = np.where(out["diverged"][0] == 1, np.inf, out["final_loss"][0])
         k = int(np.argmin(y[:, :half].mean(axis=1)))
         picked[label] = (float(lrs[k]), y[k, half:])

@@ -62,7 +62,7 @@ def time_kernels(shape, repeats=1, steps=1000):
     for _ in range(repeats):
         for name in RULES:
             t0 = time.perf_counter()
-            kernel.run(name, settings[name], cells, lrs, keys, steps)
+            kernel.run(updates.get(name), settings[name], cells, lrs, keys, steps)
             best[name] = min(best[name], time.perf_counter() - t0)
     lanes = shape[0] * shape[1] * shape[2]
     return {name: best[name] / (lanes * steps) * 1e9 for name in RULES}
@@ -75,11 +75,11 @@ def worker(args):
     from focuslab.toy import kernel
     from focuslab.toy.asm import current_target, host_can_run, kernel_asm, packed_stats
 
-    out = {"target": current_target(), "simd": {name: packed_stats(kernel_asm(name)) for name in RULES}}
+    out = {"target": current_target(), "simd": {name: packed_stats(kernel_asm(updates.get(name))) for name in RULES}}
     can, why = host_can_run(os.environ.get("NUMBA_CPU_NAME") or None)
     if can:
         for name in RULES:  # compiled above; load outside any timing
-            kernel.warm(name, updates.get(name).resolve({}))
+            kernel.warm(updates.get(name), updates.get(name).resolve({}))
     else:
         out["skipped"] = why
     print(json.dumps(out), flush=True)
@@ -203,7 +203,7 @@ def flops_per_lane_step(name: str) -> float:
     for steps in (2, 4):
         Count.flops = 0
         with Count():
-            sim.run(name, settings, cells, lrs, keys, steps)
+            sim.run(updates.get(name), settings, cells, lrs, keys, steps)
         runs[steps] = Count.flops
     return (runs[4] - runs[2]) / 2 / (4 * 5 * 8)
 
@@ -230,13 +230,13 @@ def bench_torch(device: str, fig2a: bool, rounds: int):
     peak = next((v for k, v in FP64_PEAK.items() if k in name), None)
     for rule in RULES:
         settings = updates.get(rule).resolve({})
-        sim.run(rule, settings, cells[:shape[0]], lrs, keys, steps)  # compile / warm up
+        sim.run(updates.get(rule), settings, cells[:shape[0]], lrs, keys, steps)  # compile / warm up
         best = math.inf
         for _ in range(rounds):
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            sim.run(rule, settings, cells, lrs, keys, steps)
+            sim.run(updates.get(rule), settings, cells, lrs, keys, steps)
             if device == "cuda":
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)
@@ -272,20 +272,19 @@ def bench_plugins(rounds: int, specs, default_scan: bool, jobs: int):
 
     from focuslab.config import build_scan_config
     from focuslab.optimizers import parse_one
-    from focuslab.toy import kernel
-    from focuslab.toy.engine import plans, simulate
+    from focuslab.optimizers import plans
 
     torch.set_num_threads(1)
     cells, lrs, keys = grid(500, 20, 20)
     steps = 100
     entries = [parse_one("adam")] + [parse_one(s) for s in specs]
     found = plans(entries, [0.1])
-    kernel.warm("adam", entries[0].settings)
+    entries[0].warm()
     best = {e.label: math.inf for e in entries}
     for _ in range(rounds):
         for e in entries:
             t0 = time.perf_counter()
-            simulate(e, cells, lrs, keys, steps, found.get(e.label))
+            e.simulate(cells, lrs, keys, steps, found.get(e.label))
             best[e.label] = min(best[e.label], time.perf_counter() - t0)
     lanes = cells.shape[0] * len(lrs) * keys.shape[1]
     native = best["adam"] / (lanes * steps) * 1e9

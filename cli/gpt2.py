@@ -56,8 +56,7 @@ def gpt2(ctx, **values):
     out = run["out"]
     if out is None:
         entry = optimizer_entry(cfg)
-        plain = build_train_config(preset, file_values, {"optimizer": entry.label.split(":", 1)[0]
-                                                         if entry.kind == "builtin" else entry.name})
+        plain = build_train_config(preset, file_values, {"optimizer": entry.bare()})
         base = Path(config).stem if config else DEFAULT_PRESET
         base = base if base.startswith("gpt2") else f"gpt2-{base}"
         out = default_out(f"{base}-{entry.slug}", cfg.digest(), plain.digest())

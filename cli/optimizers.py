@@ -25,7 +25,7 @@ def optimizers(specs, zoo):
         click.echo(f"pytorch_optimizer ({len(names)}): " + ", ".join(sorted(names)))
         return
     if specs:
-        from focuslab.toy.engine import describe
+        from focuslab.optimizers import describe
 
         for line in describe(parse_list(list(specs))):
             click.echo(line)

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import axes
 from .errors import FocuslabError
+from .optimizers.entries import digest_view, study_record
 from .options import setting
 from .values import jsonable, parse_number  # noqa: F401  (parse_number re-exported)
 
@@ -204,6 +205,32 @@ def config_digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class StudyConfig:
+    """What every command's frozen config shares (mixed into its dataclass): the study's optimizer
+    entries, its record (``to_dict``, what a results directory keeps) and ONE digest function: the
+    hash of ``digest_dict()`` (what determines the numbers; by default the whole record) as
+    ``config_digest`` writes it, external optimizers seen by their code and settings only
+    (focuslab.optimizers.digest_view).  A rerun with the same digest resumes; another is refused.
+    The dataclass it is mixed into has the field ``entries`` (OptimizerEntry, in order)."""
+
+    @property
+    def optimizers(self) -> tuple[str, ...]:
+        """Labels of the optimizers (the tables' ``optimizer`` column)."""
+        return tuple(e.label for e in self.entries)
+
+    def entry(self, label: str):
+        return next(e for e in self.entries if e.label == label)
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def digest_dict(self) -> dict:
+        return self.to_dict()
+
+    def digest(self) -> str:
+        return config_digest(digest_view(self.digest_dict()))
+
+
 # --- the toy scan's config --------------------------------------------------------------------
 _GRID = "a grid: START:STOP:NUM, START:STOP:NUM:log, a comma list, or one value"
 
@@ -251,23 +278,16 @@ ENGINE = {"generator": 1, "chunk_layout": 2}
 
 
 @dataclass(frozen=True)
-class ScanConfig:
-    """Everything that determines a scan's numbers (and nothing that does not, like --jobs)."""
+class ScanConfig(StudyConfig):
+    """Everything that determines a scan's numbers (and nothing that does not, like --jobs).  Its
+    values come from build_scan_config (preset ``default`` < file < flags): no defaults here."""
 
     axes: dict  # axis name -> Grid (all of focuslab.axes.AXES)
     entries: tuple  # OptimizerEntry, in the order given
-    replicates: int = 50
-    steps: int = 1000
-    seed: int = 0
-    chunk_steps: int = 200_000_000  # target work per chunk (lanes x steps); fixes the chunk layout
-
-    @property
-    def optimizers(self) -> tuple[str, ...]:
-        """Labels of the optimizers (the tables' ``optimizer`` column)."""
-        return tuple(e.label for e in self.entries)
-
-    def entry(self, label: str):
-        return next(e for e in self.entries if e.label == label)
+    replicates: int
+    steps: int
+    seed: int
+    chunk_steps: int  # target work per chunk (lanes x steps); fixes the chunk layout
 
     @property
     def scanned_axes(self) -> list[str]:
@@ -279,25 +299,18 @@ class ScanConfig:
             **{name: self.axes[name].spec for name in axes.AXIS_NAMES},
             "values": {name: list(self.axes[name].values) for name in axes.AXIS_NAMES},
             "scales": {name: self.axes[name].scale for name in axes.AXIS_NAMES},
-            "optimizers": list(self.optimizers),
-            "optimizer": {e.label: jsonable(e.settings) for e in self.entries},
+            **study_record(self.entries),
             "replicates": self.replicates, "steps": self.steps, "seed": self.seed,
             "chunk_steps": self.chunk_steps, "engine": dict(ENGINE),
-            # only where a study names an external torch optimizer, so that others keep their digests
-            **({"external": {e.label: e.record() for e in self.entries if e.kind != "builtin"}}
-               if any(e.kind != "builtin" for e in self.entries) else {}),
         }
 
-    def digest(self) -> str:
-        """Hash of everything that determines the numbers (grid values, not their spelling)."""
+    def digest_dict(self) -> dict:
+        """Everything that determines the numbers: grid values, not their spelling."""
         d = self.to_dict()
         for name in axes.AXIS_NAMES:
             d.pop(name)
         d.pop("scales")
-        for rec in d.get("external", {}).values():  # which code and settings, not how it is shown
-            for key in ("title", "defaults", "spec"):
-                rec.pop(key)
-        return config_digest(d)
+        return d
 
     @property
     def n_cells(self) -> int:

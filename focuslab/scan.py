@@ -107,7 +107,7 @@ def plan_scan(config: ScanConfig, jobs: int = 1, speeds: dict | None = None) -> 
     """What a scan will take, before anything runs: cells, trajectories, optimizer steps, chunks,
     the memory of its tables and of one worker's chunk, and an ETA from the engines' speeds
     (``speeds``: label -> seconds per trajectory-step on one core; the numba kernel's by default)."""
-    from .toy.engine import NATIVE_NS
+    from .optimizers.entries import NATIVE_NS
 
     n_lr = len(config.axes["lr"])
     n_opt = len(config.entries)
@@ -126,10 +126,8 @@ def plan_scan(config: ScanConfig, jobs: int = 1, speeds: dict | None = None) -> 
 
 def engine_speeds(config: ScanConfig, plans: dict) -> dict:
     """label -> seconds per trajectory-step on one core: the numba kernel's, or the probe's
-    measurement of an external optimizer (``plans``, focuslab.toy.engine.plans)."""
-    from .toy.engine import ns_per_step
-
-    return {e.label: ns_per_step(e, plans.get(e.label)) * 1e-9 for e in config.entries}
+    measurement of an external optimizer (``plans``, focuslab.optimizers.plans)."""
+    return {e.label: e.toy_speed(plans.get(e.label)) * 1e-9 for e in config.entries}
 
 
 def check_plan(config: ScanConfig, plan: dict, allow_long: bool = False, where: str = "scan") -> None:
@@ -170,9 +168,9 @@ def preflight(config: ScanConfig, out: Path, jobs: int | None = None, force: boo
     if sim is not None and backend == "dask":
         raise FocuslabError("--backend dask runs the CPU kernel on its workers; drop --device or --backend")
     _check_backend(backend, scheduler)
-    external = [e for e in config.entries if e.kind != "builtin"]
-    if external and sim is not None:
-        raise FocuslabError(f"--device {device}: {external[0].label} is an external torch optimizer, which runs on "
+    cpu_only = [e for e in config.entries if "torch" not in e.toy_engines]
+    if cpu_only and sim is not None:
+        raise FocuslabError(f"--device {device}: {cpu_only[0].label} is an external torch optimizer, which runs on "
                             "the CPU engine; scan it without --device (or scan the built-ins alone on the GPU)")
     check_results_dir(out, META, config.digest(), {"config": config.to_dict()}, force, "scan", "scan")
     plans = _plans(config, out, force)  # probes external optimizers
@@ -256,15 +254,14 @@ def plan_chunks(config: ScanConfig) -> list[Chunk]:
 
 def compute_chunk(config: ScanConfig, chunk: Chunk, plan=None, report=None) -> pd.DataFrame:
     """Simulate one chunk and summarise it into runs-table rows (``plan``: how an external
-    optimizer runs, from focuslab.toy.engine.plans; ``report``: hears the fraction done)."""
-    from .toy.engine import simulate
+    optimizer runs, from focuslab.optimizers.plans; ``report``: hears the fraction done)."""
     from .toy.rng import trajectory_keys
 
     cells = cell_values(config)[chunk.cell_start:chunk.cell_stop]
     lrs = np.asarray(config.axes["lr"].values)[chunk.lr_start:chunk.lr_stop]
     entry = config.entry(chunk.optimizer)
     keys = trajectory_keys(config.seed, cells, np.arange(config.replicates))
-    out = simulate(entry, cells, lrs, keys, config.steps, plan, report)
+    out = entry.simulate(cells, lrs, keys, config.steps, plan=plan, report=report)
     return summarise(chunk.optimizer, cells, lrs, out)
 
 
@@ -394,9 +391,9 @@ def _backend_context(backend: str | None, scheduler: str | None):
 def resolve_device(device: str | None, entries=()):
     """The device a scan runs on (focuslab.devices.resolve, plus 'torch-cpu': the GPU code path on
     the CPU, for checks) -> (name, TorchSimulator or None for the numba kernel).  ``auto`` keeps a
-    scan that names external torch optimizers on the CPU, where their engine runs."""
+    scan that names an optimizer the torch simulator cannot run on the CPU, where its engine runs."""
     name = resolve(device, extra=("torch-cpu",))
-    if (device or "auto") == "auto" and any(e.kind != "builtin" for e in entries):
+    if (device or "auto") == "auto" and any("torch" not in e.toy_engines for e in entries):
         name = "cpu"
     if name == "cpu":
         return "cpu", None
@@ -436,8 +433,8 @@ def torch_batches(config: ScanConfig, sim):
                         idx += [idx[-1]] * (launch - len(idx))
                     cells = all_cells[idx]
                     t0 = time.perf_counter()
-                    res = sim.run(entry.name, entry.settings, cells, lrs, trajectory_keys(config.seed, cells, reps),
-                                  config.steps)
+                    res = entry.simulate(cells, lrs, trajectory_keys(config.seed, cells, reps), config.steps,
+                                         simulator=sim)
                     secs = time.perf_counter() - t0
                     for k, (c, _) in enumerate(batch):
                         pending[c.name].append({m: v[k] for m, v in res.items()})
@@ -453,18 +450,16 @@ def torch_batches(config: ScanConfig, sim):
 
 def _plans(config: ScanConfig, out: Path, force: bool) -> dict:
     """How each external optimizer runs on the toy: what this directory recorded for this very
-    config, else a fresh probe (focuslab.toy.engine.plans)."""
-    if not any(e.kind != "builtin" for e in config.entries):
-        return {}
+    config, else a fresh probe (focuslab.optimizers.plans: only optimizers with something to find
+    out, the external ones, have a plan)."""
     try:
         old = read_json(Path(out) / META) if (Path(out) / META).exists() and not force else {}
     except FocuslabError:
         old = {}
-    labels = [e.label for e in config.entries if e.kind != "builtin"]
     recorded = old.get("plugins") or {}
-    if old.get("digest") == config.digest() and all(label in recorded for label in labels):
-        return {label: recorded[label] for label in labels}
-    from .toy.engine import plans
+    if old.get("digest") == config.digest() and recorded:  # written whole by the run of this very config
+        return recorded
+    from .optimizers import plans
 
     return {label: plan.to_dict() for label, plan in plans(config.entries, config.axes["weight_decay"].values).items()}
 
@@ -539,10 +534,8 @@ def _run_scan(config, out, jobs, force, progress, backend, scheduler, shard, log
     work = sum(steps_of[u.name] for u in todo)
     with stack:
         if sim is None and todo and backend != "dask":  # compile (or load) each kernel once, before the workers
-            from .toy.engine import warm                  # start and before the clock of the ETA starts
-
-            for label in dict.fromkeys(u.args[1].optimizer for u in todo):
-                warm(config.entry(label))
+            for label in dict.fromkeys(u.args[1].optimizer for u in todo):  # start and before the ETA's clock
+                config.entry(label).warm()
         bar = Progress(sum(u.cost for u in todo), "work", f"scan {out}", enabled=progress, unit_total=len(todo),
                        unit_name="chunks", count_total=work, count_what="steps")
         if sim is not None:

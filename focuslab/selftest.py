@@ -119,9 +119,10 @@ def stage_environment(ctx: Context) -> tuple[str, str]:
     try:
         import numba
 
+        from .optimizers.builtin import get
         from .toy.asm import current_target, kernel_asm, packed_stats
 
-        width = packed_stats(kernel_asm("adam"))["width"]
+        width = packed_stats(kernel_asm(get("adam")))["width"]
         simd = {512: "AVX-512 (512-bit)", 256: "AVX2 (256-bit)", 128: "SSE2 (128-bit)"}.get(width, "scalar only")
         lines.append(("numba", f"{numba.__version__}: target {current_target()}, toy kernel vectorised to {simd}"))
         ctx.facts["simd"] = width

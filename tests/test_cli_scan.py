@@ -36,7 +36,7 @@ def test_scan_runs_and_reports(tmp_path):
     assert len(runs) == 4 * 3 * 2 and len(best) == 4 * 3
     assert json.loads((tmp_path / "r" / "scan.json").read_text())["status"] == "complete"
     cell = cell_array(sharpness=10.0, noise=1.0, weight_decay=0.1, phi=math.pi / 6, c=0.1)
-    out = kernel.run("signum", get("signum").resolve({}), cell, np.array([0.01, 0.1]),
+    out = kernel.run(get("signum"), get("signum").resolve({}), cell, np.array([0.01, 0.1]),
                      trajectory_keys(0, cell, np.arange(3)), 20)
     rows = runs[(runs.optimizer == "signum") & (runs.sharpness == 10.0) & (runs.noise == 1.0)].sort_values("lr")
     np.testing.assert_array_equal(rows.final_loss_mean.to_numpy(), out["final_loss"][0].mean(-1))

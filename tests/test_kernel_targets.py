@@ -33,8 +33,8 @@ lrs = np.logspace(-3, 0, 6)
 stats, arrays = {}, {}
 for k, (name, params) in enumerate(variants):
     settings = updates.get(name).resolve(params)
-    stats[f"{k}"] = packed_stats(kernel_asm(name, settings))
-    out = kernel.run(name, settings, cells, lrs, keys, 150)
+    stats[f"{k}"] = packed_stats(kernel_asm(updates.get(name), settings))
+    out = kernel.run(updates.get(name), settings, cells, lrs, keys, 150)
     arrays.update({f"{k}/{m}": v for m, v in out.items()})
 np.savez(sys.argv[1], **arrays)
 print(json.dumps({"target": current_target(), "stats": stats}))
@@ -56,7 +56,7 @@ def _host_results():
     keys = trajectory_keys(5, cells, np.arange(13))
     out = {}
     for k, (name, params) in enumerate(VARIANTS):
-        res = kernel.run(name, OPTIMIZERS[name].resolve(params), cells, np.logspace(-3, 0, 6), keys, 150)
+        res = kernel.run(OPTIMIZERS[name], OPTIMIZERS[name].resolve(params), cells, np.logspace(-3, 0, 6), keys, 150)
         out.update({f"{k}/{m}": v for m, v in res.items()})
     return out
 

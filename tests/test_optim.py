@@ -184,7 +184,7 @@ def test_toy_landscape_trajectory_equals_simulator_rule():
             theta.grad = torch.from_numpy(g)
             opt.step()
             losses.append(loss_uv(*rotate(*theta.detach().tolist(), cp, sp), a, c))
-        out = kernel.run("focus", get("focus").resolve({"decay": decay, "beta2": 0.9}), cell,
+        out = kernel.run(get("focus"), get("focus").resolve({"decay": decay, "beta2": 0.9}), cell,
                          np.array([lr]), key, steps)
         assert losses[-1] == pytest.approx(out["final_loss"][0, 0, 0], rel=1e-10)
         assert min(losses) == pytest.approx(out["min_loss"][0, 0, 0], rel=1e-10)

@@ -9,13 +9,15 @@ import pytest
 
 from focuslab.axes import cell_array
 from focuslab.errors import FocuslabError
-from focuslab.optimizers import parse_list, parse_one, parse_opt_params
+from focuslab.optimizers import BuiltinEntry, ExternalEntry, parse_list, parse_one, parse_opt_params
+from focuslab.optimizers.builtin import get
 from focuslab.optimizers.spec import parse_spec, split_list
 from focuslab.toy import kernel
 from focuslab.toy.rng import trajectory_keys
 
 torch = pytest.importorskip("torch")
 
+from focuslab.optimizers.toyprobe import probe  # noqa: E402
 from focuslab.toy import plugin  # noqa: E402
 from focuslab.toy.plugin import Plan  # noqa: E402
 
@@ -123,7 +125,7 @@ def small_grid():
 
 
 def plan_of(entry, **changes):
-    return Plan(**{**plugin.probe(entry, time_it=False).to_dict(), **changes})
+    return Plan(**{**probe(entry, time_it=False).to_dict(), **changes})
 
 
 # --- the grammar ------------------------------------------------------------------------------
@@ -166,7 +168,7 @@ def test_labels_are_normalised_stable_and_file_safe():
     assert a.label == b.label == "focus:beta2=0.9:gamma=0.4"  # the definition's order, shortest numbers
     assert a.slug == "focus_beta2-0.9_gamma-0.4"
     c = parse_one("adabelief:betas=(0.9, 0.950)")
-    assert c.label == "pytorch_optimizer.AdaBelief:betas=(0.9,0.95)" and c.kind == "torch"
+    assert c.label == "pytorch_optimizer.AdaBelief:betas=(0.9,0.95)" and isinstance(c, ExternalEntry)
     assert parse_one("pytorch_optimizer.AdaBelief").name == parse_one("AdaBelief").name
     assert all(ch.isalnum() or ch in "._-" for ch in c.slug)
     # a spelled alias keeps its spelling (and title): adamw on MNIST, adam on the toy
@@ -174,8 +176,8 @@ def test_labels_are_normalised_stable_and_file_safe():
 
 
 def test_builtins_win_bare_names_and_registry_names_resolve():
-    assert parse_one("lion").kind == "builtin"
-    assert parse_one("pytorch_optimizer.Lion").kind == "torch"
+    assert isinstance(parse_one("lion"), BuiltinEntry)
+    assert isinstance(parse_one("pytorch_optimizer.Lion"), ExternalEntry)
     assert parse_one("soap").name == "pytorch_optimizer.SOAP"
     with pytest.raises(FocuslabError, match="did you mean adabelief"):
         parse_one("adabeleif")
@@ -225,9 +227,9 @@ def test_a_plugin_with_the_kernels_arithmetic_reproduces_the_kernel_bit_for_bit(
     cells, lrs, keys = small_grid()
     entry = parse_one(f"{user_file}:ExactSignum")
     plan = plan_of(entry, mode=mode)
-    assert plugin.probe(entry, time_it=False).mode == "batched"
+    assert probe(entry, time_it=False).mode == "batched"
     got = plugin.run(entry, plan, cells, lrs, keys, 300)
-    want = kernel.run("signum", {"beta1": 0.9}, cells, lrs, keys, 300)
+    want = kernel.run(get("signum"), {"beta1": 0.9}, cells, lrs, keys, 300)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
@@ -237,7 +239,7 @@ def test_divergence_is_flagged_as_in_the_kernel(user_file):
     keys = trajectory_keys(0, cells, np.arange(4))
     entry = parse_one(f"{user_file}:ExactSignum")
     got = plugin.run(entry, plan_of(entry), cells, np.array([1e-3, 1e200]), keys, 300)
-    want = kernel.run("signum", {"beta1": 0.9}, cells, np.array([1e-3, 1e200]), keys, 300)
+    want = kernel.run(get("signum"), {"beta1": 0.9}, cells, np.array([1e-3, 1e200]), keys, 300)
     np.testing.assert_array_equal(got["diverged"], want["diverged"])
     assert want["diverged"][0, 1].all() and not want["diverged"][0, 0].any()
 
@@ -248,13 +250,13 @@ def _one_by_one(entry, cells, lrs, keys, steps):
 
 
 def test_probe_sorts_optimizers_by_what_they_couple(user_file):
-    assert plugin.probe(parse_one(f"{user_file}:TensorNorm"), time_it=False).mode == "tensors"
-    assert plugin.probe(parse_one(f"{user_file}:GlobalNorm"), time_it=False).mode == "single"
-    assert plugin.probe(parse_one("torch.optim.AdamW"), time_it=False).mode == "batched"
+    assert probe(parse_one(f"{user_file}:TensorNorm"), time_it=False).mode == "tensors"
+    assert probe(parse_one(f"{user_file}:GlobalNorm"), time_it=False).mode == "single"
+    assert probe(parse_one("torch.optim.AdamW"), time_it=False).mode == "batched"
     cells, lrs, keys = small_grid()
     for name in ("TensorNorm", "GlobalNorm"):
         entry = parse_one(f"{user_file}:{name}")
-        got = plugin.run(entry, plugin.probe(entry, time_it=False), cells, lrs, keys, 200)
+        got = plugin.run(entry, probe(entry, time_it=False), cells, lrs, keys, 200)
         want = _one_by_one(entry, cells, lrs, keys, 200)
         for k in want:
             np.testing.assert_array_equal(got[k], want[k])
@@ -266,7 +268,7 @@ def test_probe_sorts_optimizers_by_what_they_couple(user_file):
 
 def test_a_coupling_beyond_the_probe_is_caught_by_the_sentinels(user_file):
     entry = parse_one(f"{user_file}:LateCoupling")
-    plan = plugin.probe(entry, time_it=False)
+    plan = probe(entry, time_it=False)
     assert plan.mode == "batched"  # the probe's 100 steps cannot see it ...
     cells, lrs, keys = small_grid()
     got = plugin.run(entry, plan, cells, lrs, keys, 200)  # ... the run's sentinels do
@@ -277,20 +279,20 @@ def test_a_coupling_beyond_the_probe_is_caught_by_the_sentinels(user_file):
 
 def test_closure_optimizers_get_numbered_gradient_queries(user_file):
     entry = parse_one(f"{user_file}:TwoQueries")
-    plan = plugin.probe(entry, time_it=False)
+    plan = probe(entry, time_it=False)
     assert plan.closure and not plan.graph
     cells, lrs, keys = small_grid()
     got = plugin.run(entry, plan, cells, lrs, keys, 150)
-    want = kernel.run("signum", {"beta1": 0.9}, cells, lrs, keys, 150)
+    want = kernel.run(get("signum"), {"beta1": 0.9}, cells, lrs, keys, 150)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
 def test_refusals_are_one_line_and_name_the_spec():
-    from focuslab.toy.engine import plans
+    from focuslab.optimizers import plans
 
     with pytest.raises(FocuslabError, match=r"pytorch_optimizer.Muon: Muon\(\.\.\.\) failed: .*use_muon.* group\.KEY"):
-        plugin.probe(parse_one("pytorch_optimizer.Muon"), time_it=False)
+        probe(parse_one("pytorch_optimizer.Muon"), time_it=False)
     with pytest.raises(FocuslabError, match="torch.optim.LBFGS: takes no weight_decay.*--weight-decay 0"):
         plans(parse_list("torch.optim.LBFGS"), [0.0, 0.1])
     assert plans(parse_list("torch.optim.LBFGS"), [0.0])["torch.optim.LBFGS"].closure  # without decay: runs
@@ -300,7 +302,7 @@ def test_refusals_are_one_line_and_name_the_spec():
 def _tables(specs, **grid):
     from focuslab.config import build_scan_config
     from focuslab.scan import cell_values
-    from focuslab.toy.engine import plans, simulate
+    from focuslab.optimizers import plans
 
     cfg = build_scan_config(None, {"sharpness": "0.1:1000:5:log", "noise": "0:3:4", "lr": "1e-3:1:10:log",
                                    "replicates": 40, "steps": 500, "optimizers": specs, **grid})
@@ -308,7 +310,7 @@ def _tables(specs, **grid):
     lrs = np.asarray(cfg.axes["lr"].values)
     keys = trajectory_keys(cfg.seed, cells, np.arange(cfg.replicates))
     P = plans(cfg.entries, cfg.axes["weight_decay"].values)
-    return cfg, [simulate(e, cells, lrs, keys, cfg.steps, P.get(e.label)) for e in cfg.entries]
+    return cfg, [e.simulate(cells, lrs, keys, cfg.steps, P.get(e.label)) for e in cfg.entries]
 
 
 def _agree(a, b, replicates):
@@ -377,7 +379,7 @@ def test_scan_with_plugins_records_plans_and_resumes(tmp_path, user_file):
 def test_stochastic_hessian_optimizers_run_batched_and_repeat_exactly():
     pytest.importorskip("pytorch_optimizer")
     entry = parse_one("pytorch_optimizer.AdaHessian")
-    plan = plugin.probe(entry, time_it=False)
+    plan = probe(entry, time_it=False)
     assert plan.graph and plan.stochastic and plan.mode == "batched"
     cells, lrs, keys = small_grid()
     one = plugin.run(entry, plan, cells, lrs, keys, 60)
@@ -456,7 +458,7 @@ def test_every_builtin_runs_on_the_plugin_path_as_its_own_torch_class():
         fake = _AsExternal(entry)
         plan = Plan("batched", False, False, False, "", "", math.nan)
         got = plugin.run(fake, plan, cells, lrs, keys, 200)
-        want = kernel.run(b.name, entry.settings, cells, lrs, keys, 200)
+        want = kernel.run(b, entry.settings, cells, lrs, keys, 200)
         np.testing.assert_array_equal(got["diverged"], want["diverged"])
         live = ~want["diverged"].astype(bool)
         close = np.isclose(got["final_loss"][live], want["final_loss"][live], rtol=1e-6, atol=1e-9)
@@ -467,7 +469,7 @@ class _AsExternal:
     """A built-in entry that the plugin engine steps with the built-in's torch class."""
 
     def __init__(self, entry):
-        self.entry, self.label, self.kind = entry, entry.label, "torch"
+        self.entry, self.label = entry, entry.label
 
     def build_torch(self, groups, lr, device="cpu"):
         return self.entry.build_torch(groups, lr, device)

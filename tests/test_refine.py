@@ -48,7 +48,6 @@ def _heavy_pool(params, size=4000, seed=7):
     steps) at every lr the race can reach, FOCUS shifted so that both have the same best mean."""
     from focuslab.axes import cell_array
     from focuslab.optimizers import parse_one
-    from focuslab.toy.engine import simulate
     from focuslab.toy.rng import trajectory_keys
 
     grid = np.exp(np.linspace(math.log(1e-3), math.log(1.0), 20))
@@ -59,7 +58,7 @@ def _heavy_pool(params, size=4000, seed=7):
     keys = trajectory_keys(seed, cell, np.arange(size))
     y = {}
     for name in ("signum", "focus"):
-        out = simulate(parse_one(name), cell, lrs, keys, 300)
+        out = parse_one(name).simulate(cell, lrs, keys, 300)
         y[name] = np.where(out["diverged"][0] == 1, np.inf, out["final_loss"][0])
     shift = y["signum"].mean(axis=1).min() - y["focus"].mean(axis=1).min()
     return grid, lattice, {"signum": (lrs, y["signum"]), "focus": (lrs, y["focus"] + shift)}

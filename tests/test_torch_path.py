@@ -42,8 +42,8 @@ def test_eager_torch_path_equals_the_numba_kernel_bit_for_bit(name, params):
     keys = trajectory_keys(9, CELLS, np.arange(11))
     sim = TorchSimulator("cpu")
     for steps in (1, 3, 120):
-        a = kernel.run(name, settings, CELLS, LRS, keys, steps)
-        b = sim.run(name, settings, CELLS, LRS, keys, steps)
+        a = kernel.run(OPTIMIZERS[name], settings, CELLS, LRS, keys, steps)
+        b = sim.run(OPTIMIZERS[name], settings, CELLS, LRS, keys, steps)
         for metric in a:
             np.testing.assert_array_equal(a[metric], b[metric], err_msg=f"{name} {params} {metric} T={steps}")
     assert a["diverged"].any() or name != "sgd"  # sgd at lr 1 diverges: the flag path is covered
@@ -76,8 +76,8 @@ def test_compiled_path_agrees_within_rounding_and_statistics():
     the means over replicates within 4 standard errors."""
     settings = OPTIMIZERS["adam"].resolve({})
     keys = trajectory_keys(2, CELLS, np.arange(40))
-    a = kernel.run("adam", settings, CELLS, LRS, keys, 30)
-    b = TorchSimulator("cpu", compile=True, steps_per_call=1).run("adam", settings, CELLS, LRS, keys, 30)
+    a = kernel.run(OPTIMIZERS["adam"], settings, CELLS, LRS, keys, 30)
+    b = TorchSimulator("cpu", compile=True, steps_per_call=1).run(OPTIMIZERS["adam"], settings, CELLS, LRS, keys, 30)
     np.testing.assert_array_equal(a["diverged"], b["diverged"])
     ok = a["diverged"] == 0
     np.testing.assert_allclose(b["final_loss"][ok], a["final_loss"][ok], rtol=1e-9, atol=1e-15)

@@ -76,7 +76,7 @@ def test_kernel_matches_reference_trajectory(name, params, setting):
                       weight_decay=setting["weight_decay"], phi=phi, c=c)
     keys = trajectory_keys(7, cell, np.arange(3))
     for T in (1, 2, 3, 17, steps):
-        out = kernel.run(name, settings, cell, np.array([setting["lr"]]), keys, T)
+        out = kernel.run(OPTIMIZERS[name], settings, cell, np.array([setting["lr"]]), keys, T)
         for r in range(3):
             normals = normal_pairs(keys[0, r], 0, T + 1)
             ref = reference.trajectory(name, settings, phi=phi, c=c, normals=normals, steps=T, **setting)
@@ -91,8 +91,8 @@ def test_signum_is_focus_with_gamma_zero(decay):
     cell = cell_array(sharpness=10.0, noise=1.0, weight_decay=0.0, phi=0.5, c=0.1)  # no decay: forms agree
     keys = trajectory_keys(3, cell, np.arange(8))
     lrs = np.array([0.003, 0.03])
-    a = kernel.run("signum", get("signum").resolve({}), cell, lrs, keys, 200)
-    b = kernel.run("focus", get("focus").resolve({"gamma": 0.0, "decay": decay}), cell, lrs, keys, 200)
+    a = kernel.run(get("signum"), get("signum").resolve({}), cell, lrs, keys, 200)
+    b = kernel.run(get("focus"), get("focus").resolve({"gamma": 0.0, "decay": decay}), cell, lrs, keys, 200)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
 
@@ -100,7 +100,7 @@ def test_signum_is_focus_with_gamma_zero(decay):
 def test_divergence_is_flagged_and_not_nan_poisoned():
     cell = cell_array(sharpness=10.0, noise=0.0, weight_decay=0.0, phi=0.5, c=0.1)
     keys = trajectory_keys(0, cell, np.arange(4))
-    out = kernel.run("sgd", get("sgd").resolve({}), cell, np.array([1e-3, 5.0]), keys, 300)
+    out = kernel.run(get("sgd"), get("sgd").resolve({}), cell, np.array([1e-3, 5.0]), keys, 300)
     assert out["diverged"][0, 0].sum() == 0
     assert out["diverged"][0, 1].all()
     assert not np.isnan(out["min_loss"][0, 0]).any()
@@ -116,14 +116,14 @@ def test_results_do_not_depend_on_how_lanes_are_tiled(name):
     keys = trajectory_keys(11, cells, np.arange(301))  # 300+ replicates: several replicate tiles
     lrs = np.logspace(-3, 0, 7)
     settings = get(name).resolve({})
-    whole = kernel.run(name, settings, cells, lrs, keys, 60)
-    again = kernel.run(name, settings, cells, lrs, keys, 60)
+    whole = kernel.run(OPTIMIZERS[name], settings, cells, lrs, keys, 60)
+    again = kernel.run(OPTIMIZERS[name], settings, cells, lrs, keys, 60)
     for k in whole:
         np.testing.assert_array_equal(whole[k], again[k])
     for i in (0, 3):  # one cell, one lr, a few replicates: other tiles, same bits
-        one_cell = kernel.run(name, settings, cells[i:i + 1], lrs, keys[i:i + 1], 60)
-        one_lr = kernel.run(name, settings, cells[i:i + 1], lrs[4:5], keys[i:i + 1], 60)
-        few = kernel.run(name, settings, cells[i:i + 1], lrs[2:6], keys[i:i + 1, 17:20], 60)
+        one_cell = kernel.run(OPTIMIZERS[name], settings, cells[i:i + 1], lrs, keys[i:i + 1], 60)
+        one_lr = kernel.run(OPTIMIZERS[name], settings, cells[i:i + 1], lrs[4:5], keys[i:i + 1], 60)
+        few = kernel.run(OPTIMIZERS[name], settings, cells[i:i + 1], lrs[2:6], keys[i:i + 1, 17:20], 60)
         for k in whole:
             np.testing.assert_array_equal(one_cell[k][0], whole[k][i])
             np.testing.assert_array_equal(one_lr[k][0, 0], whole[k][i, 4])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from ..config import config_digest, layered, load_toml
+from ..config import StudyConfig, layered, load_toml
 from ..errors import FocuslabError
 from ..options import setting
 from ..values import jsonable, parse_bool
@@ -41,7 +41,7 @@ class GPTConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig(GPTConfig):
+class TrainConfig(GPTConfig, StudyConfig):
     # data
     data: str = setting("", "prepared token directory (`focuslab gpt2 prepare`)", metavar="DIR",
                         shown="CPython's pydoc topics as bytes, prepared into the run directory")
@@ -106,7 +106,12 @@ class TrainConfig(GPTConfig):
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def digest(self) -> str:
+    @property
+    def entries(self) -> tuple:
+        """The run's one optimizer (StudyConfig's ``entries``)."""
+        return (optimizer_entry(self),)
+
+    def digest_dict(self) -> dict:
         """What makes two runs the same experiment (so a rerun resumes): everything but the run
         directory, logging and compilation -- and the length, when the schedule does not depend on
         it (--lr-decay-iters set), so such a run can be extended by raising --max-iters."""
@@ -118,7 +123,7 @@ class TrainConfig(GPTConfig):
             d.pop(key)
         if self.lr_decay_iters:
             d.pop("max_iters")
-        return config_digest(d)
+        return d
 
 
 MOVED = ("beta1", "beta2", "gamma")  # were training keys; now optimizer settings
@@ -167,9 +172,7 @@ def optimizer_entry(cfg: TrainConfig):
     from ..optimizers import parse_one
 
     entry = parse_one(cfg.optimizer, cfg.optimizer_settings or {}, "--optimizer")
-    if entry.kind != "builtin" and cfg.optimizer_origin and entry.origin != cfg.optimizer_origin:
-        raise FocuslabError(f"--optimizer {entry.label}: the code has changed since this run began "
-                            f"({cfg.optimizer_origin} then, {entry.origin} now); use another --out or --force")
+    entry.check_origin(cfg.optimizer_origin, "--optimizer")
     return entry
 
 

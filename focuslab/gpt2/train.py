@@ -35,14 +35,8 @@ def make_optimizer(cfg: TrainConfig, model: GPT, device: str = "cpu"):
 
 def check_optimizer(cfg: TrainConfig):
     """The run's optimizer entry, refused in one line if it needs more than one plain gradient."""
-    from ..optimizers.probe import calling_convention
-
     entry = optimizer_entry(cfg)
-    if entry.kind != "builtin":
-        closure, graph = calling_convention(lambda groups: entry.build_torch(groups, 1e-3), entry.label)
-        if closure or graph:
-            raise FocuslabError(f"--optimizer {entry.label}: needs {'a closure' if closure else 'Hessian-vector products'}"
-                                "; GPT-2 training takes one plain gradient per micro-step (MNIST and the toy support it)")
+    entry.check_one_gradient("--optimizer")
     return entry
 
 
@@ -399,7 +393,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True, force: bool = Fals
         meta = {"kind": "gpt2", "config": asdict(cfg), "digest": cfg.digest(), "model_config": mcfg.model_dict(),
                 "world_size": world, "data_meta": data.meta, "max_iters": cfg.max_iters,
                 "optimizer_label": entry.label,
-                **({"external": {entry.label: entry.record()}} if entry.kind != "builtin" else {}), **fields}
+                **({"external": {entry.label: entry.record()}} if entry.record() else {}), **fields}
         write_json(meta, run / "gpt2.json")
 
     if master:

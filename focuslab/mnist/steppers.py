@@ -20,44 +20,9 @@ gradient per step.
 """
 from __future__ import annotations
 
-import json
-
 import torch
 
-from ..errors import FocuslabError
 from .model import decays
-
-
-_PROBED: dict = {}
-
-
-def _probe(entry, weight_decay: float = 0.0) -> tuple[bool, bool, bool, str]:
-    """(graph, stochastic, stacks, why) for an entry (cached per process, optimizer, settings and
-    weight decay)."""
-    from ..values import jsonable
-
-    if entry.kind == "builtin":  # focuslab's own rules: element-wise by construction (tested)
-        return False, False, True, "built-in element-wise rule"
-    key = json.dumps([entry.name, entry.origin, jsonable(entry.settings), jsonable(entry.group), weight_decay],
-                     sort_keys=True)
-    if key not in _PROBED:
-        _PROBED[key] = _probe_now(entry, weight_decay)
-    return _PROBED[key]
-
-
-def _probe_now(entry, weight_decay: float) -> tuple[bool, bool, bool, str]:
-    from ..optimizers.probe import calling_convention, draws, stacks
-
-    def make(groups):
-        return entry.build_torch(groups, 1e-2)
-
-    closure, graph = calling_convention(make, entry.label)
-    if closure:
-        raise FocuslabError(f"{entry.label}: needs a closure (several gradient evaluations per step); the MNIST "
-                            "trainer computes one gradient per step, so it cannot train with it")
-    stochastic = draws(make, graph, False)
-    ok, why = stacks(make, graph, False, stochastic, weight_decay)
-    return graph, stochastic, ok, why
 
 
 class Steppers:
@@ -72,7 +37,7 @@ class Steppers:
     def __init__(self, entry, model, lrs, replicates: int, weight_decay: float, device="cpu"):
         self.entry, self.model, self.R = entry, model, replicates
         self.lrs = [float(v) for v in lrs]
-        self.graph, self.stochastic, stacked, self.why = _probe(entry, weight_decay)
+        self.graph, self.stochastic, stacked, self.why = entry.stacking(weight_decay)
         self.mode = "stacked" if stacked else "per model"
         self.shared = stacked and not self.graph
         self.names = list(model.params)

@@ -22,10 +22,9 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..config import (config_digest, layered, load_toml, opt_param_setting, optimizers_setting, parse_grid,
+from ..config import (StudyConfig, layered, load_toml, opt_param_setting, optimizers_setting, parse_grid,
                       parse_int, parse_number)
-from ..optimizers import file_slug
-from ..values import jsonable
+from ..optimizers import file_slug, study_record
 from ..errors import FocuslabError
 from ..options import setting
 from ..phase import best_per_cell
@@ -82,7 +81,9 @@ STEP_OVERHEAD = 32
 
 
 @dataclass(frozen=True)
-class MnistConfig:
+class MnistConfig(StudyConfig):
+    """Everything that determines a study's numbers (build_mnist_config: preset < file < flags)."""
+
     dataset: str
     entries: tuple  # OptimizerEntry (focuslab.config), torch registry
     batch_sizes: tuple
@@ -96,32 +97,14 @@ class MnistConfig:
     diagnostics_reference: int = 24
     diagnostics_lrs: str = "best"
 
-    @property
-    def optimizers(self) -> tuple[str, ...]:
-        return tuple(e.label for e in self.entries)
-
-    def entry(self, label: str):
-        return next(e for e in self.entries if e.label == label)
-
     def to_dict(self) -> dict:
-        return {"dataset": self.dataset, "optimizers": list(self.optimizers),
-                "optimizer": {e.label: jsonable(e.settings) for e in self.entries},
-                # only where a study names an external torch optimizer, so that others keep their digests
-                **({"external": {e.label: e.record() for e in self.entries if e.kind != "builtin"}}
-                   if any(e.kind != "builtin" for e in self.entries) else {}),
+        return {"dataset": self.dataset, **study_record(self.entries),
                 "batch_sizes": list(self.batch_sizes), "lrs": list(self.lrs), "replicates": self.replicates,
                 "steps": self.steps, "seed": self.seed, "weight_decay": self.weight_decay,
                 "eval_every": self.eval_every, "diagnostics_every": self.diagnostics_every,
                 # only where diagnostics run, so that other studies keep their digests
                 **({"diagnostics_reference": self.diagnostics_reference, "diagnostics_lrs": self.diagnostics_lrs}
                    if self.diagnostics_every else {})}
-
-    def digest(self) -> str:
-        d = self.to_dict()
-        for rec in d.get("external", {}).values():  # which code and settings, not how it is shown
-            for key in ("title", "defaults", "spec"):
-                rec.pop(key)
-        return config_digest(d)
 
     @property
     def models_per_unit(self) -> int:

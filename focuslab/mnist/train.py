@@ -44,7 +44,7 @@ def resolve_optimizer(spec):
 
 def _kind(entry) -> str:
     """The diagnostics' name for the rule: "adamw" when Adam's second moments precondition it."""
-    return "adamw" if entry.kind == "builtin" and entry.name == "adam" else entry.label
+    return "adamw" if entry.preconditioner == "adam" else entry.label
 
 
 def _seed(seed: int, replicate: int, stream: int) -> int:
@@ -361,9 +361,7 @@ def train_one(data: dict, optimizer: str, batch_size: int, lr: float, replicate:
 
 
 def _probe_graph(entry, weight_decay: float) -> bool:
-    from .steppers import _probe
-
-    return _probe(entry, weight_decay)[0]
+    return entry.stacking(weight_decay)[0]
 
 
 def to_tensors(arrays: dict, device="cpu", dtype=torch.float32) -> dict:

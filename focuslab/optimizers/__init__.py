@@ -16,75 +16,15 @@ This package imports neither numba nor torch; external classes are imported when
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-
 from ..errors import FocuslabError
-from ..values import jsonable, parse_value
+from ..values import parse_value
 from . import builtin
+from .entries import BuiltinEntry, ExternalEntry, OptimizerEntry, describe, digest_view, plans, study_record
 from .settings import legend as _legend
 from .spec import file_slug, parse_spec, settings_text, split_list
 
-__all__ = ["OptimizerEntry", "parse_list", "parse_one", "parse_opt_params", "file_slug", "builtin"]
-
-
-@dataclass(frozen=True)
-class OptimizerEntry:
-    """One optimizer of a study (see the module docstring)."""
-
-    label: str
-    name: str  # a built-in's canonical name, or the external class's canonical target
-    settings: dict  # built-in: every setting, resolved; external: the settings given
-    kind: str = "builtin"  # "builtin" or "torch" (an external torch optimizer)
-    spec: str = ""  # text that rebuilds this entry (with its settings): what a config file holds
-    group: dict = field(default_factory=dict)  # external: keys of every param group
-    origin: str = ""  # external: which code (distribution and version, or a file's SHA-256)
-    title: str = ""  # legend title
-    defaults: dict = field(default_factory=dict)  # what unset settings are
-
-    @property
-    def builtin(self) -> builtin.Builtin | None:
-        return builtin.BY_NAME[self.name] if self.kind == "builtin" else None
-
-    @property
-    def slug(self) -> str:
-        return file_slug(self.label)
-
-    def changed(self) -> dict:
-        """Settings that differ from the defaults (what a legend shows, and what a config table
-        must carry besides the label)."""
-        return {k: v for k, v in self.settings.items()
-                if k not in self.defaults or jsonable(self.defaults[k]) != jsonable(v)}
-
-    def legend(self) -> str:
-        return _legend(self.title, self.settings, self.defaults)
-
-    def record(self) -> dict:
-        """What a results directory keeps about an external optimizer (beside its settings)."""
-        return {"target": self.name, "origin": self.origin, "group": jsonable(self.group), "title": self.title,
-                "defaults": jsonable(self.defaults), "spec": self.spec}
-
-    def build_torch(self, param_groups, lr: float, device: str = "cpu"):
-        """The torch optimizer over ``param_groups`` (dicts with "params" and "weight_decay")."""
-        if self.kind == "builtin":
-            return self.builtin.build_torch(param_groups, lr, self.settings, device)
-        from . import external
-
-        cls = external_class(self)
-        return external.build(cls, param_groups, lr, self.settings, self.group, self.label)
-
-
-def external_class(entry: OptimizerEntry):
-    """The class of an external entry, checked to be the same code as when it was resolved."""
-    from . import external
-
-    kind = "file" if ".py:" in entry.name else "path"
-    target, cls = entry.name.rsplit(":", 1) if kind == "file" else (entry.name, "")
-    klass, _, origin, _ = external.resolve_class(kind, target, cls, entry.label)
-    if entry.origin and origin != entry.origin:
-        raise FocuslabError(f"{entry.label}: the code has changed since this study began ({entry.origin} then, "
-                            f"{origin} now); use another --out or --force")
-    return klass
+__all__ = ["OptimizerEntry", "BuiltinEntry", "ExternalEntry", "parse_list", "parse_one", "parse_opt_params",
+           "file_slug", "builtin", "plans", "describe", "study_record", "digest_view"]
 
 
 def parse_opt_params(items, where: str = "--opt-param") -> dict:
@@ -122,7 +62,8 @@ def parse_one(text: str, extra: dict | None = None, where: str = "--optimizers")
         inline = {k: inline[k] for k in p.settings}
         settings = b.resolve({**extra, **p.settings}, p.target)
         label = p.target + settings_text(inline, order=list(b.defaults))
-        return OptimizerEntry(label, b.name, settings, "builtin", label, {}, "", b.title_for(p.target), b.defaults)
+        return BuiltinEntry(label=label, name=b.name, settings=settings, spec=label, title=b.title_for(p.target),
+                            defaults=b.defaults)
     from . import external
 
     cls, target, origin, short = external.resolve_class(p.kind, p.target, p.cls, f"{where}: {text!r}")
@@ -130,8 +71,8 @@ def parse_one(text: str, extra: dict | None = None, where: str = "--optimizers")
     settings = external.check_settings(cls, {**extra, **inline}, f"{where}: {text!r}")
     label = short + settings_text(inline, p.group)
     spec = target + settings_text(inline, p.group)
-    return OptimizerEntry(label, target, settings, "torch", spec, dict(p.group), origin, cls.__name__,
-                          external.defaults_of(cls))
+    return ExternalEntry(label=label, name=target, settings=settings, spec=spec, title=cls.__name__,
+                         defaults=external.defaults_of(cls), origin=origin, group=dict(p.group))
 
 
 def parse_list(spec, opt_params: dict | None = None, where: str = "--optimizers",
@@ -165,9 +106,7 @@ def parse_list(spec, opt_params: dict | None = None, where: str = "--optimizers"
         entry = parse_one(item, wanted.get(ident), where)
         used.add(ident)
         for other in entries:
-            same = other.name == entry.name and json.dumps(jsonable(other.settings), sort_keys=True) == \
-                json.dumps(jsonable(entry.settings), sort_keys=True) and other.group == entry.group
-            if same or other.label == entry.label:
+            if other.identity() == entry.identity() or other.label == entry.label:
                 raise FocuslabError(f"{where}: {item!r} repeats {other.label!r} (same settings)")
             if other.slug == entry.slug:
                 raise FocuslabError(f"{where}: {item!r} and {other.label!r} would share file names ({entry.slug})")

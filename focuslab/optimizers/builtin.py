@@ -64,6 +64,7 @@ class Builtin(Settings):
     prep: Callable = None
     update: Callable = None  # update function, or (with options) a factory: update(**options) -> function
     torch: Callable = None  # torch(param_groups, lr, settings, device) -> torch.optim.Optimizer
+    preconditioner: str = ""  # "adam": Adam's diagonal second moments scale its steps (diagnostics read them)
     Hyper: type = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -195,7 +196,7 @@ BUILTINS = (
              Hyper("beta2", 0.999, _UNIT, "EMA rate of the squared gradient", _KINGMA),
              Hyper("eps", 1e-8, "(0, inf)", "added to the root of the second moment", _KINGMA)),
             (), colour=(244, 111, 67), aliases={"adamw": "AdamW"}, state=("exp_avg", "exp_avg_sq"),
-            prep=adam_prep, update=adam_update, torch=adam_torch),
+            prep=adam_prep, update=adam_update, torch=adam_torch, preconditioner="adam"),
     Builtin("signum", "Signum", "sign of the gradient EMA (Bernstein et al. 2018, arXiv 1802.04434)",
             (Hyper("beta1", 0.9, _UNIT, "EMA rate of the gradient", f"{_PAPER}, all experiments"),),
             (), colour=(251, 221, 133), state=("exp_avg", "unused"), prep=no_prep, update=signum_update,

@@ -60,20 +60,18 @@ def host_can_run(cpu_name: str | None) -> tuple[bool, str]:
     return True, ""
 
 
-def kernel_asm(optimizer: str, settings: dict | None = None) -> str:
-    """Assembly of the kernel for ``optimizer`` as compiled for the current target, compiled fresh
-    if needed and never executed (numba cannot show the assembly of a kernel loaded from its disk
-    cache: use an empty NUMBA_CACHE_DIR)."""
+def kernel_asm(rule, settings: dict | None = None) -> str:
+    """Assembly of the kernel of ``rule`` (a built-in's update rule, focuslab.optimizers.builtin)
+    as compiled for the current target, compiled fresh if needed and never executed (numba cannot
+    show the assembly of a kernel loaded from its disk cache: use an empty NUMBA_CACHE_DIR)."""
     from numba import typeof
 
-    from ..optimizers import builtin
     from . import kernel
 
-    opt = builtin.get(optimizer)
-    settings = opt.resolve(settings or {})
-    dispatcher = kernel.kernel_for(opt.name, opt.option_values(settings))
+    settings = rule.resolve(settings or {})
+    dispatcher = kernel.kernel_for(rule, rule.option_values(settings))
     shape = (1, 1, 1)
-    args = (opt.hyper_values(settings), np.zeros((1, 5)), np.ones(1), np.zeros((1, 1), np.uint64), 1,
+    args = (rule.hyper_values(settings), np.zeros((1, 5)), np.ones(1), np.zeros((1, 1), np.uint64), 1,
             np.empty(shape), np.empty(shape), np.empty(shape), np.empty(shape, np.uint8))
     sig = tuple(typeof(a) for a in args)
     dispatcher.compile(sig)

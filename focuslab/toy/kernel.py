@@ -1,5 +1,7 @@
 """The lockstep trajectory kernel: many independent trajectories advanced step by step together,
 compiled once per update rule (and option values) with the rule as a compile-time constant.
+The kernel knows no optimizer by name: it compiles whatever rule it is handed (``prep`` and
+``update`` functions, focuslab.optimizers.builtin's), so the engine sits below the optimizers.
 
 Work layout.  A kernel call gets cells x lrs x replicates.  A *block* holds one cell, a tile of
 its learning rates and a tile of its replicates, flattened into at most LANES lanes (lr-major,
@@ -28,6 +30,7 @@ Per trajectory:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import types
 from functools import lru_cache
@@ -37,7 +40,6 @@ import numpy as np
 from numba import njit
 
 from ..axes import COLUMN, cell_array
-from ..optimizers import builtin
 from . import landscape
 from .rng import normal_pair  # noqa: F401  (a global of the template)
 
@@ -53,6 +55,7 @@ SHARPNESS, NOISE, WEIGHT_DECAY, PHI, C = (COLUMN[n] for n in ("sharpness", "nois
 rotate = njit(inline="always")(landscape.rotate)
 loss_uv = njit(inline="always")(landscape.loss_uv)
 grad_theta = njit(inline="always")(landscape.grad_theta)
+noise_factor = njit(inline="always")(landscape.noise_factor)
 
 
 def _simulate(hp, cells, lrs, keys, steps, final_loss, min_loss, progress, diverged):
@@ -103,8 +106,8 @@ def _simulate(hp, cells, lrs, keys, steps, final_loss, min_loss, progress, diver
                             S[Z2, l * nr + r] = z2[r]
                     for j in range(n):
                         g1, g2 = grad_theta(S[U, j], S[V, j], sharpness, c, cos_phi, sin_phi)
-                        g1 = g1 * (1.0 + noise * S[Z1, j])
-                        g2 = g2 * (1.0 + noise * S[Z2, j])
+                        g1 = g1 * noise_factor(noise, S[Z1, j])
+                        g2 = g2 * noise_factor(noise, S[Z2, j])
                         lr = S[LR, j]
                         y1, S[S10, j], S[S11, j] = update(cx, S[THETA1, j], g1, S[S10, j], S[S11, j], lr, wd, hp)  # noqa: F821
                         y2, S[S20, j], S[S21, j] = update(cx, S[THETA2, j], g2, S[S20, j], S[S21, j], lr, wd, hp)  # noqa: F821
@@ -144,69 +147,83 @@ def _clone(template, scope: dict, qualname: str):
     return fn
 
 
-def _fingerprint() -> str:
+def _fingerprint(*extra_files) -> str:
     """Hash of the sources the compiled code comes from.  numba's disk cache checks only the
-    template's own file; naming each kernel after this hash makes an edit to a rule (optimizers/builtin.py),
-    the landscape or the generator compile afresh instead of loading stale machine code."""
+    template's own file; naming each kernel after this hash makes an edit to a rule (its module's
+    file, ``extra_files``), the landscape or the generator compile afresh instead of loading stale
+    machine code."""
     here = Path(__file__).parent
     h = hashlib.sha256()
-    for path in (here.parent / "optimizers" / "builtin.py", here / "landscape.py", here / "rng.py",
-                 here / "kernel.py"):
-        h.update(path.read_bytes())
+    for path in (*extra_files, here / "landscape.py", here / "rng.py", here / "kernel.py"):
+        h.update(Path(path).read_bytes())
     return h.hexdigest()[:10]
 
 
-FINGERPRINT = _fingerprint()
-
-
 @lru_cache(maxsize=None)
-def kernel_for(name: str, options: tuple = ()):
-    """The compiled kernel of optimizer ``name`` with compile-time ``options`` ((name, value), ...).
+def _rule_fingerprint(source_file: str) -> str:
+    return _fingerprint(source_file)
+
+
+def fingerprint(rule) -> str:
+    """The fingerprint of the kernel of ``rule``: the engine's sources and the rule's own module."""
+    return _rule_fingerprint(inspect.getsourcefile(rule.prep))
+
+
+_KERNELS: dict = {}
+_TABLES: dict = {}
+
+
+def kernel_for(rule, options: tuple = ()):
+    """The compiled kernel of ``rule`` (an update rule: ``name``, ``prep``, ``update_function``,
+    ``hyper_values``, ``option_values``; focuslab.optimizers.builtin defines them) with
+    compile-time ``options`` ((name, value), ...).
 
     The template is cloned with the rule's ``prep``/``update`` bound as globals (numba freezes
     globals at compile time) and given its own name, so each rule has its own on-disk cache entry
     and a second process loads it instead of compiling.
     """
-    opt = builtin.get(name)
-    scope = dict(globals())
-    scope["prep"] = njit(inline="always")(opt.prep)
-    scope["update"] = njit(inline="always")(opt.update_function(options))
-    scope["table"] = njit(inline="always")(_clone(_prep_table, scope, "table"))
-    tag = "_".join([opt.name, *(f"{k}_{v}" for k, v in options)])
-    fn = _clone(_simulate, scope, f"simulate_{tag}_{FINGERPRINT}")
-    fn.__doc__ = f"{_simulate.__doc__}\n\nBuilt for: {opt.name} {dict(options)}"
-    return njit(cache=True, error_model="numpy", nogil=True)(fn)
+    key = (rule.name, options)
+    if key not in _KERNELS:
+        scope = dict(globals())
+        scope["prep"] = njit(inline="always")(rule.prep)
+        scope["update"] = njit(inline="always")(rule.update_function(options))
+        scope["table"] = njit(inline="always")(_clone(_prep_table, scope, "table"))
+        tag = "_".join([rule.name, *(f"{k}_{v}" for k, v in options)])
+        fn = _clone(_simulate, scope, f"simulate_{tag}_{fingerprint(rule)}")
+        fn.__doc__ = f"{_simulate.__doc__}\n\nBuilt for: {rule.name} {dict(options)}"
+        _KERNELS[key] = njit(cache=True, error_model="numpy", nogil=True)(fn)
+    return _KERNELS[key]
 
 
-@lru_cache(maxsize=None)
-def prep_table(name: str):
-    """``table(hp, steps)``: the per-step scalars of optimizer ``name`` exactly as its kernel computes
-    them (the torch path uploads this table rather than recomputing powers in another library)."""
-    opt = builtin.get(name)
-    scope = dict(globals())
-    scope["prep"] = njit(inline="always")(opt.prep)
-    return njit(cache=True)(_clone(_prep_table, scope, f"prep_table_{opt.name}_{FINGERPRINT}"))
+def prep_table(rule):
+    """``table(hp, steps)``: the per-step scalars of ``rule`` exactly as its kernel computes them
+    (the torch path uploads this table rather than recomputing powers in another library)."""
+    if rule.name not in _TABLES:
+        scope = dict(globals())
+        scope["prep"] = njit(inline="always")(rule.prep)
+        _TABLES[rule.name] = njit(cache=True)(_clone(_prep_table, scope,
+                                                     f"prep_table_{rule.name}_{fingerprint(rule)}"))
+    return _TABLES[rule.name]
 
 
-def run(optimizer: str, settings: dict, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
+def run(rule, settings: dict, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
         steps: int) -> dict[str, np.ndarray]:
-    """Run the kernel of ``optimizer`` with ``settings`` (its resolved hyperparameters and options,
-    see ToyOptimizer.resolve).  cells: (n_cells, 5) coordinates in CELL_AXES order (phi in radians);
+    """Run the kernel of ``rule`` with ``settings`` (its resolved hyperparameters and options,
+    see Builtin.resolve).  cells: (n_cells, 5) coordinates in CELL_AXES order (phi in radians);
     lrs: (n_lr,); keys: (n_cells, n_rep) uint64.  Returns the per-lane metrics, shape
     (cells, lrs, replicates)."""
-    opt = builtin.get(optimizer)
-    kernel = kernel_for(opt.name, opt.option_values(settings))
+    kernel = kernel_for(rule, rule.option_values(settings))
     shape = (cells.shape[0], lrs.shape[0], keys.shape[1])
     out = {name: np.empty(shape) for name in ("final_loss", "min_loss", "progress")}
     out["diverged"] = np.empty(shape, dtype=np.uint8)
-    kernel(opt.hyper_values(settings), np.ascontiguousarray(cells, dtype=np.float64),
+    kernel(rule.hyper_values(settings), np.ascontiguousarray(cells, dtype=np.float64),
            np.ascontiguousarray(lrs, dtype=np.float64), np.ascontiguousarray(keys, dtype=np.uint64),
            int(steps), out["final_loss"], out["min_loss"], out["progress"], out["diverged"])
     return out
 
 
-def warm(optimizer: str, settings: dict) -> None:
+def warm(rule, settings: dict) -> None:
     """Compile (or load from the disk cache) the kernel for these settings, e.g. before starting
     worker processes, which then load it instead of each compiling it."""
     cell = cell_array(sharpness=1.0, noise=0.0, weight_decay=0.0, phi=0.0, c=0.0)
-    run(optimizer, settings, cell, np.ones(1), np.zeros((1, 1), np.uint64), 1)
+    run(rule, settings, cell, np.ones(1), np.zeros((1, 1), np.uint64), 1)

@@ -4,11 +4,16 @@
     R(phi)   = [[cos phi, -sin phi], [sin phi, cos phi]]   (theta a row vector)
 
 so u = theta1 cos phi + theta2 sin phi runs along the valley floor and v across it; the valley
-narrows as u grows (curvature a u^2 across it).  a is the sharpness.  The stochastic gradient is
-the true gradient in theta coordinates multiplied element-wise by independent N(1, noise^2) factors.
+narrows as u grows (curvature a u^2 across it).  a is the sharpness.
 
-Plain Python over arithmetic only: ``kernel.py`` compiles these functions into the numba kernel and
-the torch path evaluates them on tensors, so both run the same formulas in the same order.
+The noise law (``noise_factor``, the one place it is written): the stochastic gradient
+is the true gradient in theta coordinates multiplied element-wise by independent N(1, noise^2)
+factors, 1 + noise * z with z a standard normal draw of the trajectory's stream.
+
+Plain Python over arithmetic only: ``kernel.py`` compiles these functions into the numba kernel,
+the plug-in engine (``plugin.py``) compiles them into its numba helpers, the torch path
+(``torch_kernel.py``) evaluates them on tensors and the reference stepper (``reference.py``) on
+floats, so every engine runs the same formulas in the same order, bit for bit (tested).
 """
 from __future__ import annotations
 
@@ -32,6 +37,12 @@ def grad_theta(u, v, sharpness, c, cos_phi, sin_phi):
     gu = sharpness * u * v * v - c
     gv = sharpness * u * u * v
     return gu * cos_phi - gv * sin_phi, gu * sin_phi + gv * cos_phi
+
+
+def noise_factor(noise, z):
+    """The gradient's multiplicative noise for one coordinate: an N(1, noise^2) factor from the
+    standard normal draw ``z``.  A coordinate of the stochastic gradient is ``g * noise_factor(noise, z)``."""
+    return 1.0 + noise * z
 
 
 def loss(theta1: float, theta2: float, sharpness: float, c: float, phi: float) -> float:

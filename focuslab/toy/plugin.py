@@ -8,7 +8,8 @@ step t, shared by every lr and optimizer of a cell: common random numbers), the 
 the divergence rule.  So on the same grid a plug-in and a built-in see the very same gradients,
 and ``torch.optim.AdamW`` on the toy reproduces the native ``adam`` (tests/test_plugin.py).
 
-How an optimizer runs is settled by ``probe`` before any work, never assumed:
+How an optimizer runs is settled before any work by focuslab.optimizers.toyprobe (which runs
+this engine's ``trial`` in each mode and compares the results bit for bit), never assumed:
 
 * **batched** -- all trajectories of one (weight decay, lr) pair are the rows of ONE (n, 2)
   parameter of one optimizer instance.  Chosen only when a probe run of the optimizer on six
@@ -44,10 +45,10 @@ a map with omega > 0.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import time
+import types
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from numba import njit
@@ -55,30 +56,51 @@ from numba import njit
 from ..errors import FocuslabError
 from . import landscape
 from .landscape import INIT_SCALE
-from ..optimizers.probe import first_error
-from ..optimizers.probe import calling_convention, constant_randomness
 from .rng import normal_pair
 
-PROBE_STEPS = 100
 SENTINELS = 2
 QUERY = 1 << 40  # the k-th gradient query of step t uses pair t + k * QUERY
 BLOCK = 1024  # trajectories held at once in single mode
 
+def _sources_fingerprint() -> str:
+    import hashlib
+
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in ("landscape.py", "rng.py", "plugin.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:10]
+
+
+_FINGERPRINT = _sources_fingerprint()
+
+
+def _jit(fn):
+    """``njit(cache=True, nogil=True)`` under a name that carries the hash of the sources it
+    compiles in (the landscape, the noise law, the generator, this file): numba's disk cache checks
+    only the function's own file, so an edit to the landscape would otherwise load stale code."""
+    clone = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_{_FINGERPRINT}")
+    clone.__qualname__ = clone.__name__
+    clone.__doc__ = fn.__doc__
+    return njit(cache=True, nogil=True)(clone)
+
+
 _rotate = njit(inline="always")(landscape.rotate)
 _loss_uv = njit(inline="always")(landscape.loss_uv)
 _grad_theta = njit(inline="always")(landscape.grad_theta)
+_noise_factor_of = njit(inline="always")(landscape.noise_factor)
 # cell parameter columns of ``cellp``
 SHARP, NOISE, SLOPE, COS, SIN = range(5)
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _pairs(keys, n, z):
     """z[i] = pair n of stream keys[i]."""
     for i in range(keys.shape[0]):
         z[i, 0], z[i, 1] = normal_pair(keys[i], n)
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _init(theta, lane_pair, z):
     for j in range(theta.shape[0]):
         p = lane_pair[j]
@@ -86,7 +108,7 @@ def _init(theta, lane_pair, z):
         theta[j, 1] = INIT_SCALE * z[p, 1]
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _noisy_grad(theta, grad, lane_cell, lane_pair, cellp, z):
     """The kernel's stochastic gradient, in its order of operations."""
     for j in range(theta.shape[0]):
@@ -95,11 +117,11 @@ def _noisy_grad(theta, grad, lane_cell, lane_pair, cellp, z):
         u, v = _rotate(theta[j, 0], theta[j, 1], co, si)
         g1, g2 = _grad_theta(u, v, cellp[c, SHARP], cellp[c, SLOPE], co, si)
         p = lane_pair[j]
-        grad[j, 0] = g1 * (1.0 + cellp[c, NOISE] * z[p, 0])
-        grad[j, 1] = g2 * (1.0 + cellp[c, NOISE] * z[p, 1])
+        grad[j, 0] = g1 * _noise_factor_of(cellp[c, NOISE], z[p, 0])
+        grad[j, 1] = g2 * _noise_factor_of(cellp[c, NOISE], z[p, 1])
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _noisy_grad_direct(theta, grad, lane_cell, lane_pair, cellp, pair_keys, n):
     """As _noisy_grad, drawing pair n of each lane's stream itself (closure queries)."""
     for j in range(theta.shape[0]):
@@ -108,28 +130,28 @@ def _noisy_grad_direct(theta, grad, lane_cell, lane_pair, cellp, pair_keys, n):
         u, v = _rotate(theta[j, 0], theta[j, 1], co, si)
         g1, g2 = _grad_theta(u, v, cellp[c, SHARP], cellp[c, SLOPE], co, si)
         z1, z2 = normal_pair(pair_keys[lane_pair[j]], n)
-        grad[j, 0] = g1 * (1.0 + cellp[c, NOISE] * z1)
-        grad[j, 1] = g2 * (1.0 + cellp[c, NOISE] * z2)
+        grad[j, 0] = g1 * _noise_factor_of(cellp[c, NOISE], z1)
+        grad[j, 1] = g2 * _noise_factor_of(cellp[c, NOISE], z2)
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _noise_factor_direct(xi, lane_cell, lane_pair, cellp, pair_keys, n):
     for j in range(xi.shape[0]):
         c = lane_cell[j]
         z1, z2 = normal_pair(pair_keys[lane_pair[j]], n)
-        xi[j, 0] = 1.0 + cellp[c, NOISE] * z1
-        xi[j, 1] = 1.0 + cellp[c, NOISE] * z2
+        xi[j, 0] = _noise_factor_of(cellp[c, NOISE], z1)
+        xi[j, 1] = _noise_factor_of(cellp[c, NOISE], z2)
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _noise_factor(xi, lane_cell, lane_pair, cellp, z):
     for j in range(xi.shape[0]):
         c, p = lane_cell[j], lane_pair[j]
-        xi[j, 0] = 1.0 + cellp[c, NOISE] * z[p, 0]
-        xi[j, 1] = 1.0 + cellp[c, NOISE] * z[p, 1]
+        xi[j, 0] = _noise_factor_of(cellp[c, NOISE], z[p, 0])
+        xi[j, 1] = _noise_factor_of(cellp[c, NOISE], z[p, 1])
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _track(theta, lane_cell, cellp, lmin, umax, ok):
     """The kernel's running metrics after a step: min loss, max u, and NaN/inf loss = divergence."""
     for j in range(theta.shape[0]):
@@ -141,7 +163,7 @@ def _track(theta, lane_cell, cellp, lmin, umax, ok):
         ok[j] = ok[j] if L - L == 0.0 else 0.0
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _losses(theta, lane_cell, cellp, out):
     for j in range(theta.shape[0]):
         c = lane_cell[j]
@@ -427,146 +449,18 @@ def run(entry, plan: Plan, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
     return out
 
 
-# --- the probe ----------------------------------------------------------------------------------
-#: Trajectories whose gradients differ by orders of magnitude (slope 1e-3 .. 1e3, noise 0 .. 2,
-#: sharpness 0.1 .. 1000), half of them started at |theta| ~ 1 instead of 1e-4, so that gradients
-#: point every way: any coupling through norms, maxima, cosines or shared statistics shows.
-_PROBE_CELLS = [(1.0, 0.0, 1e-3), (100.0, 2.0, 1.0), (10.0, 1.0, 1e3), (1.0, 2.0, 1.0), (1000.0, 0.5, 0.1),
-                (0.1, 0.0, 10.0)]
-_PROBE_SPREAD = np.array([1.0] * 6 + [1e4] * 6)
-
-
-def _probe_problem(wd: float):
-    from ..axes import cell_array
-    from .rng import trajectory_keys
-
-    cols = np.asarray(_PROBE_CELLS * 2)
-    cells = cell_array(sharpness=cols[:, 0], noise=cols[:, 1], weight_decay=wd, phi=math.pi / 6, c=cols[:, 2])
-    return cells, trajectory_keys(12345, cells, np.arange(1))
-
-
-def _trial(entry, plan: Plan, cells, keys, lr: float, steps: int, mode: str, seed: int = 0,
-           constant_rng: bool = False) -> np.ndarray:
+# --- one mode on given lanes (what the probe compares) -----------------------------------------
+def trial(entry, plan: Plan, cells: np.ndarray, keys: np.ndarray, lr: float, steps: int, mode: str,
+          spread: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """The parameters after ``steps`` steps of every trajectory of ``cells`` x ``keys`` at one
+    ``lr``, run in ``mode`` ("batched", "tensors" or "single"), torch's generator seeded with
+    ``seed``; ``spread`` scales the initial points (trajectories of very different sizes)."""
     torch = _torch()
     prob = _Problem(cells, np.array([lr]), keys)
     z_for = _streams(prob)
     z0 = z_for(0).copy()
     torch.manual_seed(seed)
-    ctx = constant_randomness() if constant_rng else contextlib.nullcontext()
-    with ctx:
-        lanes = _Lanes(entry, plan, prob, np.arange(prob.n), mode, z0, _PROBE_SPREAD[:prob.n])
-        for t in range(1, steps + 1):
-            lanes.step(t, z_for)
+    lanes = _Lanes(entry, plan, prob, np.arange(prob.n), mode, z0, None if spread is None else spread[:prob.n])
+    for t in range(1, steps + 1):
+        lanes.step(t, z_for)
     return lanes.x.copy()
-
-
-def probe(entry, weight_decay: float = 0.1, time_it: bool = True) -> Plan:
-    """Find how ``entry`` (an external torch optimizer) runs on the toy, or refuse in one line."""
-    torch = _torch()
-    torch.set_num_threads(1)
-    from ..optimizers import external_class
-    from ..optimizers.external import takes_weight_decay
-
-    cls = external_class(entry)
-    wd_ok = takes_weight_decay(cls)
-    wd = weight_decay if wd_ok else 0.0
-    cells, keys = _probe_problem(wd)
-    lr = 1e-2
-    with np.errstate(all="ignore"):
-        closure, graph = calling_convention(lambda groups: entry.build_torch(groups, lr),
-                                            f"{entry.label}: cannot run on the toy")
-    plan = Plan("single", closure, graph, False, "", "", math.nan)
-    with np.errstate(all="ignore"):
-        before = torch.get_rng_state()
-        torch.manual_seed(0)
-        state0 = torch.get_rng_state()
-        alone = _trial(entry, plan, cells, keys, lr, PROBE_STEPS, "single", seed=0)
-        torch.manual_seed(0)
-        _trial(entry, plan, cells, keys, lr, PROBE_STEPS, "single", seed=0)
-        stochastic = not torch.equal(torch.get_rng_state(), state0)  # the generator moved: it draws
-        torch.set_rng_state(before)
-        if stochastic:
-            alone = _trial(entry, plan, cells, keys, lr, PROBE_STEPS, "single", constant_rng=True)
-        mode, why = "single", ""
-        for candidate in ("batched", "tensors"):
-            try:
-                got = _trial(entry, plan, cells, keys, lr, PROBE_STEPS, candidate, constant_rng=stochastic)
-            except FocuslabError:
-                raise
-            except Exception as err:
-                why += f"{candidate} fails ({first_error(err)}); "
-                continue
-            if np.array_equal(got, alone, equal_nan=True):
-                mode = candidate
-                break
-            why += f"{'one (n, 2) tensor differs' if candidate == 'batched' else 'n (2,) tensors in one instance differ'} " \
-                   f"from n instances (by up to {np.nanmax(np.abs(got - alone)):.3g}); "
-        why = why.rstrip("; ")
-        if mode == "batched":
-            why = "element-wise: one (n, 2) tensor equals n one-trajectory instances bit for bit"
-        elif mode == "tensors":
-            why = f"per-tensor: {why}; n (2,) tensors in one instance equal n instances bit for bit"
-    plan = Plan(**{**plan.to_dict(), "mode": mode, "stochastic": stochastic, "why": why,
-                   "decay": _decay_kind(entry, plan) if wd_ok else "none"})
-    if time_it:
-        plan = Plan(**{**plan.to_dict(), "ns_per_step": _time(entry, plan, wd)})
-    return plan
-
-
-def _decay_kind(entry, plan: Plan) -> str:
-    """How the class applies ``weight_decay`` omega, from one step after a few warm-up steps, taken
-    three ways from the same state: with omega, without it, and without it but with omega * theta
-    added to the gradient.  "decoupled": the first moved theta by exactly -lr * omega * theta more
-    than the second (AdamW's form); "L2": the first equals the third (torch.optim.Adam's form);
-    "other" otherwise (e.g. FOCUS's Algorithm 1 decays toward the parameter average)."""
-    torch = _torch()
-    lr, wd = 1e-2, 0.1
-    gen = torch.Generator().manual_seed(7)
-    grads = [torch.randn(2, generator=gen, dtype=torch.float64) for _ in range(6)]
-
-    def step(opt, p, g):
-        if plan.graph:
-            with torch.enable_grad():
-                q = p.view(-1)
-                p.grad = torch.autograd.grad((q * g).sum() + 0.5 * (q * q).sum(), p, create_graph=True)[0]
-        else:
-            p.grad = g.clone()
-        torch.manual_seed(0)
-        with constant_randomness():
-            if plan.closure:
-                opt.step(lambda: torch.tensor(0.0, dtype=torch.float64))
-            else:
-                opt.step()
-
-    out = []
-    for w, extra in ((wd, 0.0), (0.0, 0.0), (0.0, wd)):  # the same warm-up each time (deep copies
-        q = torch.nn.Parameter(torch.tensor([0.3, -0.2], dtype=torch.float64))  # lose some classes' state)
-        o = _build(entry, [q], lr, 0.0)
-        for g in grads[:-1]:
-            step(o, q, g)
-        x = q.detach().clone()
-        for group in o.param_groups:
-            group["weight_decay"] = w
-        step(o, q, grads[-1] + extra * x)
-        out.append(q.detach().numpy().copy())
-    decayed, plain, l2 = out
-    if np.allclose(decayed - plain, -lr * wd * x.numpy(), rtol=1e-9, atol=1e-15):
-        return "decoupled"
-    if np.allclose(decayed, l2, rtol=1e-12, atol=1e-15):
-        return "L2"
-    return "other"
-
-
-def _time(entry, plan: Plan, wd: float) -> float:
-    """ns per trajectory-step on one core, from a short run of the mode the plan chose."""
-    from ..axes import cell_array
-    from .rng import trajectory_keys
-
-    n, steps = {"batched": (16384, 10), "tensors": (512, 5), "single": (128, 5)}[plan.mode]
-    cells = cell_array(sharpness=np.geomspace(0.1, 1000, n // 16), noise=1.0, weight_decay=wd, phi=math.pi / 6, c=0.1)
-    keys = trajectory_keys(0, cells, np.arange(16))
-    with np.errstate(all="ignore"):
-        run(entry, plan, cells[:1], np.array([1e-2]), keys[:1], 1, check_sentinels=False)  # warm-up
-        t0 = time.perf_counter()
-        run(entry, plan, cells, np.array([1e-2]), keys, steps, check_sentinels=False)
-    return (time.perf_counter() - t0) / (n * steps) * 1e9

@@ -1,7 +1,8 @@
 """Plain-Python, one-trajectory reference stepper: the executable specification of the simulator.
 
 Written directly from the paper's equations (arXiv 2501.12243, Sec. 2 and Algorithm 1), sharing no
-code with the rules in ``focuslab/optimizers/builtin.py``; the tests compare the two trajectory by trajectory,
+code with the rules in ``focuslab/optimizers/builtin.py`` (only the noise law, defined once in
+``landscape.py``, so that a new noise law is one edit); the tests compare the two trajectory by trajectory,
 and ``benchmarks/bench_toy.py`` times this as the "reference code" baseline.  It consumes noise
 given to it (``normals[t]`` is the N(0, 1) pair of step t, ``normals[0]`` the initial point), so it
 can be fed exactly the draws the kernel uses.  Keywords follow focuslab.axes (sharpness, noise,
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .landscape import INIT_SCALE
+from .landscape import INIT_SCALE, noise_factor
 
 
 def _sign(x: float) -> float:
@@ -38,8 +39,8 @@ def trajectory(optimizer: str, params: dict, *, sharpness: float, noise: float, 
         v = theta[0] * R[0][1] + theta[1] * R[1][1]
         du = sharpness * u * v * v - c
         dv = sharpness * u * u * v
-        g = [(du * R[0][0] + dv * R[0][1]) * (1.0 + noise * normals[t][0]),
-             (du * R[1][0] + dv * R[1][1]) * (1.0 + noise * normals[t][1])]
+        g = [(du * R[0][0] + dv * R[0][1]) * noise_factor(noise, normals[t][0]),  # the noise law, written once
+             (du * R[1][0] + dv * R[1][1]) * noise_factor(noise, normals[t][1])]
         for k in range(2):
             theta[k], state[k] = _step(optimizer, params, t, theta[k], g[k], state[k], lr, weight_decay)
         u = theta[0] * R[0][0] + theta[1] * R[1][0]

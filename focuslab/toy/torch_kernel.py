@@ -36,7 +36,6 @@ import numpy as np
 
 from ..axes import COLUMN
 from ..errors import FocuslabError
-from ..optimizers import builtin
 from . import landscape, rng
 
 INIT_SCALE = landscape.INIT_SCALE
@@ -100,16 +99,15 @@ def _numpy_like(exact_sqrt: bool = True):
 
 def _on_tensors(fn, exact_sqrt: bool = True):
     """``fn`` (a rule from focuslab.optimizers.builtin) with its ``np`` bound to the torch namespace."""
-    module = f"{builtin.__name__}._torch_{'exact' if exact_sqrt else 'fast'}_{fn.__name__}_{id(fn):x}"
+    module = f"{fn.__module__}._torch_{'exact' if exact_sqrt else 'fast'}_{fn.__name__}_{id(fn):x}"
     return rng.rebind({"update": fn}, {**fn.__globals__, "np": _numpy_like(exact_sqrt)}, module)["update"]
 
 
-def step_table(optimizer: str, settings: dict, steps: int) -> np.ndarray:
-    """(steps + 1, k) per-step scalars of the rule, from its prep compiled by numba (the kernel's bits)."""
+def step_table(rule, settings: dict, steps: int) -> np.ndarray:
+    """(steps + 1, k) per-step scalars of ``rule``, from its prep compiled by numba (the kernel's bits)."""
     from .kernel import prep_table
 
-    opt = builtin.get(optimizer)
-    return prep_table(opt.name)(opt.hyper_values(settings), int(steps))
+    return prep_table(rule)(rule.hyper_values(settings), int(steps))
 
 
 def _advance(n_steps, update, hp, keys, t0, ctx, cell, lr, state, gen):
@@ -121,8 +119,8 @@ def _advance(n_steps, update, hp, keys, t0, ctx, cell, lr, state, gen):
         z1, z2 = gen.normal_pair(keys, t0 + k)
         cx = ctx[k]
         g1, g2 = landscape.grad_theta(u, v, sharpness, c, cos_phi, sin_phi)
-        g1 = g1 * (1.0 + noise * z1)
-        g2 = g2 * (1.0 + noise * z2)
+        g1 = g1 * landscape.noise_factor(noise, z1)
+        g2 = g2 * landscape.noise_factor(noise, z2)
         theta1, s10, s11 = update(cx, theta1, g1, s10, s11, lr, wd, hp)
         theta2, s20, s21 = update(cx, theta2, g2, s20, s21, lr, wd, hp)
         u, v = landscape.rotate(theta1, theta2, cos_phi, sin_phi)
@@ -190,13 +188,12 @@ class TorchSimulator:
             self._compiled[key] = self.torch.compile(fn, fullgraph=True, dynamic=False) if self.compile else fn
         return self._compiled[key]
 
-    def run(self, optimizer: str, settings: dict, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
+    def run(self, rule, settings: dict, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
             steps: int) -> dict[str, np.ndarray]:
         """Same contract as focuslab.toy.kernel.run: per-lane metrics of shape (cells, lrs, replicates)."""
         torch, dev = self.torch, self.device
-        opt = builtin.get(optimizer)
-        update = _update_on_tensors(opt.name, opt.option_values(settings), not self.compile)
-        hp = opt.hyper_values(settings)
+        update = _update_on_tensors(rule, rule.option_values(settings), not self.compile)
+        hp = rule.hyper_values(settings)
         f64 = dict(dtype=torch.float64, device=dev)
         cells = np.ascontiguousarray(cells, dtype=np.float64)
         col = lambda name: torch.tensor(cells[:, COLUMN[name]], **f64).view(-1, 1, 1)  # noqa: E731
@@ -206,7 +203,7 @@ class TorchSimulator:
                 torch.tensor([math.sin(p) for p in phi], **f64).view(-1, 1, 1))
         lr = torch.tensor(np.asarray(lrs, dtype=np.float64), **f64).view(1, -1, 1)
         k = torch.from_numpy(np.ascontiguousarray(keys, dtype=np.uint64).view(np.int64)).to(dev).unsqueeze(1)
-        ctx = torch.tensor(step_table(opt.name, settings, steps), **f64)
+        ctx = torch.tensor(step_table(rule, settings, steps), **f64)
         shape = (cells.shape[0], lr.shape[1], k.shape[2])
         z1, z2 = generator(not self.compile).normal_pair(k, torch.zeros((), dtype=torch.int64, device=dev))
         theta1 = (INIT_SCALE * z1).expand(shape).contiguous()
@@ -230,6 +227,11 @@ class TorchSimulator:
         return out
 
 
-@lru_cache(maxsize=None)
-def _update_on_tensors(name: str, options: tuple, exact_sqrt: bool = True):
-    return _on_tensors(builtin.get(name).update_function(options), exact_sqrt)
+_ON_TENSORS: dict = {}
+
+
+def _update_on_tensors(rule, options: tuple, exact_sqrt: bool = True):
+    key = (rule.name, options, exact_sqrt)
+    if key not in _ON_TENSORS:
+        _ON_TENSORS[key] = _on_tensors(rule.update_function(options), exact_sqrt)
+    return _ON_TENSORS[key]

@@ -15,8 +15,7 @@ must leave no worker behind; a rerun must finish what was interrupted.
 
 Counts printed at the end: cases, clean, lost (a file that was there changed or went), tracebacks
 (or a crash's exit code), exit-0-while-wrong (accepted what should be refused), other (a refusal
-that is not one clear line, or another exit code).  Cases of the refine items that issue #27 (the
-refine package) resolves are listed apart (``owner``) and not counted against this sweep.
+that is not one clear line, or another exit code).
 Exit status: 0 when every counted case is clean.
 """
 from __future__ import annotations
@@ -55,7 +54,6 @@ class Case:
     setup: object = None
     ready: object = None
     check: object = None
-    owner: str = ""  # another issue resolves it: listed, not counted
     subprocess_only: bool = False
 
 
@@ -179,9 +177,10 @@ def cases() -> list[Case]:
     refine("an unfinished scan", "scan", needs=("scan",),
            setup=lambda d: _edit_json(d / "scan" / "scan.json", status="running"), needle="not complete")
     refine("corrupt scan.json", "scan", needs=("scan",), setup=write("scan/scan.json", "{"), needle="scan.json")
-    refine("every optimizer diverges", "div", needs=("div",), expect="ok", owner="issue #27 (refine package)")
+    refine("every optimizer diverges", "div", *REFINE, needs=("div",), expect="ok",
+           check=lambda d: _readable(d / "div" / "decisions.parquet"))
     refine("truncated decisions.parquet", "refined", *REFINE, needs=("refined",),
-           setup=truncate("refined/decisions.parquet"), expect="ok", check=lambda d: _readable(d / "refined" / "decisions.parquet"), owner="issue #27 (refine package)")
+           setup=truncate("refined/decisions.parquet"), expect="ok", check=lambda d: _readable(d / "refined" / "decisions.parquet"))
 
     def plot(name, *args, **kw):
         c.append(Case(f"plot {name}", ["plot", *map(str, args)], **kw))
@@ -539,18 +538,13 @@ def sweep(select: str = "", in_process: bool = False, verbose: bool = False, rep
                 continue
             r = judge(case, root, fixtures, in_process)
             results.append(r)
-            if verbose or (r.verdict != "clean" and not case.owner):
-                report(f"{r.verdict:9s} {r.seconds:6.1f}s  {case.name}" + (f"  [{case.owner}]" if case.owner else "")
-                       + (f": {r.detail}" if r.detail and (verbose or r.verdict != "clean") else ""))
-        counted = [r for r in results if not r.case.owner]
-        counts = {"cases": len(counted), **{v: sum(r.verdict == v for r in counted)
+            if verbose or r.verdict != "clean":
+                report(f"{r.verdict:9s} {r.seconds:6.1f}s  {case.name}" + (f": {r.detail}" if r.detail else ""))
+        counts = {"cases": len(results), **{v: sum(r.verdict == v for r in results)
                                             for v in ("clean", "lost", "traceback", "exit0", "other")}}
-        apart = [r for r in results if r.case.owner]
         report(f"{counts['cases']} cases: {counts['clean']} clean, {counts['lost']} lost, {counts['traceback']} "
                f"tracebacks, {counts['exit0']} exit-0-while-wrong, {counts['other']} other "
                f"({time.time() - t0:.0f} s, {'in process' if in_process else 'one process each'})")
-        for r in apart:
-            report(f"  apart ({r.case.owner}): {r.case.name}: {r.verdict}" + (f": {r.detail}" if r.detail else ""))
         return {**counts, "results": results}
     finally:
         shutil.rmtree(root, ignore_errors=True)

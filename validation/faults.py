@@ -55,6 +55,7 @@ class Case:
     ready: object = None
     check: object = None
     subprocess_only: bool = False
+    env: dict = field(default_factory=dict)  # its environment besides ENV
 
 
 # --- what the cases break ---------------------------------------------------------------------------
@@ -231,7 +232,8 @@ def cases() -> list[Case]:
                   ["mnist", "--batch-size", "8", "--optimizers", "adamw", "--lr", "1e-3,1e-2", "--replicates", "2",
                    "--steps", "60", "-j", "1", "-q", "--out", "m"], expect="interrupt",
                   ready=lambda d: any((d / "m" / "units" / ".inflight").glob("*.pt")),
-                  check=lambda d: _kept_checkpoint(d, "m"), subprocess_only=True))
+                  check=lambda d: _kept_checkpoint(d, "m"), subprocess_only=True,
+                  env={"FOCUSLAB_CHECKPOINT_EVERY": "0"}))  # a checkpoint at every step: one comes soon
 
     def gpt2(name, *args, **kw):
         c.append(Case(f"gpt2 {name}", ["gpt2", *NANO, *map(str, args), "--out", "g"], **kw))
@@ -425,16 +427,19 @@ def signal_case(case: Case, d: Path) -> tuple[int, str, str, list]:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     proc = subprocess.Popen([sys.executable, "-m", "focuslab", *map(str, case.args)], cwd=d, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
+                            stderr=subprocess.PIPE, text=True, env={**ENV, **case.env}, start_new_session=True,
                             preexec_fn=interruptible)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not case.ready(d):
         time.sleep(0.05)
     workers = _children(proc.pid)
-    if case.expect == "interrupt":
-        os.killpg(proc.pid, signal.SIGINT)
-    else:
-        proc.kill()
+    try:
+        if case.expect == "interrupt":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.kill()
+    except ProcessLookupError:  # it ended before it was ready: judged by its exit code
+        pass
     out, err = proc.communicate(timeout=300)
     return proc.returncode, out, err, workers
 

@@ -6,6 +6,7 @@ A scan directory holds
   shards/*.json    one record per completed shard of a sharded scan (focuslab merge reads them)
   runs.parquet     one row per (optimizer, cell, lr) with replicate statistics
   best.parquet     one row per (optimizer, cell) at its best learning rate
+  .lock            held (flock) by the process computing there (``hold``), with its pid and command
 """
 from __future__ import annotations
 

@@ -440,7 +440,16 @@ def signal_case(case: Case, d: Path) -> tuple[int, str, str, list]:
             proc.kill()
     except ProcessLookupError:  # it ended before it was ready: judged by its exit code
         pass
-    out, err = proc.communicate(timeout=300)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # workers left behind hold its output open
+        proc.wait()
+        time.sleep(20)
+        left = [w for w in workers if _alive(w)]
+        for w in left:
+            os.kill(w, signal.SIGKILL)
+        out, err = proc.communicate()
+        err += f"\n{len(left)} worker(s) were still running 2 minutes after the signal"
     return proc.returncode, out, err, workers
 
 
@@ -485,8 +494,8 @@ def judge(case: Case, root: Path, fixtures: Path, in_process: bool) -> Result:
         left = [w for w in workers if _alive(w)]
         for w in left:
             os.kill(w, signal.SIGKILL)
-        if left:
-            return Result(case, "other", f"{len(left)} worker(s) left behind", time.time() - t0)
+        if left or "still running 2 minutes after" in err:
+            return Result(case, "other", f"worker(s) left behind: {err.strip().splitlines()[-1]}", time.time() - t0)
         if not case.check(d):
             return Result(case, "lost", "the work done before the signal is gone", time.time() - t0)
         code, out, err = run_subprocess(case.args, d)  # the same command finishes it

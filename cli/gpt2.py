@@ -63,7 +63,8 @@ def gpt2(ctx, **values):
     cfg = build_train_config(preset, file_values, flags, opt_params, out=str(out))
     nodes, quiet, timeout = run["nodes"], run.get("quiet", False), run["rdzv_timeout"]
     plan = plan_launch(cfg, nodes, run["gpus_per_node"], run["rdzv_endpoint"], timeout, run["node_rank"],
-                       sbatch=bool(run["sbatch"]), extra=parse_sbatch_options(run["sbatch_option"]))
+                       sbatch=bool(run["sbatch"]), extra=parse_sbatch_options(run["sbatch_option"]),
+                       dry_run=bool(run["dry_run"]), force=bool(run["force"]))
     if run["dry_run"]:
         click.echo(plan.dry_run_text(), nl=False)
         return

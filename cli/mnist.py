@@ -31,6 +31,13 @@ def mnist(**values):
         preset = Path(config_file).stem if config_file else PRESET
         out = default_out(preset, config.digest(), build_mnist_config(file_values).digest(), adhoc="mnist")
     quiet = run.get("quiet", False)
+    if run.get("dry_run"):  # the run's own checks, then the plan; nothing is written
+        from focuslab.mnist.study import describe_study
+
+        click.echo(describe_study(config, out, jobs=run.get("jobs"), device=run.get("device", "auto"),
+                                  data_dir=Path(run["data_dir"]) if run.get("data_dir") else None,
+                                  force=run.get("force", False)))
+        return
     say(f"focuslab mnist: results in {out}", quiet)
     data_dir = Path(run["data_dir"]) if run.get("data_dir") else None
     info = run_study(config, out, jobs=run.get("jobs"), device=run.get("device", "auto"), data_dir=data_dir,

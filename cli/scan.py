@@ -40,8 +40,11 @@ def scan(old_theta, **values):
         out = default_out(preset, config.digest(), build_scan_config(file_values).digest(),
                           adhoc=preset if config_file else "scan")
     out, quiet, jobs = Path(out), run.get("quiet", False), run.get("jobs")
-    if run.get("dry_run") and not run.get("sbatch") and run.get("shards") is None:
-        click.echo(describe_plan(config, out, jobs))
+    if run.get("dry_run") and not run.get("sbatch") and run.get("shards") is None:  # the run's own checks first
+        click.echo(describe_plan(config, out, jobs, force=run.get("force", False), backend=run.get("backend"),
+                                 scheduler=run.get("scheduler"), device=run.get("device", "auto"),
+                                 allow_long=run.get("allow_long", False),
+                                 shard=parse_shard(run["shard"]) if run.get("shard") else None))
         return
     if run.get("sbatch") or run.get("dry_run") or run.get("shards") is not None:
         click.echo(write_sbatch(config, out, run.get("sbatch"), run.get("shards"), jobs, run.get("sbatch_option"),
@@ -51,8 +54,8 @@ def scan(old_theta, **values):
     summary = run_scan(config, out, jobs=jobs, force=run.get("force", False), progress=not quiet,
                        backend=run.get("backend"), scheduler=run.get("scheduler"), shard=shard,
                        device=run.get("device", "auto"), allow_long=run.get("allow_long", False),
-                       announce=lambda: say(f"focuslab scan: results in {out} ({config.total_steps():.3g} optimizer "
-                                            "steps)", quiet))
+                       announce=lambda eta: say(f"focuslab scan: results in {out} ({config.total_steps():.3g} "
+                                                f"optimizer steps, {eta})", quiet))
     say(summary_line(config, out, summary, shard), quiet)
 
 

@@ -268,6 +268,8 @@ class ScanSettings:
 
 
 SCAN_SCALARS = ("replicates", "steps", "seed", "chunk_steps")
+#: Fewest replicates of a scan: a standard error needs two.
+MIN_REPLICATES = 2
 SCAN_KEYS = {f.name for f in fields(ScanSettings)}
 #: Versions of what determines a scan's numbers beyond its config; part of the digest, so a scan
 #: directory written by an engine that would give other numbers or another chunk layout is never
@@ -354,6 +356,9 @@ def build_scan_config(file_values: dict | None = None, overrides: dict | None = 
             for key, low in (("replicates", 1), ("steps", 1), ("seed", 0), ("chunk_steps", 1))}
     if ints["seed"] >= 2 ** 63:
         raise FocuslabError("--seed: must be < 2**63")
+    if ints["replicates"] < MIN_REPLICATES:
+        raise FocuslabError(f"--replicates {ints['replicates']}: a scan needs at least {MIN_REPLICATES} (its standard "
+                            "errors, and every winner judged by them, come from the spread between replicates)")
     return ScanConfig(axes=grids, entries=entries, **ints)
 
 

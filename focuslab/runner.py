@@ -16,6 +16,7 @@ finished unit is one parquet file ``WORK/NAME.parquet`` (plus optional side tabl
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -171,9 +172,10 @@ def unit_path(work: Path, name: str, suffix: str = "") -> Path:
     return Path(work) / (f"{name}.{suffix}.parquet" if suffix else f"{name}.parquet")
 
 
-def pending(work: Path, units: list[Unit], log: Callable[[str], None] = print) -> list[Unit]:
+def pending(work: Path, units: list[Unit], log: Callable[[str], None] = print, repair: bool = True) -> list[Unit]:
     """Units whose primary file is missing; an unreadable file is moved to WORK/corrupt/ (with a
-    time stamp), reported through ``log`` and counted as missing."""
+    time stamp), reported through ``log`` and counted as missing (without ``repair``, as a dry run
+    asks: only counted)."""
     work = Path(work)
     todo = []
     for u in units:
@@ -182,7 +184,7 @@ def pending(work: Path, units: list[Unit], log: Callable[[str], None] = print) -
             todo.append(u)
             continue
         bad = [p for p in paths if p.exists() and not _readable(p)]
-        for path in bad:
+        for path in bad if repair else ():
             aside = work / "corrupt" / f"{path.name[:-8]}.{time.strftime('%Y%m%dT%H%M%S')}.parquet"
             aside.parent.mkdir(exist_ok=True)
             path.replace(aside)
@@ -222,7 +224,7 @@ def run_units(work: Path, todo: list[Unit], compute: Callable | None = None, *, 
     if batched is not None:
         results = batched(todo)
     else:
-        tasks = (delayed(_call)(compute, u.name, u.args) for u in todo)
+        tasks = (delayed(_call)(compute, u.name, u.args, os.getpid()) for u in todo)
         results = Parallel(n_jobs=max(1, min(jobs, len(todo))), return_as="generator_unordered")(tasks)
     try:
         for name, tables, secs in results:
@@ -276,7 +278,32 @@ def _watch(inflight: Path, units: dict, counts: dict, progress: Progress, stop, 
         progress.set_partial(*_partial(inflight, units, counts, finished))
 
 
-def _call(compute, name, args):
+def _call(compute, name, args, parent: int | None = None):
+    if parent is not None:
+        exit_with_parent(parent)
     t0 = time.perf_counter()
     tables = compute(*args)
     return name, tables, time.perf_counter() - t0
+
+
+_WATCHED: list = []  # the parent this worker process watches (set once per process)
+
+
+def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """In a worker process that ``parent`` started (a loky worker): exit as soon as ``parent`` is
+    gone.  Without it the workers of a study killed with kill -9 stayed behind, idle, until loky's
+    own timeout.  Nothing happens in ``parent`` itself (units run in-process with --jobs 1) nor in
+    a worker that is not its child (a Dask worker on another machine).  The watch is a thread that
+    looks every ``every`` seconds; the kernel releases the GIL, so it runs mid-chunk too."""
+    import threading
+
+    if _WATCHED or os.getpid() == parent or os.getppid() != parent:
+        return
+    _WATCHED.append(parent)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)  # orphaned: what it computes can no longer be stored
+
+    threading.Thread(target=watch, name="focuslab-exit-with-parent", daemon=True).start()

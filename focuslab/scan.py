@@ -153,21 +153,52 @@ def check_plan(config: ScanConfig, plan: dict, allow_long: bool = False, where: 
                             "pass --allow-long")
 
 
-def describe_plan(config: ScanConfig, out: Path, jobs: int | None = None) -> str:
-    """The plan in one line (``focuslab scan --dry-run``), its ETA from each engine's speed: the
-    numba kernel's, and for external optimizers the probe's measurement (the probe, a second or so
-    each, is what a real scan runs first; a directory that recorded it for this config is reused)."""
+def preflight(config: ScanConfig, out: Path, jobs: int | None = None, force: bool = False, backend: str | None = None,
+              scheduler: str | None = None, device: str = "auto", allow_long: bool = False,
+              shard: tuple[int, int] | None = None) -> dict:
+    """Everything a scan refuses, checked before anything is written; the run and ``--dry-run``
+    both call it, so a dry run refuses what the run would: the device and backend, another
+    command's directory or another config in ``out`` (unless ``force``), and a plan that cannot fit
+    in memory or would run for more than a week (``check_plan``).  External optimizers are probed
+    here (a second or so each; a directory that recorded the probe for this config is reused).
+    Returns {device, sim, plans, speed, plan, workers}."""
+    from .results import check_results_dir
+
+    device, sim = resolve_device(device, config.entries)  # a missing GPU is one line
+    if sim is not None and backend == "dask":
+        raise FocuslabError("--backend dask runs the CPU kernel on its workers; drop --device or --backend")
+    _check_backend(backend, scheduler)
+    cpu_only = [e for e in config.entries if "torch" not in e.toy_engines]
+    if cpu_only and sim is not None:
+        raise FocuslabError(f"--device {device}: {cpu_only[0].label} is an external torch optimizer, which runs on "
+                            "the CPU engine; scan it without --device (or scan the built-ins alone on the GPU)")
+    check_results_dir(out, META, config.digest(), {"config": config.to_dict()}, force, "scan", "scan")
+    plans = _plans(config, out, force)  # probes external optimizers
+    speed = engine_speeds(config, plans)
+    workers = 1 if sim is not None else (jobs or os.cpu_count() or 1)
+    plan = plan_scan(config, workers, speed)
+    if shard is not None:  # shards are balanced by cost: each takes about 1/N of the time
+        plan["eta_seconds"] /= shard[1]
+    check_plan(config, plan, allow_long)
+    return {"device": device, "sim": sim, "plans": plans, "speed": speed, "plan": plan, "workers": workers}
+
+
+def describe_plan(config: ScanConfig, out: Path, jobs: int | None = None, **checks) -> str:
+    """The plan in one line (``focuslab scan --dry-run``) after the run's own checks (``preflight``,
+    with ``checks`` its options), its ETA from each engine's speed: the numba kernel's, and for
+    external optimizers the probe's measurement."""
     from .runner import _duration
 
-    jobs = jobs or os.cpu_count() or 1
-    plans = _plans(config, out, force=False)
-    p = plan_scan(config, jobs, engine_speeds(config, plans))
+    pre = preflight(config, out, jobs, **checks)
+    p, plans, workers = pre["plan"], pre["plans"], pre["workers"]
     how = "at the numba kernel's speed" if not plans else \
         f"at the numba kernel's speed and the probed speed of {len(plans)} external optimizer(s)"
+    if pre["sim"] is not None:
+        how = f"on {pre['sim'].describe()}"
     return (f"{out}: {p['cells']} cells x {len(config.entries)} optimizers x {len(config.axes['lr'])} lrs x "
             f"{config.replicates} replicates = {p['trajectories']:.3g} trajectories, {p['steps']:.3g} optimizer "
             f"steps in {p['chunks']} chunks; tables ~{p['table_bytes'] / 2 ** 20:.3g} MiB; ~"
-            f"{_duration(p['eta_seconds'])} on {jobs} worker(s) {how}")
+            f"{_duration(p['eta_seconds'])} on {workers} worker(s) {how}")
 
 
 def write_sbatch(config: ScanConfig, out: Path, sbatch_file, shards, jobs, sbatch_options, dry_run: bool) -> str:
@@ -318,6 +349,22 @@ def open_scan_dir(config: ScanConfig, out: Path, force: bool = False) -> dict:
     return open_results_dir(out, META, config.digest(), fresh, CHUNKS, (RUNS, BEST), force, "scan", kind="scan")
 
 
+def _check_backend(backend: str | None, scheduler: str | None) -> None:
+    """What is wrong with the backend options on their face (the scheduler is reached at run time)."""
+    import importlib.util
+
+    if backend in (None, "loky"):
+        if scheduler:
+            raise FocuslabError("--scheduler is only meaningful with --backend dask")
+        return
+    if backend != "dask":
+        raise FocuslabError(f"--backend: unknown backend {backend!r} (choose loky or dask)")
+    if importlib.util.find_spec("dask") is None or importlib.util.find_spec("distributed") is None:
+        raise FocuslabError("--backend dask needs dask.distributed: pip install 'focuslab[dask]'")
+    if not scheduler:
+        raise FocuslabError("--backend dask needs --scheduler tcp://HOST:PORT (a running Dask scheduler)")
+
+
 def _backend_context(backend: str | None, scheduler: str | None):
     """joblib's parallel_config for the chosen backend (a Dask client when backend == 'dask')."""
     from contextlib import ExitStack
@@ -325,18 +372,13 @@ def _backend_context(backend: str | None, scheduler: str | None):
     from joblib import parallel_config
 
     stack = ExitStack()
+    _check_backend(backend, scheduler)
     if backend in (None, "loky"):
-        if scheduler:
-            raise FocuslabError("--scheduler is only meaningful with --backend dask")
         return stack, None
-    if backend != "dask":
-        raise FocuslabError(f"--backend: unknown backend {backend!r} (choose loky or dask)")
     try:
         from dask.distributed import Client
     except ImportError:
         raise FocuslabError("--backend dask needs dask.distributed: pip install 'focuslab[dask]'") from None
-    if not scheduler:
-        raise FocuslabError("--backend dask needs --scheduler tcp://HOST:PORT (a running Dask scheduler)")
     try:
         client = stack.enter_context(Client(scheduler, timeout="10s", set_as_default=False))
     except (OSError, TimeoutError) as err:
@@ -439,31 +481,26 @@ def run_scan(config: ScanConfig, out: Path, jobs: int | None = None, force: bool
     A full scan then assembles runs/best and marks scan.json complete; a shard records itself in
     shards/K-of-N.json for `focuslab merge`.  A scan that is already complete is left as it is
     (``already_complete`` in the summary).  A plan that cannot fit or would take more than a week is
-    refused first (``check_plan``), then ``announce()`` is called.  Returns a summary dict (chunks
-    computed, wall time, ns per optimizer step).
+    refused first (``preflight``), then ``announce(eta)`` is called with the plan's ETA ("~2h10m on 2
+    worker(s)").  Returns a summary dict (chunks computed, wall time, ns per optimizer step).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    device, sim = resolve_device(device, config.entries)  # before anything is written: a missing GPU is one line
-    if sim is not None and backend == "dask":
-        raise FocuslabError("--backend dask runs the CPU kernel on its workers; drop --device or --backend")
     out = Path(out)
-    cpu_only = [e for e in config.entries if "torch" not in e.toy_engines]
-    if cpu_only and sim is not None:
-        raise FocuslabError(f"--device {device}: {cpu_only[0].label} is an external torch optimizer, which runs on "
-                            "the CPU engine; scan it without --device (or scan the built-ins alone on the GPU)")
-    plans = _plans(config, out, force)  # probes external optimizers before anything is written
-    speed = engine_speeds(config, plans)
-    check_plan(config, plan_scan(config, 1 if sim is not None else (jobs or os.cpu_count() or 1), speed), allow_long)
-    if announce is not None:  # the plan holds: say where the results will go
-        announce()
-    from .results import claim_dir, discard_if_empty
+    pre = preflight(config, out, jobs, force, backend, scheduler, device, allow_long, shard)  # nothing written yet
+    sim, plans, speed = pre["sim"], pre["plans"], pre["speed"]
+    if announce is not None:  # the plan holds: say where the results will go, and when
+        from .runner import _duration
+
+        announce(f"~{_duration(pre['plan']['eta_seconds'])} on {pre['workers']} worker(s)")
+    from .results import claim_dir, discard_if_empty, hold
 
     created = claim_dir(out, "scan")
-    try:
-        return _run_scan(config, out, jobs, force, progress, backend, scheduler, shard, log, sim, plans, speed)
-    except BaseException:
-        discard_if_empty(out, created, CHUNKS)  # a refused or interrupted first attempt leaves nothing behind
-        raise
+    with hold(out, "scan", f"{shard[0]}-of-{shard[1]}" if shard else None):  # one process computes here
+        try:
+            return _run_scan(config, out, jobs, force, progress, backend, scheduler, shard, log, sim, plans, speed)
+        except BaseException:
+            discard_if_empty(out, created, CHUNKS)  # a refused or interrupted first attempt leaves nothing behind
+            raise
 
 
 def _run_scan(config, out, jobs, force, progress, backend, scheduler, shard, log, sim, plans, speed) -> dict:

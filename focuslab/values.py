@@ -8,6 +8,8 @@ optimizer definitions and the plots can all use it without import cycles.
 * ``parse_value`` reads an optimizer setting: a number (arithmetic with ``pi`` allowed), ``True`` /
   ``False`` (also ``true`` / ``false``), ``None``, a quoted string, a bare word (a string, e.g.
   ``decay=average``), or a tuple / list of those (``betas=(0.9,0.95)``).
+* ``parse_bool`` reads a boolean setting strictly: ``True``/``False``/``true``/``false`` (any case) and
+  ``1``/``0``; anything else (``no``, ``yes``, ``2``) is refused in one line, never read as truthy.
 * ``format_value`` writes a value back so that ``parse_value(format_value(v)) == v``: the shortest
   text that round-trips (``0.9``, ``1e-08``, ``(0.9,0.95)``), which makes labels stable.
 """
@@ -93,6 +95,29 @@ def parse_value(text, where: str = "value"):
     except (_Bad, SyntaxError, ValueError, ZeroDivisionError, OverflowError, TypeError, RecursionError):
         raise FocuslabError(f"{where}: cannot read {text!r} (a number, True/False, None, a word, a quoted "
                             "string, or a tuple such as (0.9,0.95))") from None
+
+
+_TRUE, _FALSE = ("true", "1"), ("false", "0")
+
+
+def parse_bool(value, where: str = "value", allow_none: bool = False):
+    """A boolean setting's value, strictly (see the module docstring).  ``None`` (or the text
+    ``None``) only where ``allow_none``: a setting whose default is None."""
+    if isinstance(value, bool):
+        return value
+    if value is None and allow_none:
+        return None
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        if text == "none" and allow_none:
+            return None
+    raise FocuslabError(f"{where}: expected true or false (or 1/0{', or None' if allow_none else ''}), got {value!r}")
 
 
 def format_value(value) -> str:

@@ -212,10 +212,9 @@ def test_bad_options_exit_2(tmp_path, args, needle):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
-def test_a_long_study_prints_its_estimated_cost_first(tmp_path, monkeypatch):
+def test_a_study_prints_its_estimated_cost_first(tmp_path):
     from focuslab.mnist import study
 
-    monkeypatch.setattr(study, "ESTIMATE_ABOVE", 0)  # this small study counts as long
     fake_mnist(tmp_path / "data" / "mnist")
     config = study.build_mnist_config(None, {"dataset": "mnist", "batch_size": "4,32", "lr": "1e-2,1e-1",
                                              "replicates": 1, "steps": 6, "optimizers": "adamw"})

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from ..config import StudyConfig, layered, load_toml
 from ..errors import FocuslabError
 from ..options import setting
-from ..values import jsonable
+from ..values import jsonable, parse_bool
 
 DEFAULT_PRESET = "gpt2-nano"
 
@@ -159,6 +159,9 @@ def build_train_config(preset: str | None = None, file_values: dict | None = Non
     merged["optimizer"] = entry.spec
     merged["optimizer_settings"] = jsonable(entry.settings)
     merged["optimizer_origin"] = entry.origin
+    for f in fields(TrainConfig):  # bias = "no" in a config file is refused, never read as true
+        if f.type in (bool, "bool") and f.name in merged:
+            merged[f.name] = parse_bool(merged[f.name], f"gpt2 config {f.name}")
     if out is not None:
         merged["out"] = str(out)
     return TrainConfig(**merged)
@@ -262,16 +265,16 @@ def lr_at(cfg: TrainConfig, it: int) -> float:
 
 
 RUN_CONFIG = "run-config.json"  # the full config of a run, beside its checkpoints
+#: How a run whose gpt2.json is damaged recovers: its checkpoint carries the config's digest.
+RECOVER_META = ("delete it and rerun the `focuslab gpt2` command that wrote it (the same flags and --out {run}): it "
+                "resumes from {run}/ckpt.pt, whose config is checked")
 
 
 def make_run_dir(run) -> None:
     """The run directory (and its parents), or a one-line error naming --out."""
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise FocuslabError(f"--out {run}: exists and is not a directory") from None
-    except OSError as err:
-        raise FocuslabError(f"--out {run}: cannot create ({err.strerror})") from None
+    from ..results import make_dir
+
+    make_dir(run)
 
 
 def write_run_config(cfg: "TrainConfig") -> str:

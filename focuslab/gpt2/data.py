@@ -106,13 +106,23 @@ def prepare(text: str, out: Path, tokenizer: str = "auto", source: str = "") -> 
     if len(tokens) < 100:
         raise FocuslabError(f"input too small: {len(tokens)} tokens (need at least 100)")
     split = int(len(tokens) * (1 - VAL_FRACTION))
+    from .config import make_run_dir
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "train.bin", tokens[:split].astype(np.uint16).tobytes())
-    atomic_write_bytes(out / "val.bin", tokens[split:].astype(np.uint16).tobytes())
+    created = not out.exists()
+    make_run_dir(out)  # a directory that cannot be made (read-only, no permission) is one line naming --out
     meta = {"tokenizer": name, "tokenizer_note": why, "vocab_size": vocab, "train_tokens": split,
             "val_tokens": len(tokens) - split, "source": source}
-    atomic_write_bytes(out / "meta.json", json.dumps(meta, indent=2).encode())
+    try:  # meta.json last: a directory without it is not a prepared one
+        atomic_write_bytes(out / "train.bin", tokens[:split].astype(np.uint16).tobytes())
+        atomic_write_bytes(out / "val.bin", tokens[split:].astype(np.uint16).tobytes())
+        atomic_write_bytes(out / "meta.json", json.dumps(meta, indent=2).encode())
+    except BaseException:
+        if created:  # a refused or interrupted first attempt leaves nothing behind
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return meta
 
 
@@ -145,6 +155,23 @@ def prepare_openwebtext(out: Path, num_proc: int = 8) -> dict:  # pragma: no cov
     return meta
 
 
+def check_block_size(lengths: dict, block_size: int, where: str) -> None:
+    """One line when a split is too short for --block-size (a batch needs block_size + 1
+    consecutive tokens and a choice of start): before any model is built."""
+    for split in ("val", "train"):
+        n = lengths[split]
+        if n <= block_size + 1:
+            raise FocuslabError(f"--block-size {block_size}: the {split} split of {where} has only {n} tokens; "
+                                f"use --block-size {n - 2} or less, or more data (`focuslab gpt2 prepare`)")
+
+
+def embedded_lengths() -> dict:
+    """The split lengths ``prepare`` gives the embedded corpus as byte tokens, without writing it."""
+    n = len(embedded_corpus().encode("utf-8"))
+    split = int(n * (1 - VAL_FRACTION))
+    return {"train": split, "val": n - split}
+
+
 class TokenData:
     """Memory-mapped splits; batches are a pure function of (seed, split, iteration, micro-step),
     so any rank or a resumed run draws exactly the batches an uninterrupted run would."""
@@ -158,14 +185,10 @@ class TokenData:
             raise FocuslabError(f"--data {directory}: not a prepared token directory ({err}); run "
                                 "`focuslab gpt2 prepare`") from None
 
-    def check_block_size(self, block_size: int, where: str) -> None:
-        """One line when a split is too short for --block-size (a batch needs block_size + 1
-        consecutive tokens and a choice of start): before any model is built."""
-        for split in ("val", "train"):
-            n = len(self.splits[split])
-            if n <= block_size + 1:
-                raise FocuslabError(f"--block-size {block_size}: the {split} split of {where} has only {n} tokens; "
-                                    f"use --block-size {n - 2} or less, or more data (`focuslab gpt2 prepare`)")
+    @property
+    def lengths(self) -> dict:
+        """Tokens in each split."""
+        return {split: len(tokens) for split, tokens in self.splits.items()}
 
     def _starts(self, split: str, batch_size: int, block_size: int, seed: int, it: int, micro: int) -> list:
         data = self.splits[split]

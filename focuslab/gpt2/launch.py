@@ -130,15 +130,21 @@ def _bind_error(host: str, port: int) -> int | None:
     return None
 
 
-def check_endpoint(text: str, nodes: int) -> str:
+def check_endpoint(text: str, nodes: int, warn=None) -> str:
     """The endpoint, checked before launch: its syntax, that its host resolves, and on one node that
-    it is an address of this machine whose port is free (torchrun would otherwise wait on it)."""
+    it is an address of this machine whose port is free (torchrun would otherwise wait on it).
+    ``warn``: where a host that does not resolve here goes instead of an error (a dry run of a
+    multi-node launch, prepared on a login node for nodes whose names only they resolve)."""
     import errno
 
     host, port = parse_endpoint(text)
     why = _resolve(host, port)
     if why:
-        raise FocuslabError(f"--rdzv-endpoint {text}: cannot resolve the host {host!r} ({why})")
+        message = f"--rdzv-endpoint {text}: cannot resolve the host {host!r} ({why})"
+        if warn is None or nodes == 1:
+            raise FocuslabError(message)
+        warn(f"{message} on this machine; the launch refuses it where the host does not resolve")
+        return text
     if nodes == 1:
         if _bind_error(host, 0) is not None:
             raise FocuslabError(f"--rdzv-endpoint {text}: {host} is not an address of this machine, and with --nodes 1 "
@@ -207,7 +213,8 @@ class LaunchPlan:
     endpoint: str | None = None
     node_rank: int | None = None
     command: list | str = field(default_factory=list)
-    note: str = ""  # the per-process share of an iteration, when several processes share it
+    note: str = ""  # lines to say first: the per-process share of an iteration, a run inside its warm-up
+    warnings: list = field(default_factory=list)  # what a dry run found this machine cannot do (its launch refuses)
 
     @property
     def world(self) -> int:
@@ -241,8 +248,8 @@ class LaunchPlan:
 
     def _comments(self) -> list[str]:
         lines = ["# focuslab gpt2 --dry-run: nothing is written"]
-        if self.note:
-            lines.append(f"# {self.note}")
+        lines += [f"# {line}" for line in self.note.splitlines()]
+        lines += [f"# warning: {line}" for line in self.warnings]
         exists = Path(self.config_path).exists()
         lines.append(f"# the run's config, {'as' if exists else 'which the run writes to'} {self.config_path}"
                      + ("" if exists else " (it does not exist yet: running this command without --dry-run writes it)"))
@@ -250,12 +257,29 @@ class LaunchPlan:
         return lines
 
 
+def warmup_note(cfg: TrainConfig) -> str:
+    """One line when the run ends inside its warm-up (the learning rate never reaches --lr)."""
+    from .config import lr_at
+
+    if not cfg.warmup_iters or cfg.warmup_iters < cfg.max_iters:
+        return ""
+    top = lr_at(cfg, max(0, cfg.max_iters - 1))
+    return (f"gpt2: --max-iters {cfg.max_iters} ends inside the warm-up (--warmup-iters {cfg.warmup_iters}): the learning "
+            f"rate climbs to {top:.3g} and never reaches --lr {cfg.learning_rate:g}; lower --warmup-iters to train at it")
+
+
 def plan_launch(cfg: TrainConfig, nodes: int = 1, procs: int = 1, endpoint: str | None = None,
                 timeout: int = 300, node_rank: int | None = None, sbatch: bool = False,
-                extra: dict | None = None) -> LaunchPlan:
-    """Everything a launch needs, checked: one-line errors for what could not work."""
+                extra: dict | None = None, dry_run: bool = False, force: bool = False) -> LaunchPlan:
+    """Everything a launch needs, checked: one-line errors for what could not work.  The checks are
+    the run's own (``focuslab.gpt2.train.preflight``), whether it runs, is a --dry-run or writes an
+    --sbatch script; only what depends on the machine differs: a dry run (prepared, maybe, on a login
+    node for a GPU node) warns about a device this machine does not have, a dry run of a multi-node
+    launch about a rendezvous host this machine cannot resolve, and an --sbatch job's device is
+    checked where it runs."""
+    from ..devices import resolve
     from ..results import claim_dir
-    from .config import validate
+    from .train import preflight
 
     if nodes < 1 or procs < 1:
         raise FocuslabError("--nodes and --gpus-per-node must be >= 1")
@@ -268,11 +292,21 @@ def plan_launch(cfg: TrainConfig, nodes: int = 1, procs: int = 1, endpoint: str 
                             "every node, each running this command), run inside a SLURM allocation, or write a "
                             "job script with --sbatch FILE")
     world = nodes * procs
-    validate(cfg, world)
+    warnings: list = []
+    elsewhere = dry_run and nodes > 1  # the printed command runs on other machines too
     claim_dir(cfg.out, "gpt2", own=RUN_FILES + ("data", TORCHRUN_LOG))  # not another command's directory
-    note = layout(cfg, world).describe(cfg)
+    device = None
+    if not sbatch:
+        try:
+            device = resolve(cfg.device)
+        except FocuslabError as err:  # a dry run may be prepared on a machine without the run's GPU
+            if not dry_run:
+                raise
+            warnings.append(f"{err} (on this machine: the run refuses it where it has no such device)")
+    preflight(cfg, world, device, force)
+    note = "\n".join(line for line in (layout(cfg, world).describe(cfg), warmup_note(cfg)) if line)
     path = run_config_path(cfg)
-    plan = LaunchPlan(cfg, nodes, procs, "local", timeout, None, node_rank, note=note)
+    plan = LaunchPlan(cfg, nodes, procs, "local", timeout, None, node_rank, note=note, warnings=warnings)
     if sbatch:
         plan.mode = "sbatch"
         plan.command = sbatch_script(nodes=nodes, gpus=procs, config_path=path, out=str(Path(cfg.out).resolve()),
@@ -284,7 +318,7 @@ def plan_launch(cfg: TrainConfig, nodes: int = 1, procs: int = 1, endpoint: str 
         plan.command = slurm_command(procs=procs, config_path=path, timeout=timeout)
     else:
         plan.mode = "torchrun"
-        plan.endpoint = check_endpoint(endpoint, nodes) if endpoint else None
+        plan.endpoint = check_endpoint(endpoint, nodes, warnings.append if elsewhere else None) if endpoint else None
         plan.command = torchrun_args(nodes=nodes, procs=procs, endpoint=plan.endpoint, node_rank=node_rank,
                                      run_id=f"focuslab-{Path(cfg.out).name}", config_path=path, timeout=timeout)
     return plan
@@ -348,8 +382,7 @@ def clear_run(run: Path) -> None:
 def execute(plan: LaunchPlan, force: bool = False, log=print, progress: bool = True) -> dict:
     """Run ``plan`` (not sbatch): resume, refuse or (``force``) start over in the run directory,
     then train.  A first attempt that fails before its first checkpoint leaves no directory."""
-    from ..devices import resolve
-    from .train import _amp, check_optimizer, is_complete, read_checkpoint, run_state, token_data, train
+    from .train import is_complete, read_checkpoint, run_state, token_data, train
 
     cfg = plan.cfg
     run = Path(cfg.out)
@@ -365,9 +398,7 @@ def execute(plan: LaunchPlan, force: bool = False, log=print, progress: bool = T
             return train(cfg, log=log, progress=progress, force=force)
         if plan.mode == "local":  # train writes run-config.json once it starts
             return train(cfg, log=log, progress=progress, force=force)
-        _amp(cfg, resolve(cfg.device))  # what every worker would refuse, refused once, here
-        check_optimizer(cfg)
-        write_run_config(cfg)
+        write_run_config(cfg)  # what every worker would refuse was refused once, here, by plan_launch
         token_data(cfg)  # the embedded corpus prepared, the block size checked
         repair = plan.nodes == 1 or plan.node_rank == 0
         read_checkpoint(run, "cpu", force=force and repair, repair=repair, log=log)

@@ -52,7 +52,9 @@ def run_state(run: Path, cfg: TrainConfig) -> dict | None:
         return None
     from ..results import read_json
 
-    meta = read_json(meta_path)
+    from .config import RECOVER_META
+
+    meta = read_json(meta_path, fix=RECOVER_META.format(run=run))
     if meta.get("digest") != cfg.digest():
         raise FocuslabError(f"--out {run} holds a GPT-2 run with a different config (digest {meta.get('digest')} "
                             f"vs {cfg.digest()}); use another --out, or --force to start it over")
@@ -61,6 +63,19 @@ def run_state(run: Path, cfg: TrainConfig) -> dict | None:
 
 def is_complete(meta: dict | None, cfg: TrainConfig) -> bool:
     return bool(meta) and meta.get("status") == "complete" and meta.get("iter", -1) >= cfg.max_iters
+
+
+def _data_name(cfg: TrainConfig) -> str:
+    return f"--data {cfg.data}" if cfg.data else "the embedded corpus"
+
+
+def check_data(cfg: TrainConfig, lengths: dict, vocab: int) -> None:
+    """The data against the model: each split longer than a block, the vocabulary within the model's."""
+    from .data import check_block_size
+
+    check_block_size(lengths, cfg.block_size, _data_name(cfg))
+    if cfg.vocab_size and vocab > cfg.vocab_size:
+        raise FocuslabError(f"--vocab-size {cfg.vocab_size} is smaller than the tokenizer's {vocab}")
 
 
 def token_data(cfg: TrainConfig, prepare_embedded: bool = True):
@@ -74,26 +89,43 @@ def token_data(cfg: TrainConfig, prepare_embedded: bool = True):
         make_run_dir(run)
         prepare(embedded_corpus(), data_dir, "bytes", source="pydoc_data.topics (CPython)")
     data = TokenData(data_dir)
-    data.check_block_size(cfg.block_size, f"--data {cfg.data}" if cfg.data else "the embedded corpus")
-    vocab = data.meta["vocab_size"]
-    if cfg.vocab_size and vocab > cfg.vocab_size:
-        raise FocuslabError(f"--vocab-size {cfg.vocab_size} is smaller than the tokenizer's {vocab}")
+    check_data(cfg, data.lengths, data.meta["vocab_size"])
     return data
+
+
+def preflight(cfg: TrainConfig, world: int = 1, device: str | None = None, force: bool = False) -> None:
+    """Everything a run refuses before it trains, checked without writing anything: the settings
+    (``validate``), another run's config in its directory (``run_state``; not with ``force``), the
+    dtype on ``device`` (None: the run's machine is not this one, as for --sbatch: checked only for
+    --device cpu), the optimizer's calling convention, and the data against the model (block size,
+    vocabulary; the embedded corpus as it would be prepared).  ``focuslab.gpt2.launch.plan_launch``
+    calls it, so --dry-run and --sbatch refuse what the run refuses."""
+    from .data import TokenData, embedded_lengths
+
+    validate(cfg, world)
+    if not force:
+        run_state(Path(cfg.out), cfg)
+    if device is not None or cfg.device == "cpu":
+        amp_dtype(cfg, device or "cpu")
+    check_optimizer(cfg)
+    prepared = Path(cfg.data) if cfg.data else Path(cfg.out) / "data"
+    if cfg.data or (prepared / "meta.json").exists():
+        data = TokenData(prepared)
+        check_data(cfg, data.lengths, data.meta["vocab_size"])
+    else:
+        check_data(cfg, embedded_lengths(), 256)  # the byte tokenizer prepare() uses for it
 
 
 def _save_checkpoint(obj, run: Path) -> None:
     """ckpt.pt atomically (written beside it, fsynced, renamed over it); the one it replaces becomes
     ckpt.prev.pt, so a ckpt.pt damaged later (a copy cut short, a full disk elsewhere) still leaves
     a checkpoint to resume from.  A failed write leaves both as they were."""
-    from ..results import WriteError, atomic_path
+    from ..results import WriteError, atomic_path, write_file
 
     path = run / CKPT
     try:
         with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                torch.save(obj, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+            write_file(tmp, lambda fh: torch.save(obj, fh))  # a full disk: its OSError, not torch's RuntimeError
             if path.exists():
                 os.replace(path, run / PREV)
     except (OSError, WriteError) as err:
@@ -265,14 +297,20 @@ def bf16_native() -> bool:
         return torch.cuda.get_device_capability() >= (8, 0)
 
 
-def _amp(cfg: TrainConfig, device: str):
-    """(dtype name, autocast context, GradScaler) for the device: bf16 on CUDA where supported,
-    fp16 with a GradScaler otherwise, fp32 on the CPU."""
+def amp_dtype(cfg: TrainConfig, device: str) -> str:
+    """The dtype the run computes in on ``device``: bf16 on CUDA where supported, fp16 otherwise,
+    fp32 on the CPU; mixed precision asked of a CPU is refused."""
     dtype = cfg.dtype
     if dtype == "auto":
         dtype = ("bfloat16" if bf16_native() else "float16") if device.startswith("cuda") else "float32"
     if dtype != "float32" and not device.startswith("cuda"):
         raise FocuslabError(f"--dtype {dtype}: mixed precision is for CUDA; use float32 on CPU")
+    return dtype
+
+
+def _amp(cfg: TrainConfig, device: str):
+    """(dtype name, autocast context, GradScaler) for the device (``amp_dtype``)."""
+    dtype = amp_dtype(cfg, device)
     amp = contextlib.nullcontext() if dtype == "float32" else torch.autocast("cuda", dtype=getattr(torch, dtype))
     return dtype, amp, torch.amp.GradScaler("cuda", enabled=dtype == "float16")
 

@@ -70,14 +70,14 @@ class MnistRun:
 
     data_dir: str = setting(None, "IDX files and download cache", metavar="DIR", shown="$FOCUSLAB_DATA or "
                             "~/.cache/focuslab")
+    dry_run: bool = setting(False, "print the plan (units, model-steps, an ETA from a few timed steps) after the run's "
+                                   "own checks, and exit: nothing is downloaded, trained or written")
 
 
 KEYS = tuple(f.name for f in fields(MnistSettings))
 #: Per-step work of a unit beyond its samples, in sample-equivalents (optimizer update, BatchNorm
 #: statistics, Python overhead); weighs units for the ETA so that small batches are not free.
 STEP_OVERHEAD = 32
-#: Studies with at least this many model-steps time a few steps first and print their cost estimate.
-ESTIMATE_ABOVE = 200_000
 
 
 @dataclass(frozen=True)
@@ -266,28 +266,110 @@ def step_seconds(config: MnistConfig, batch_sizes, data, device: str, threads: i
     return lambda b: per_step[lo] + slope * (b - lo)
 
 
+def _study_data(config: MnistConfig, data_dir, device: str, download: bool = True) -> tuple[dict, str]:
+    """(the study's data as tensors, a note).  Without ``download`` (a dry run) MNIST that is not on
+    disk yet is a stand-in of its shape (random pixels: timing needs no real digits), and the note
+    says that the run downloads it first."""
+    data_key = str(data_dir) if data_dir else None
+    if download or config.dataset != "mnist":
+        return _data(config.dataset, data_key, device), ""
+    from .data import default_data_dir, load_dataset
+    from .train import to_tensors
+
+    try:
+        arrays = load_dataset(config.dataset, data_dir, download_ok=False, progress=False)
+        note = ""
+    except FocuslabError:
+        g = np.random.default_rng(0)
+        arrays = {"train_images": g.integers(0, 256, (60000, 28, 28), dtype=np.uint8),
+                  "train_labels": g.integers(0, 10, 60000),
+                  "test_images": g.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
+                  "test_labels": g.integers(0, 10, 10000)}
+        note = f"; the run first downloads MNIST (~11 MB) into {Path(data_dir or default_data_dir()) / 'mnist'}"
+    import torch
+
+    return to_tensors(arrays, device=device, dtype=torch.float32), note
+
+
+def preflight(config: MnistConfig, out: Path, jobs: int | None = None, device: str = "auto", data_dir=None,
+              force: bool = False, download: bool = True, log=None) -> dict:
+    """Everything the study refuses before it trains, checked without writing (the run and
+    ``--dry-run`` both call it): the device, another command's directory or another config in
+    ``out`` (unless ``force``), the data (fetched once; a dry run never downloads) and batch sizes
+    beyond its training set.  Returns {device, meta (what there is to resume, or None), data, note,
+    units (all of them), todo (those not on disk), jobs, threads}."""
+    from ..devices import resolve
+    from ..results import check_results_dir
+
+    device = resolve(device)
+    out = Path(out)
+    meta = check_results_dir(out, META, config.digest(), {"config": config.to_dict()}, force, "MNIST study", "mnist")
+    data, note = _study_data(config, data_dir, device, download)
+    n_train = len(data["x_train"])
+    too_big = [b for b in config.batch_sizes if b > n_train]
+    if too_big:
+        raise FocuslabError(f"--batch-size {too_big[0]} exceeds the {n_train} training images of "
+                            f"{config.dataset} (largest possible batch: {n_train})")
+    sides = ("curves",) * bool(config.eval_every) + ("diagnostics",) * bool(config.diagnostics_every)
+    data_key = str(data_dir) if data_dir else None
+    units = [Unit(unit_name(o, b), _unit_cost(config, b), (config, o, b, data_key, device), sides)
+             for o, b in config.units()]
+    todo = units if meta is None else pending(out / UNITS, units, log or (lambda msg: None), repair=False)
+    jobs = 1 if device == "cuda" else (jobs or os.cpu_count() or 1)
+    jobs = max(1, min(jobs, len(todo) or 1))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return {"device": device, "meta": meta, "data": data, "note": note, "units": units, "todo": todo, "jobs": jobs,
+            "threads": threads}
+
+
+def plan_line(config: MnistConfig, pre: dict) -> tuple[list, str]:
+    """The units still to train with their costs in seconds, timed on this machine (a few steps at
+    the smallest and the largest batch size), and the plan in one line (its ETA among it)."""
+    from ..runner import _duration
+
+    todo, jobs, threads = pre["todo"], pre["jobs"], pre["threads"]
+    steps = config.models_per_unit * config.steps * len(todo)
+    if not todo:
+        return [], f"mnist: nothing to train (all {len(pre['units'])} units are on disk){pre['note']}"
+    per_step = step_seconds(config, [u.args[2] for u in todo], pre["data"], pre["device"], threads)
+    todo = [Unit(u.name, config.steps * per_step(u.args[2]), u.args, u.sides) for u in todo]  # ETA in s
+    done = len(pre["units"]) - len(todo)
+    return todo, (f"mnist: {len(todo)} units{f' ({done} on disk already)' if done else ''}, {steps:.3g} model-steps; "
+                  f"estimated ~{_duration(sum(u.cost for u in todo) / jobs)} on this machine ({jobs} job(s) x "
+                  f"{threads} thread(s)) on {pre['device']}; units run largest batch first and each is saved as it "
+                  f"finishes, so an interrupted study resumes{pre['note']}")
+
+
+def describe_study(config: MnistConfig, out: Path, jobs: int | None = None, device: str = "auto", data_dir=None,
+                   force: bool = False) -> str:
+    """``focuslab mnist --dry-run``: the plan after the run's own checks; nothing is written."""
+    pre = preflight(config, out, jobs, device, data_dir, force, download=False)
+    return f"{out}: " + plan_line(config, pre)[1]
+
+
 def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: str = "auto",
               data_dir=None, force: bool = False, progress: bool = True, log=None) -> dict:
     """Train every missing unit of ``config`` in ``out`` and write the tables; a study that is
-    already complete is left as it is (``already_complete`` in the summary).  A first attempt that
-    fails before finishing a unit leaves no directory behind."""
-    from ..results import claim_dir, discard_if_empty
-
-    from ..devices import resolve
+    already complete is left as it is (``already_complete`` in the summary).  What it refuses is
+    refused first (``preflight``); before training it prints its plan and ETA (unless not
+    ``progress``).  A first attempt that is stopped or fails before it finished a unit leaves no
+    directory behind, unless a unit's in-flight checkpoint holds work."""
+    from ..results import claim_dir, discard_if_empty, hold
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    device = resolve(device)
+    pre = preflight(config, out, jobs, device, data_dir, force, log=log)
     created = claim_dir(out, "mnist")
-    try:
-        return _run_study(config, Path(out), jobs, device, data_dir, force, progress, log)
-    except BaseException:
-        discard_if_empty(out, created, UNITS)
-        raise
+    with hold(out, "MNIST study"):  # one process trains here
+        try:
+            return _run_study(config, Path(out), pre, force, progress, log)
+        except BaseException:
+            discard_if_empty(out, created, UNITS)
+            raise
 
 
-def _run_study(config, out, jobs, device, data_dir, force, progress, log) -> dict:
+def _run_study(config, out, pre, force, progress, log) -> dict:
     from ..results import readable_table
-    from ..runner import _duration, complete
+    from ..runner import complete
 
     fresh = {"kind": "mnist", "config": config.to_dict(), "digest": config.digest(),
              "version": __version__, "status": "running", "timings": {"attempts": []}}
@@ -295,16 +377,7 @@ def _run_study(config, out, jobs, device, data_dir, force, progress, log) -> dic
     meta = open_results_dir(out, META, config.digest(), fresh, UNITS,
                             ("runs.parquet", "best.parquet", "curves.parquet", "diagnostics.parquet"), force,
                             "MNIST study", kind="mnist")
-    data_key = str(data_dir) if data_dir else None
-    data = _data(config.dataset, data_key, device)  # fail early, fetch once
-    n_train = len(data["x_train"])
-    too_big = [b for b in config.batch_sizes if b > n_train]
-    if too_big:
-        raise FocuslabError(f"--batch-size {too_big[0]} exceeds the {n_train} training images of "
-                            f"{config.dataset} (largest possible batch: {n_train})")
-    sides = ("curves",) * bool(config.eval_every) + ("diagnostics",) * bool(config.diagnostics_every)
-    units = [Unit(unit_name(o, b), _unit_cost(config, b), (config, o, b, data_key, device), sides)
-             for o, b in config.units()]
+    device, units, jobs, threads = pre["device"], pre["units"], pre["jobs"], pre["threads"]
     todo = pending(out / UNITS, units, log)
     outputs = ("runs.parquet", "best.parquet") + (("curves.parquet",) if config.eval_every else ()) + \
         (("diagnostics.parquet",) if config.diagnostics_every else ())
@@ -314,17 +387,10 @@ def _run_study(config, out, jobs, device, data_dir, force, progress, log) -> dic
             return {"already_complete": True, "units_computed": 0, "units_total": len(units),
                     "wall_seconds": 0.0, "device": device}
         log(f"{out}: {', '.join(bad)} missing or unreadable; rebuilding from the {len(units)} unit files")
-    jobs = 1 if device == "cuda" else (jobs or os.cpu_count() or 1)
-    jobs = max(1, min(jobs, len(todo) or 1))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     model_steps = {u.name: config.models_per_unit * config.steps for u in todo}
-    if progress and sum(model_steps.values()) >= ESTIMATE_ABOVE:
-        per_step = step_seconds(config, [u.args[2] for u in todo], data, device, threads)
-        todo = [Unit(u.name, config.steps * per_step(u.args[2]), u.args, u.sides) for u in todo]  # ETA in s
-        log(f"mnist: {len(todo)} units, {sum(model_steps.values()):.3g} model-steps; estimated "
-            f"~{_duration(sum(u.cost for u in todo) / jobs)} on this machine ({jobs} job(s) x {threads} "
-            "thread(s)); units run largest batch first and each is saved as it finishes, so an "
-            "interrupted study resumes")
+    if progress and todo:  # the plan and its ETA, before any long work
+        todo, line = plan_line(config, {**pre, "todo": todo})
+        log(line)
     inflight = out / UNITS / ".inflight"
     todo = [Unit(u.name, u.cost, (*u.args, threads, str(inflight / f"{u.name}.json")), u.sides) for u in todo]
     t0 = time.time()

@@ -12,6 +12,7 @@ common).  There the two trainers may take different +-lr steps; neither is more 
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
                   seed: int = 0, weight_decay: float = 1e-2, device="cpu", dtype=torch.float32,
                   eval_every: int = 0, on_step=None, diagnostics_every: int = 0, diagnostics_batches: int = 8,
                   diagnostics_reference: int = 24, diagnostics_lrs: str = "best", checkpoint=None,
-                  checkpoint_key: str = "", checkpoint_seconds: float = CHECKPOINT_SECONDS) -> dict:
+                  checkpoint_key: str = "", checkpoint_seconds: float | None = None) -> dict:
     """Train len(lrs) * replicates models together; returns per-model arrays of shape (n_lr, R)
     (test_loss, test_accuracy, train_loss, diverged) and, with eval_every, test curves.
     ``on_step(t)`` is called after every step (progress reporting).  With ``diagnostics_every`` N,
@@ -99,10 +100,13 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
 
     With ``checkpoint`` (a path), the whole training state (parameters, optimizer states, BatchNorm
     statistics, torch's random state, curves and diagnostics so far) is written there atomically
-    every ``checkpoint_seconds``; a call that finds a checkpoint with the same ``checkpoint_key``
-    continues from it and ends with exactly the numbers of an uninterrupted run (tested), so an
-    interrupted unit loses at most ``checkpoint_seconds`` of work.  The caller removes the file once
-    the unit's results are stored."""
+    every ``checkpoint_seconds`` (default ``checkpoint_interval()``); a call that finds a checkpoint
+    with the same ``checkpoint_key`` continues from it and ends with exactly the numbers of an
+    uninterrupted run (tested), so an interrupted unit loses at most ``checkpoint_seconds`` of work.
+    A checkpoint that cannot be written (a full disk) is said once on stderr and training goes on.
+    The caller removes the file once the unit's results are stored."""
+    if checkpoint_seconds is None:
+        checkpoint_seconds = checkpoint_interval()
     entry = resolve_optimizer(optimizer)
     kind, opt = _kind(entry), dict(entry.settings)
     x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
@@ -138,7 +142,7 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
             on_step(start)
     elif diag:
         diag.at(0)
-    last = began
+    last, unsaved = began, None
     for t in range(start + 1, steps + 1):
         idx = order[t - 1].to(device)  # (R, b)
         xb = x_train[idx]  # (R, b, 784): the models of a replicate share its minibatch
@@ -156,12 +160,17 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
         if on_step is not None:
             on_step(t)
         if checkpoint is not None and t < steps and time.perf_counter() - last >= checkpoint_seconds:
-            _save_checkpoint(checkpoint, {
+            failed = _save_checkpoint(checkpoint, {
                 "key": checkpoint_key, "t": t, "seconds": before + time.perf_counter() - began,
                 "steppers": steppers.state_dict(),
                 "running": {n: r.detach().clone() for n, r in model.running.items()},
                 "train_loss": train_loss.detach().cpu(), "curves": curves, "rng": _get_rng(device),
                 "diagnostics": {k: getattr(diag, k) for k in _Diagnostics.STATE} if diag else None})
+            if failed is not None and unsaved is None:
+                print(f"focuslab: warning: cannot write the in-flight checkpoint {checkpoint} ({failed.strerror}); "
+                      "the unit trains on without it, so an interrupt would lose its work since the last one",
+                      file=sys.stderr, flush=True)
+            unsaved = failed
             last = time.perf_counter()
     test_loss, test_acc = evaluate(eval_forward, x_test, y_test, K)
     train_loss = train_loss.double().cpu()
@@ -295,16 +304,28 @@ def _set_rng(rng: dict, device) -> None:
         torch.cuda.set_rng_state(rng["cuda"], torch.device(device))
 
 
-def _save_checkpoint(path, state: dict) -> None:
+def _save_checkpoint(path, state: dict):
     """Atomically (a failed write leaves the previous checkpoint); best effort: a unit that cannot
-    checkpoint (a full disk) still trains, it only loses the protection."""
-    from ..results import WriteError, atomic_path
+    checkpoint (a full disk) still trains, it only loses the protection.  Returns the WriteError of
+    a failed write (a full disk: torch's RuntimeError is read as its OSError), else None."""
+    from ..results import WriteError, atomic_write_with
 
     try:
-        with atomic_path(Path(path)) as tmp:
-            torch.save(state, tmp)
-    except (OSError, WriteError):
-        pass
+        atomic_write_with(Path(path), lambda fh: torch.save(state, fh))
+    except WriteError as err:
+        return err
+    return None
+
+
+def checkpoint_interval() -> float:
+    """Seconds between a unit's in-flight checkpoints: $FOCUSLAB_CHECKPOINT_EVERY, else
+    CHECKPOINT_SECONDS (what Ctrl-C or kill -9 may lose of a unit)."""
+    import os
+
+    try:
+        return max(0.0, float(os.environ.get("FOCUSLAB_CHECKPOINT_EVERY", CHECKPOINT_SECONDS)))
+    except ValueError:
+        return CHECKPOINT_SECONDS
 
 
 def _load_checkpoint(path, key: str, device):

@@ -67,10 +67,10 @@ def parse_one(text: str, extra: dict | None = None, where: str = "--optimizers")
     from . import external
 
     cls, target, origin, short = external.resolve_class(p.kind, p.target, p.cls, f"{where}: {text!r}")
-    settings = {**extra, **p.settings}
-    external.check_settings(cls, settings, f"{where}: {text!r}")
-    label = short + settings_text(p.settings, p.group)
-    spec = target + settings_text(p.settings, p.group)
+    inline = external.check_settings(cls, p.settings, f"{where}: {text!r}")  # amsgrad=1 is amsgrad=True
+    settings = external.check_settings(cls, {**extra, **inline}, f"{where}: {text!r}")
+    label = short + settings_text(inline, p.group)
+    spec = target + settings_text(inline, p.group)
     return ExternalEntry(label=label, name=target, settings=settings, spec=spec, title=cls.__name__,
                          defaults=external.defaults_of(cls), origin=origin, group=dict(p.group))
 
@@ -82,7 +82,13 @@ def parse_list(spec, opt_params: dict | None = None, where: str = "--optimizers"
     that names no optimizer of the list is an error.  ``base_params`` (a preset's tables) do the
     same, below ``opt_params``, but may name optimizers the list does not use.  Two entries with the
     same optimizer and settings are an error."""
+    from .lookup import precheck
+
     items = split_list(spec, where)
+    for item in items:  # every name checked cheaply before any optimizer's module is imported
+        precheck(parse_spec(item, where), f"{where}: {item!r}")
+    for key in (opt_params or {}):
+        precheck(parse_spec(key, where), f"{where.replace('--optimizers', '--opt-param')} {key}")
     wanted, given, spelled = {}, set(), {}
     for params, strict in ((base_params, False), (opt_params, True)):
         for key, values in (params or {}).items():

@@ -20,10 +20,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import FocuslabError
-from ..values import pythonic
+from ..values import parse_bool, pythonic
+from .lookup import ZOO, ZOO_HINT, precheck
+from .spec import Parsed
 
-ZOO = "pytorch_optimizer"
-ZOO_HINT = "pip install 'focuslab[zoo]' (pytorch-optimizer)"
 
 
 def _torch_optimizer_base():
@@ -180,13 +180,48 @@ def signature(cls) -> tuple[dict, bool]:
     return named, var
 
 
-def check_settings(cls, settings: dict, where: str) -> None:
+def check_settings(cls, settings: dict, where: str) -> dict:
+    """``settings`` checked against the constructor's arguments, with boolean settings read
+    strictly (``boolean_settings``): ``amsgrad=no`` is refused, never passed on as a truthy string."""
     named, _ = signature(cls)
-    for key in settings:
+    flags = boolean_settings(cls)
+    out = {}
+    for key, value in settings.items():
         if key not in named:
             known = ", ".join(k for k in named if k not in ("lr", "weight_decay"))
             raise FocuslabError(f"{where}: {cls.__name__} takes no setting {key!r} (settings: {known or 'none'}; "
                                 "param-group keys are written group.KEY=VALUE)")
+        out[key] = parse_bool(value, f"{where}: {key}", allow_none=flags[key]) if key in flags else value
+    return out
+
+
+_BOOL_TEXTS = {"bool", "Optional[bool]", "typing.Optional[bool]", "bool | None", "None | bool",
+               "Union[bool, None]", "typing.Union[bool, NoneType]"}
+
+
+def boolean_settings(cls) -> dict:
+    """The constructor's boolean settings -> whether None is allowed: those whose default is a bool,
+    or whose annotation is ``bool`` or ``Optional[bool]`` (``foreach: Optional[bool] = None``).  A
+    setting whose default is a word (``decay="average"``) is not one: its words stay words."""
+    import typing
+
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    out = {}
+    for name, p in params.items():
+        ann = p.annotation
+        if isinstance(ann, str):
+            is_bool = ann.replace("typing.", "") in _BOOL_TEXTS or ann in _BOOL_TEXTS
+            optional = "None" in ann
+        else:
+            args = set(typing.get_args(ann)) if typing.get_args(ann) else {ann}
+            is_bool = bool(args) and args <= {bool, type(None)} and bool in args
+            optional = type(None) in args
+        if isinstance(p.default, bool) or is_bool:
+            out[name] = optional or p.default is None
+    return out
 
 
 def defaults_of(cls) -> dict:
@@ -208,6 +243,7 @@ def takes_weight_decay(cls) -> bool:
 def resolve_class(kind: str, target: str, cls_name: str, where: str):
     """(class, canonical target, origin, short name) for a spec's target (cached per process;
     a file is read again when it changes)."""
+    precheck(Parsed(target, kind, target, cls_name), where)  # a misspelt name: refused before any import
     stamp = ""
     if kind == "file":
         try:

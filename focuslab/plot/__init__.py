@@ -43,9 +43,11 @@ def plot_results(dirs, out=None, format: str = "png", significance: float = 2.0,
     returns {"files": [...], "summary": [lines], "out": the figures' directory}."""
     from ..results import kind_of
 
+    import math
+
     fmts = formats(format)
-    if significance < 0:
-        raise FocuslabError(f"--significance: must be >= 0, got {significance:g}")
+    if not (math.isfinite(significance) and significance >= 0):  # NaN would drop the significance silently
+        raise FocuslabError(f"--significance: must be a finite number >= 0, got {significance:g}")
     dirs = [Path(d) for d in dirs]
     first = dirs[0]
     if not first.is_dir():
@@ -59,6 +61,11 @@ def plot_results(dirs, out=None, format: str = "png", significance: float = 2.0,
         raise FocuslabError("several directories are only for GPT-2 runs; plot one scan or study at a time")
     if overlay and kind != "scan":
         raise FocuslabError("--overlay goes with a scan directory (the toy map to draw runs on)")
+    bands = None
+    if kind == "scan":  # what the scan's figures refuse, refused before anything is written
+        from .phase import check_scan_plot
+
+        bands = check_scan_plot(first, significance, overlay)
     where = Path(out or first)
     try:
         where.mkdir(parents=True, exist_ok=True)
@@ -90,5 +97,5 @@ def plot_results(dirs, out=None, format: str = "png", significance: float = 2.0,
     else:
         from .phase import plot_scan
 
-        result = plot_scan(first, out, fmts, significance, overlay)
+        result = plot_scan(first, out, fmts, significance, overlay, bands=bands)
     return {**result, "out": where}

@@ -5,13 +5,14 @@ import json
 from pathlib import Path
 
 from ..errors import FocuslabError
+from ..gpt2.config import RECOVER_META
 from ..results import read_json
 from .style import colour, save
 
 
 def read_run(directory: Path) -> tuple[dict, list[dict]]:
     directory = Path(directory)
-    meta = read_json(directory / "gpt2.json")
+    meta = read_json(directory / "gpt2.json", fix=RECOVER_META.format(run=directory))
     path = directory / "metrics.jsonl"
     try:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import FocuslabError
-from ..results import read_json, read_parquet
+from ..results import read_json, read_parquet, rerun
 from .style import colour, display_name, save
 
 
@@ -30,10 +30,12 @@ def plot_mnist(directory, out=None, formats=("png",)) -> dict:
     import matplotlib.pyplot as plt
 
     directory = Path(directory)
-    meta = read_json(directory / "mnist.json")
+    meta = read_json(directory / "mnist.json", fix="the study's config is lost with it, so its unit files cannot be "
+                                                  "checked: " + rerun("mnist", directory, force=True))
     if meta.get("status") != "complete":
         raise FocuslabError(f"MNIST study in {directory} is not complete; re-run `focuslab mnist` to finish it")
-    best = read_parquet(directory / "best.parquet")
+    best = read_parquet(directory / "best.parquet",
+                        rerun("mnist", directory, rebuilds="runs.parquet and best.parquet from its unit files"))
     need = {"optimizer", "batch_size", "test_loss_mean", "test_loss_std"}
     if need - set(best.columns):
         raise FocuslabError(f"{directory / 'best.parquet'} lacks column(s) {', '.join(sorted(need - set(best.columns)))}")

@@ -11,7 +11,7 @@ from ..axes import CELL_NAMES
 from ..optimizers import file_slug
 from ..errors import FocuslabError
 from ..phase import UNDECIDED, win_fractions, winners
-from ..results import load_scan
+from ..results import load_scan, scan_meta
 from .style import (TIE_COLOUR, axis_label, colour, coords, display_name, edges, save)
 
 REQUIRED_BEST = {"optimizer", *CELL_NAMES, "best_lr", "final_loss_mean", "final_loss_sem"}
@@ -268,11 +268,37 @@ def relative_loss_figure(best: pd.DataFrame, optimizers, geo: Geometry, title: s
 PAIRWISE_MAX = 4
 
 
-def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, overlay=()) -> dict:
-    """Draw every figure for a scan directory; returns {'files': [...], 'summary': [lines]}."""
+def check_scan_plot(directory, significance: float = 2.0, overlay=()) -> list | None:
+    """What the figures of the scan in ``directory`` refuse, checked on its metadata before anything
+    is written: winners beyond ``significance`` standard errors of a scan with one replicate (it has
+    no standard errors), and runs to ``overlay`` on a map without a noise axis.  Returns the
+    overlay's bands (None without an overlay)."""
+    directory = Path(directory)
+    meta = scan_meta(directory)
+    replicates = (meta.get("config") or {}).get("replicates")
+    if significance > 0 and isinstance(replicates, int) and replicates < 2:
+        raise FocuslabError(f"--significance {significance:g}: the scan in {directory} has {replicates} replicate per "
+                            "lr, so no standard errors to judge winners by; plot its raw argmin with --significance 0, "
+                            "or rescan with --replicates 2 or more")
+    if not overlay:
+        return None
+    geo = Geometry(meta)
+    if len(geo.scanned) != 2 or geo.x != "noise":
+        raise FocuslabError(f"--overlay places runs along the noise axis of a 2-D map; the scan in {directory} scans "
+                            f"{', '.join(geo.scanned) or 'no axis'}: scan --noise with one other axis to overlay runs")
+    from .diagnostics import load_overlays
+
+    return load_overlays(overlay)
+
+
+def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, overlay=(), bands=None) -> dict:
+    """Draw every figure for a scan directory; returns {'files': [...], 'summary': [lines]}.
+    ``bands``: the overlay's, when the caller checked the plot already (``check_scan_plot``)."""
     import matplotlib.pyplot as plt
 
     directory = Path(directory)
+    if bands is None:
+        bands = check_scan_plot(directory, significance, overlay)
     meta, runs, best = load_scan(directory)
     missing = REQUIRED_BEST - set(best.columns)
     if missing:
@@ -324,12 +350,10 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
             emit(heatmap_figure(geo.grid(rows, "best_lr"), geo, f"{geo.name(opt)}: best lr",
                                 "learning rate", log=True)[0], f"best_lr_{file_slug(opt)}")
         if overlay:
-            from .diagnostics import OVERLAY_TITLE, load_overlays, overlay_bands
+            from .diagnostics import OVERLAY_TITLE, overlay_bands
 
-            if geo.x != "noise":
-                raise FocuslabError("--overlay places runs along the noise axis; this scan does not scan noise")
             fig, ax = phase_figure(raw if significance == 0 else table, opts, geo, OVERLAY_TITLE)
-            overlay_bands(ax, load_overlays(overlay), geo.log["noise"])
+            overlay_bands(ax, bands, geo.log["noise"])
             handles, labels = ax.get_legend_handles_labels()
             ax.legend(handles=ax.get_legend().legend_handles + handles, loc="upper left",
                       bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)

@@ -201,8 +201,11 @@ class ExternalEntry(OptimizerEntry):
         return takes_weight_decay(self.torch_class())
 
     def record(self) -> dict:
+        """Beyond its settings: which code (``origin``), and torch's version, since how the class runs
+        on the toy (its probed plan, recorded with the study) and its very numbers depend on torch:
+        a study resumed under another torch is refused, and a new one probes again."""
         return {"target": self.name, "origin": self.origin, "group": jsonable(self.group), "title": self.title,
-                "defaults": jsonable(self.defaults), "spec": self.spec}
+                "defaults": jsonable(self.defaults), "spec": self.spec, "torch": torch_version()}
 
     def build_torch(self, param_groups, lr: float, device: str = "cpu"):
         from . import external
@@ -266,10 +269,22 @@ class ExternalEntry(OptimizerEntry):
 
     def describe(self, plan=None) -> str:
         p = plan if plan is not None else self.toy_plan()
-        how = [p.mode] + (["closure"] * p.closure) + (["Hessian-vector products"] * p.graph) + \
+        how = [p.mode + (f" (after an exception: {p.fallback})" if p.mode != "single" else "")] + \
+            (["closure"] * p.closure) + (["Hessian-vector products"] * p.graph) + \
             (["draws random numbers"] * p.stochastic)
         return (f"{self.label} [{self.origin}]: {', '.join(how)}; weight decay {p.decay}; "
-                f"~{p.ns_per_step:.0f} ns per trajectory-step on one core ({p.why})")
+                f"~{p.ns_per_step:.0f} ns per trajectory-step on one core ({p.why}; probed over "
+                f"{p.probe_steps} steps)")
+
+
+def torch_version() -> str:
+    """The installed torch's version ('2.13.0+cpu'), read without importing torch ('' if absent)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 _STACKING: dict = {}  # per process: the MNIST probe of each (optimizer, settings, weight decay)

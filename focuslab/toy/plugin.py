@@ -9,7 +9,8 @@ the divergence rule.  So on the same grid a plug-in and a built-in see the very 
 and ``torch.optim.AdamW`` on the toy reproduces the native ``adam`` (tests/test_plugin.py).
 
 How an optimizer runs is settled before any work by focuslab.optimizers.toyprobe (which runs
-this engine's ``trial`` in each mode and compares the results bit for bit), never assumed:
+this engine's ``trial`` in each mode and compares the results bit for bit), never assumed; the
+modes, fastest first:
 
 * **batched** -- all trajectories of one (weight decay, lr) pair are the rows of ONE (n, 2)
   parameter of one optimizer instance.  Chosen only when a probe run of the optimizer on six
@@ -17,7 +18,11 @@ this engine's ``trial`` in each mode and compares the results bit for bit), neve
   separate instances with one (2,)-shaped parameter each give: element-wise rules (Adam,
   AdaBelief, Lion, RAdam, ...).  Each chunk also carries two *sentinel* trajectories stepped as
   separate instances beside the batch; if one ever differs from its batched row (a coupling the
-  probe's 100 steps did not reach), the chunk is recomputed one trajectory per instance.
+  probe's 100 steps did not reach), the chunk is recomputed in the plan's ``fallback`` mode.
+* **vmapped** -- one instance per (weight decay, lr) pair whose own ``step()`` runs under
+  ``torch.func.vmap`` over the pair's trajectories, each a (2,)-shaped parameter
+  (focuslab.toy.vmapped): per-tensor rules (AdamP, SGD-SaI, Muon, Conda, SOAP, Lamb, ...) at
+  hundreds of ns per trajectory-step instead of tens of µs.  Sentinels as in batched mode.
 * **tensors** -- one instance per (weight decay, lr) pair holding n (2,)-shaped parameters, one per
   trajectory: for rules with per-tensor reductions (SGD-SaI's SNR, Muon's orthogonalisation,
   Conda's projections), when the probe finds that n tensors in one instance step exactly as n
@@ -37,6 +42,11 @@ this engine's ``trial`` in each mode and compares the results bit for bit), neve
   draw cannot couple trajectories), and their draws come from torch's generator seeded per chunk
   from the chunk's keys, so a scan repeats exactly for its config; unlike the noise streams,
   these draws depend on the chunk layout (which the config fixes).
+
+Any exception in a chunk (an optimizer's data-dependent branch that splits the trajectories of a
+vmapped run, say) recomputes the whole chunk in the plan's ``fallback`` mode -- the next mode down
+that the probe also found exact -- since a failed step may have left in-place updates half
+applied.
 
 Weight decay: the cell's omega is the optimizer's ``weight_decay`` argument; the probe reports
 whether the class decays decoupled (theta <- theta - lr * omega * theta, as AdamW) or otherwise
@@ -175,13 +185,15 @@ def _losses(theta, lane_cell, cellp, out):
 class Plan:
     """How an external optimizer runs on the toy (``probe``'s findings)."""
 
-    mode: str  # "batched" or "single"
+    mode: str  # "batched", "vmapped", "tensors" or "single"
     closure: bool  # step(closure) with gradient queries
     graph: bool  # p.grad carries its graph (Hessian-vector products)
     stochastic: bool  # draws random numbers itself
     decay: str  # "decoupled", "L2", "other", or "none" (no weight_decay argument)
     why: str  # why single (or "element-wise")
     ns_per_step: float  # one worker, per trajectory-step, measured by the probe
+    fallback: str = "single"  # the next exact mode down: where a chunk goes after an exception
+    probe_steps: int = 100  # how many steps the probe compared
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -239,7 +251,8 @@ class _Problem:
 class _Lanes:
     """Parameters, gradients and running metrics of a set of lanes in one storage, with the
     optimizer instances that step them: "batched", one instance per (wd, lr) run of lanes holding
-    one (n, 2) parameter; "tensors", one instance per run holding n (2,) parameters; "single",
+    one (n, 2) parameter; "vmapped", one instance per run stepping its lanes under vmap
+    (focuslab.toy.vmapped); "tensors", one instance per run holding n (2,) parameters; "single",
     one instance per lane.  Every parameter is a view of the storage ``X``, every gradient a view
     of ``G``, so numba reads and writes all lanes at once."""
 
@@ -265,7 +278,12 @@ class _Lanes:
         else:  # runs of equal (wd, lr): contiguous by construction of the lane order
             cuts = [0] + [i for i in range(1, n) if lr[i] != lr[i - 1] or wd[i] != wd[i - 1]] + [n]
             runs = list(zip(cuts[:-1], cuts[1:]))
-        self.slices, self.params, self.opts = [], [], []
+        self.slices, self.params, self.opts, self.vm = [], [], [], None
+        if mode == "vmapped":
+            from .vmapped import VmappedRuns
+
+            self.slices, runs = runs, []
+            self.vm = VmappedRuns(entry, self, self.slices, lr, wd)
         for a, b in runs:
             if mode == "batched":
                 ps = [torch.nn.Parameter(self.X[a:b], requires_grad=True)]
@@ -301,6 +319,8 @@ class _Lanes:
             p.grad = g * f.view_as(g)
 
     def _attach(self, k: int):
+        if self.vm is not None:  # vmapped runs read the storage G itself
+            return
         for p, want in zip(self.params[k], self._views(k, self.G)):
             if p.grad is None or p.grad.data_ptr() != want.data_ptr() or p.grad.shape != want.shape:
                 p.grad = want
@@ -330,7 +350,9 @@ class _Lanes:
     # stepping ----------------------------------------------------------------------------------
     def step(self, t: int, z_for):
         """Step t of every lane; ``z_for(n)`` gives the pairs of draw number n for all streams."""
-        if self.plan.closure:
+        if self.vm is not None:
+            self.vm.step(self, t, z_for)
+        elif self.plan.closure:
             for k, opt in enumerate(self.opts):
                 opt.step(self._closure(k, t))
         else:
@@ -369,6 +391,8 @@ class _Lanes:
         final = np.empty(n)
         _losses(self.x, self.cell, self.prob.cellp, final)
         finite = np.isfinite(self.x).all(axis=1)
+        if self.vm is not None:
+            self.vm.finite(finite)
         for k, (ps, opt) in enumerate(zip(self.params, self.opts)):
             a, b = self.slices[k]
             rows = [slice(a, b)] if self.mode == "batched" else [slice(i, i + 1) for i in range(a, b)]
@@ -414,29 +438,37 @@ def run(entry, plan: Plan, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
     z_for = _streams(prob)
     z0 = z_for(0).copy()
     lanes = np.arange(prob.n)
-    blocks = [lanes] if plan.mode == "batched" else [lanes[i:i + BLOCK] for i in range(0, prob.n, BLOCK)]
+    whole = plan.mode in ("batched", "vmapped")  # one storage for the chunk; else blocks of BLOCK lanes
+    blocks = [lanes] if whole else [lanes[i:i + BLOCK] for i in range(0, prob.n, BLOCK)]
     results = []
     for b, block in enumerate(blocks):
-        main = _Lanes(entry, plan, prob, block, plan.mode, z0)
-        sentinel = None
-        if plan.mode != "single" and check_sentinels and not plan.stochastic:
-            picks = np.unique(block[[0, -1]])[:SENTINELS]
-            sentinel = (picks, _Lanes(entry, plan, prob, picks, "single", z0))
-        for t in range(1, steps + 1):
-            main.step(t, z_for)
-            if sentinel is not None:
-                sentinel[1].step(t, z_for)
-            if report is not None:
-                report((b + t / steps) / len(blocks))
+        try:
+            main = _Lanes(entry, plan, prob, block, plan.mode, z0)
+            sentinel = None
+            if plan.mode != "single" and check_sentinels and not plan.stochastic:
+                picks = _sentinels(main, block, plan.mode)
+                sentinel = (picks, _Lanes(entry, plan, prob, picks, "single", z0))
+            for t in range(1, steps + 1):
+                main.step(t, z_for)
+                if sentinel is not None:
+                    sentinel[1].step(t, z_for)
+                if report is not None:
+                    report((b + t / steps) / len(blocks))
+        except FocuslabError:
+            raise
+        except Exception as err:
+            if plan.mode == "single":
+                raise
+            # a failed step may have left in-place updates half applied: the whole chunk again, one mode down
+            return _again(entry, plan, cells, lrs, keys, steps, report,
+                          f"an exception in {plan.mode} mode ({_first_line(err)})")
         if sentinel is not None:
             picks, lanes_s = sentinel
             rows = np.searchsorted(block, picks)
             if not np.array_equal(main.x[rows], lanes_s.x, equal_nan=True):
-                # a coupling the probe did not reach: recompute this chunk one trajectory per instance
-                return run(entry, Plan(**{**plan.to_dict(), "mode": "single",
-                                          "why": f"{plan.why}; but a sentinel trajectory differed from its "
-                                                 f"{plan.mode} row in a run"}),
-                           cells, lrs, keys, steps, report=report)
+                # a coupling the probe did not reach: recompute this chunk one mode down
+                return _again(entry, plan, cells, lrs, keys, steps, report,
+                              f"a sentinel trajectory differed from its {plan.mode} row")
         results.append((block, main.finish()))
     shape = (cells.shape[0], len(prob.lrs), keys.shape[1])
     out = {name: np.empty(shape) for name in ("final_loss", "min_loss", "progress")}
@@ -449,11 +481,33 @@ def run(entry, plan: Plan, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
     return out
 
 
+def _sentinels(main, block: np.ndarray, mode: str) -> np.ndarray:
+    """The lanes stepped again as separate instances: the block's first and last, and in vmapped
+    mode the first lane of every (weight decay, lr) run too (a branch taken at one lr only)."""
+    ends = block[[0, -1]]
+    if mode == "vmapped":
+        ends = np.concatenate([ends, block[[a for a, _ in main.slices]]])
+    return np.unique(ends)
+
+
+def _again(entry, plan: Plan, cells, lrs, keys, steps, report, why: str) -> dict:
+    """The chunk recomputed in the plan's fallback mode (and, failing that, the one below it)."""
+    down = plan.fallback if plan.fallback != plan.mode else "single"
+    return run(entry, Plan(**{**plan.to_dict(), "mode": down, "fallback": "single",
+                              "why": f"{plan.why}; but {why} in a run: recomputed in {down} mode"}),
+               cells, lrs, keys, steps, report=report)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".strip()
+
+
 # --- one mode on given lanes (what the probe compares) -----------------------------------------
 def trial(entry, plan: Plan, cells: np.ndarray, keys: np.ndarray, lr: float, steps: int, mode: str,
           spread: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
     """The parameters after ``steps`` steps of every trajectory of ``cells`` x ``keys`` at one
-    ``lr``, run in ``mode`` ("batched", "tensors" or "single"), torch's generator seeded with
+    ``lr``, run in ``mode`` ("batched", "vmapped", "tensors" or "single"), torch's generator seeded with
     ``seed``; ``spread`` scales the initial points (trajectories of very different sizes)."""
     torch = _torch()
     prob = _Problem(cells, np.array([lr]), keys)

@@ -36,9 +36,16 @@ def _check(name, value, low, high=None, high_open=True):
 
 
 class _SignMomentum(Optimizer):
-    """Shared machinery: lazy state, validation, foreach/single-tensor dispatch."""
+    """Shared machinery: lazy state, validation, foreach/single-tensor dispatch, and stacked copies.
+
+    Stacked copies: a param group may hold ``lr_rows``, a 1-D tensor of K learning rates, in place
+    of one ``lr``: every parameter of the group is then K stacked copies along its first dimension
+    (the MNIST trainer's K models), and copy k steps with lr_rows[k] -- exactly as K instances
+    with one lr each would step them, in one operation per tensor for all K."""
 
     _uses_average = True
+    #: The group key ``lr_rows`` is understood (callers check this before relying on it).
+    ROW_LRS = True
 
     def __init__(self, params, defaults, *, foreach, maximize, fp32_state):
         _check("learning rate", defaults["lr"], 0.0)
@@ -79,11 +86,25 @@ class _SignMomentum(Optimizer):
                 foreach = all(p.is_cuda for p in params)  # is faster (cache-sized temporaries)
             beta1, beta2 = self._betas(group)
             sign_momentum_update(params, grads, exp_avgs, avgs if self._uses_average else None, steps,
-                                 lr=float(group["lr"]), beta1=beta1, beta2=beta2,
+                                 lr=_rows(group, params), beta1=beta1, beta2=beta2,
                                  gamma=group.get("gamma", 0.0), weight_decay=group["weight_decay"],
                                  decay=group.get("decay", "theta"), maximize=group["maximize"],
                                  foreach=foreach)
         return loss
+
+
+def _rows(group: dict, params) -> float | torch.Tensor:
+    """The group's lr, or its per-row lrs (float64, one per stacked copy) checked against its params."""
+    rows = group.get("lr_rows")
+    if rows is None:
+        return float(group["lr"])
+    rows = torch.as_tensor(rows, dtype=torch.float64)
+    if rows.dim() != 1 or any(p.dim() == 0 or p.shape[0] != rows.numel() for p in params):
+        raise ValueError(f"lr_rows: {rows.numel()} learning rates, but the group's parameters have first "
+                         f"dimensions {sorted({p.shape[0] if p.dim() else 0 for p in params})}")
+    if bool((rows < 0).any()):
+        raise ValueError("lr_rows: learning rates must be >= 0")
+    return rows
 
 
 class FOCUS(_SignMomentum):

@@ -24,6 +24,7 @@ cannot batch (or batches slowly, or batches with other roundings) into batchable
   and rounded once (products of such numbers are exact in float32 and a sum of two is rounded
   once, as the CPU's low-precision kernels accumulate): vmap's own rules either round twice
   (``addmm``) or fall back to slow kernels;
+* ``p.data`` (not allowed under vmap) reads as ``p.detach()``: the same storage, outside autograd;
 * a Python value read from a batched tensor (``bool(t)``, ``t.item()``, ``int(t)``, ...) is given
   when every copy holds the same value and refused (``LanesDisagree``) otherwise: data-dependent
   control flow is exact only where all copies take the same branch.
@@ -57,7 +58,7 @@ NATIVE_INPLACE = frozenset((
     "add_", "sub_", "mul_", "div_", "copy_", "zero_", "fill_", "neg_", "sqrt_", "abs_", "sign_",
     "reciprocal_", "exp_", "log_", "clamp_min_", "clamp_max_", "sigmoid_", "tanh_", "rsqrt_", "sgn_",
     "masked_fill_", "copysign_", "atan2_", "floor_", "nan_to_num_", "trunc_", "frac_", "relu_", "exp2_",
-    "expm1_", "log1p_", "sin_", "cos_", "true_divide_", "subtract_", "multiply_", "divide_",
+    "expm1_", "log1p_", "sin_", "cos_", "true_divide_", "multiply_", "divide_",
 ))
 #: In-place methods that change metadata or draw numbers: never rewritten.
 KEEP_INPLACE = frozenset((
@@ -71,6 +72,9 @@ FACTORIES = frozenset(("zeros", "ones", "empty", "full", "eye"))
 PYTHON_VALUES = frozenset(("__bool__", "item", "__int__", "__float__", "__index__", "tolist", "__complex__"))
 MATMULS = frozenset(("mm", "bmm", "matmul", "addmm", "baddbmm", "__matmul__", "__rmatmul__"))
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+_DATA = torch.Tensor.data  # the descriptor: reading p.data calls its __get__
 
 
 class LanesDisagree(RuntimeError):
@@ -139,6 +143,8 @@ class Batchable(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name.startswith("_foreach_"):
             return self._foreach(name, args, kwargs)
+        if getattr(func, "__self__", None) is _DATA and args and is_batched(args[0]):  # p.data: what it is under no_grad
+            return args[0].detach()
         if kwargs.get("out") is not None:
             return self._out(func, args, kwargs)
         if name in PYTHON_VALUES and args and is_batched(args[0]):
@@ -293,7 +299,7 @@ class Stacked:
         why = check_internals()
         if why:
             raise Unsupported(why)
-        self.phys = [p for g in groups for p in g["params"]]
+        self.phys = [p.detach() for g in groups for p in g["params"]]  # the same storage, never a graph
         sizes = {p.shape[0] for p in self.phys}
         if len(sizes) != 1:
             raise ValueError(f"stacked parameters of different batch sizes: {sorted(sizes)}")
@@ -390,3 +396,15 @@ class Stacked:
             return {}
         states, _ = _unflatten(self.shape, [(leaf if b else None) for leaf, b in zip(self.leaves, self.batched)])
         return {k: v for k, v in states[index].items() if isinstance(v, torch.Tensor)}
+
+    def state_dict(self) -> dict:
+        """The carried state (copies) and the instance's own (what the step keeps outside its
+        parameters' entries, e.g. step counters), for checkpoints."""
+        return {"shape": self.shape, "batched": list(self.batched),
+                "leaves": [v.clone() if isinstance(v, torch.Tensor) else v for v in self.leaves],
+                "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.shape, self.batched = state["shape"], list(state["batched"])
+        self.leaves = [v.clone() if isinstance(v, torch.Tensor) else v for v in state["leaves"]]

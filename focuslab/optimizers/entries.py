@@ -14,7 +14,7 @@ the protocol                ``BuiltinEntry`` (focuslab's rules)   ``ExternalEntr
 ``warm``                    compile (or load) the kernel           nothing
 ``record``                  {}: the code is focuslab's own          target, origin (which code), group keys
 ``build_torch``             the built-in's torch optimizer          the class with the settings
-``stacking``                element-wise by construction            the MNIST probe (stacked copies)
+``stacking``                element-wise by construction            the MNIST probe (stacked, vmapped copies)
 ``check_one_gradient``      always fine                             refuses closures and Hessian-vector products
 ``check_origin``            always fine                             refuses a changed package or file
 ==========================  ====================================  ==========================================
@@ -112,10 +112,12 @@ class OptimizerEntry:
         ``simulator``: a focuslab.toy.torch_kernel.TorchSimulator to run on instead of the CPU."""
         raise NotImplementedError
 
-    def stacking(self, weight_decay: float = 0.0) -> tuple[bool, bool, bool, str]:
-        """(graph, stochastic, stacks, why) for the MNIST trainer: whether ``step()`` needs gradients
-        with their graph, draws random numbers, and steps stacked copies exactly as separate ones."""
-        return False, False, True, "built-in element-wise rule"
+    def stacking(self, weight_decay: float = 0.0) -> tuple[bool, bool, str, str]:
+        """(graph, stochastic, mode, why) for the MNIST trainer: whether ``step()`` needs gradients
+        with their graph, draws random numbers, and how it steps K models exactly as K separate
+        instances would: "stacked" (one instance over stacked copies), "vmapped" (its step under
+        vmap over stacked copies) or "per model" (focuslab.mnist.steppers)."""
+        return False, False, "stacked", "built-in element-wise rule"
 
     def check_one_gradient(self, where: str) -> None:
         """Refuse, in one line, an optimizer that needs more than one plain gradient per step."""
@@ -238,15 +240,15 @@ class ExternalEntry(OptimizerEntry):
             plan = plugin.Plan(**plan)
         return plugin.run(self, plan, cells, lrs, keys, steps, report=report)
 
-    def stacking(self, weight_decay: float = 0.0) -> tuple[bool, bool, bool, str]:
+    def stacking(self, weight_decay: float = 0.0) -> tuple[bool, bool, str, str]:
         key = json.dumps([self.name, self.origin, jsonable(self.settings), jsonable(self.group), weight_decay],
                          sort_keys=True)
         if key not in _STACKING:
             _STACKING[key] = self._stacking(weight_decay)
         return _STACKING[key]
 
-    def _stacking(self, weight_decay: float) -> tuple[bool, bool, bool, str]:
-        from .probe import calling_convention, draws, stacks
+    def _stacking(self, weight_decay: float) -> tuple[bool, bool, str, str]:
+        from .probe import PROBE_STEPS, calling_convention, draws, settings_steps, stacks, vmaps
 
         def make(groups):
             return self.build_torch(groups, 1e-2)
@@ -256,8 +258,14 @@ class ExternalEntry(OptimizerEntry):
             raise FocuslabError(f"{self.label}: needs a closure (several gradient evaluations per step); the MNIST "
                                 "trainer computes one gradient per step, so it cannot train with it")
         stochastic = draws(make, graph, False)
-        ok, why = stacks(make, graph, False, stochastic, weight_decay)
-        return graph, stochastic, ok, why
+        steps = settings_steps(self, PROBE_STEPS)
+        ok, why = stacks(make, graph, False, stochastic, weight_decay, steps)
+        if ok:
+            return graph, stochastic, "stacked", why
+        if graph:
+            return graph, stochastic, "per model", f"{why}; gradients with their graph are not vmapped"
+        ok, also = vmaps(make, stochastic, weight_decay, steps)
+        return graph, stochastic, "vmapped" if ok else "per model", f"{why}; {also}"
 
     def check_one_gradient(self, where: str) -> None:
         from .probe import calling_convention

@@ -11,7 +11,7 @@ mode of the ladder that the probe also found exact.
 
 The probe runs ``PROBE_STEPS`` steps, or more where the optimizer's settings name a period of its
 own (``update_proj_gap``, ``precondition_frequency``, ``grad_accu_steps``, ``warmup_epoch``, ...):
-twice the longest such period, up to ``MAX_PROBE_STEPS``, so that what happens every k steps
+twice the longest such period, up to 1200 (focuslab.optimizers.probe.settings_steps), so that what happens every k steps
 (SPAM's clipping from ``grad_accu_steps`` on, its moment resets every ``update_proj_gap`` steps,
 SOAP's QR every ``precondition_frequency`` steps) happens inside the probe's reach.
 """
@@ -23,13 +23,9 @@ import time
 import numpy as np
 
 from ..errors import FocuslabError
-from .probe import calling_convention, constant_randomness, first_error
+from .probe import calling_convention, constant_randomness, first_error, settings_steps
 
 PROBE_STEPS = 100
-MAX_PROBE_STEPS = 1200
-#: Setting names that count steps (a period, a warm-up, a start): the probe steps past twice them.
-PERIODIC = ("step", "freq", "gap", "interval", "period", "every", "warmup", "epoch", "t_max", "delay",
-            "start", "update", "accu")
 #: Trajectories whose gradients differ by orders of magnitude (slope 1e-3 .. 1e3, noise 0 .. 2,
 #: sharpness 0.1 .. 1000), half of them started at |theta| ~ 1 instead of 1e-4, so that gradients
 #: point every way: any coupling through norms, maxima, cosines or shared statistics shows.
@@ -47,11 +43,8 @@ _EQUALS = {"batched": "element-wise: one (n, 2) tensor equals n one-trajectory i
 
 
 def probe_steps(entry) -> int:
-    """PROBE_STEPS, or twice the longest step count among the optimizer's settings (see above)."""
-    values = {**entry.defaults, **entry.settings, **getattr(entry, "group", {})}
-    periods = [v for k, v in values.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0
-               and any(word in k.lower() for word in PERIODIC)]
-    return int(min(MAX_PROBE_STEPS, max([PROBE_STEPS] + [2 * v + 2 for v in periods])))
+    """PROBE_STEPS, or more where the optimizer's settings name a period (focuslab.optimizers.probe)."""
+    return settings_steps(entry, PROBE_STEPS)
 
 
 def _probe_problem(wd: float):

@@ -1,0 +1,144 @@
+"""K models stepped at once: FOCUS/Signum fused over stacked copies with per-row learning rates
+(focuslab.optim, ``lr_rows``), and the MNIST trainer's modes (focuslab.mnist.steppers): fused,
+stacked, vmapped, per model -- each equal to separate instances."""
+import numpy as np
+import pytest
+
+from focuslab.optimizers import parse_one
+
+torch = pytest.importorskip("torch")
+
+from focuslab.mnist.model import BatchedMLP  # noqa: E402
+from focuslab.mnist.steppers import Steppers  # noqa: E402
+from focuslab.mnist.train import initial_params, train_batched, train_one  # noqa: E402
+from focuslab.optim import FOCUS, Signum  # noqa: E402
+
+LRS = [1e-3, 3e-2, 0.7]
+R = 2
+
+
+def _stacked_vs_separate(make, dtype, foreach, steps=25):
+    """Parameters after ``steps`` steps: one instance over K stacked copies with lr_rows, and K
+    instances with one lr each (the same gradients)."""
+    g = torch.Generator().manual_seed(3)
+    K = len(LRS) * R
+    shapes = [(5, 4), (4,), (3, 2)]
+    start = [torch.randn(K, *s, generator=g, dtype=dtype) for s in shapes]
+    grads = [[torch.randn(K, *s, generator=g, dtype=dtype) * 10.0 ** (t % 5 - 2) for s in shapes] for t in range(steps)]
+    rows = torch.tensor(LRS, dtype=torch.float64).repeat_interleave(R)
+    together = [torch.nn.Parameter(x.clone()) for x in start]
+    opt = make([{"params": together[:1], "weight_decay": 0.1, "lr_rows": rows},
+                {"params": together[1:], "weight_decay": 0.0, "lr_rows": rows}], LRS[0], foreach)
+    apart = [[torch.nn.Parameter(x[k].clone()) for x in start] for k in range(K)]
+    opts = [make([{"params": ps[:1], "weight_decay": 0.1}, {"params": ps[1:], "weight_decay": 0.0}], LRS[k // R], foreach)
+            for k, ps in enumerate(apart)]
+    for t in range(steps):
+        for p, gr in zip(together, grads[t]):
+            p.grad = gr.clone()
+        opt.step()
+        for k, (ps, o) in enumerate(zip(apart, opts)):
+            for p, gr in zip(ps, grads[t]):
+                p.grad = gr[k].clone()
+            o.step()
+    return [p.detach() for p in together], [torch.stack([ps[i].detach() for ps in apart]) for i in range(len(shapes))]
+
+
+MAKERS = {
+    "signum": lambda groups, lr, foreach: Signum(groups, lr=lr, beta=0.9, foreach=foreach),
+    "focus-average": lambda groups, lr, foreach: FOCUS(groups, lr=lr, betas=(0.9, 0.99), gamma=0.2, foreach=foreach),
+    "focus-theta": lambda groups, lr, foreach: FOCUS(groups, lr=lr, betas=(0.9, 0.9), gamma=0.4, decay="theta",
+                                                     foreach=foreach),
+}
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rule", sorted(MAKERS))
+def test_sign_steps_fused_over_stacked_copies_equal_separate_instances_bit_for_bit(rule, dtype, foreach):
+    together, apart = _stacked_vs_separate(MAKERS[rule], dtype, foreach)
+    for x, y in zip(together, apart):
+        assert torch.equal(x, y)
+
+
+def test_lr_rows_must_match_every_parameters_first_dimension():
+    p = torch.nn.Parameter(torch.zeros(3, 2))
+    opt = Signum([{"params": [p], "lr_rows": torch.tensor([0.1, 0.2])}])
+    p.grad = torch.ones(3, 2)
+    with pytest.raises(ValueError, match="lr_rows: 2 learning rates, but the group's parameters have first dimensions"):
+        opt.step()
+
+
+# --- the MNIST trainer -----------------------------------------------------------------------------
+def _data():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 96)
+    images = rng.random((96, 784)) * 0.2
+    for i, y in enumerate(labels):
+        images[i, 56 * y:56 * y + 84] = 1.0  # learnable: the label is painted into the image
+    return {"x_train": torch.from_numpy(images[:64]), "y_train": torch.from_numpy(labels[:64]),
+            "x_test": torch.from_numpy(images[64:]), "y_test": torch.from_numpy(labels[64:])}
+
+
+def _model():
+    return BatchedMLP([initial_params(0, r, torch.float64) for r in range(R)] * len(LRS), R)
+
+
+@pytest.mark.parametrize("spec", ["signum", "focus:gamma=0.4"])
+def test_mnist_steps_the_sign_methods_fused_exactly_as_one_instance_per_lr(spec, monkeypatch):
+    entry = parse_one(spec)
+    assert Steppers(entry, _model(), LRS, R, 0.01).mode == "fused"
+    fused = train_batched(_data(), entry, 8, LRS, R, 15, seed=5, weight_decay=0.01, dtype=torch.float64)
+    monkeypatch.setattr(Steppers, "_fused", lambda self, wd, device: False)  # today's one instance per lr
+    assert Steppers(entry, _model(), LRS, R, 0.01).mode == "stacked"
+    per_lr = train_batched(_data(), entry, 8, LRS, R, 15, seed=5, weight_decay=0.01, dtype=torch.float64)
+    for key in ("test_loss", "train_loss", "test_accuracy"):
+        np.testing.assert_array_equal(fused[key], per_lr[key], err_msg=key)
+
+
+def test_mnist_trains_a_per_tensor_optimizer_vmapped_like_the_one_at_a_time_trainer():
+    pytest.importorskip("pytorch_optimizer")
+    entry = parse_one("pytorch_optimizer.SGDSaI")
+    steppers = Steppers(entry, BatchedMLP([initial_params(0, r, torch.float64) for r in range(R)], R), [1e-3], R, 0.01)
+    assert steppers.mode == "vmapped", steppers.why
+    data = _data()
+    out = train_batched(data, entry, 8, [1e-3, 3e-2], R, 12, seed=5, weight_decay=0.01, dtype=torch.float64)
+    assert out["stepping"].startswith("vmapped")
+    for i, lr in enumerate([1e-3, 3e-2]):
+        for r in range(R):
+            one = train_one(data, entry, 8, lr, r, 12, seed=5, weight_decay=0.01, dtype=torch.float64)
+            assert out["test_loss"][i, r] == pytest.approx(one["test_loss"], rel=1e-7), (lr, r)
+            assert out["train_loss"][i, r] == pytest.approx(one["train_loss"], rel=1e-7), (lr, r)
+
+
+LATE = '''
+import torch
+
+
+class LateBranch(torch.optim.Optimizer):
+    """Per-tensor normalised SGD; from step 40 on a Python branch on each model's own values."""
+
+    def __init__(self, params, lr=0.01, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                state["n"] = state.get("n", 0) + 1
+                p.add_(p.grad / (p.grad.norm() + 1e-12), alpha=-group["lr"])
+                if state["n"] > 40 and bool(p.sum() > 0):
+                    p.mul_(0.999)
+'''
+
+
+def test_an_mnist_step_that_raises_under_vmap_retrains_the_unit_per_model(tmp_path):
+    path = tmp_path / "late.py"
+    path.write_text(LATE)
+    entry = parse_one(f"{path}:LateBranch")
+    data = _data()
+    out = train_batched(data, entry, 8, [1e-2], R, 45, seed=5, weight_decay=0.0, dtype=torch.float64)
+    assert out["stepping"].startswith("per model") and "its step under vmap raised LanesDisagree" in out["stepping"]
+    for r in range(R):
+        one = train_one(data, entry, 8, 1e-2, r, 45, seed=5, weight_decay=0.0, dtype=torch.float64)
+        assert out["test_loss"][0, r] == pytest.approx(one["test_loss"], rel=1e-7)

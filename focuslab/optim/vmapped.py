@@ -44,12 +44,14 @@ version by the probes (focuslab records torch's version with every external opti
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext as _nullcontext
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 #: The torch internals this module relies on (torch._C._functorch), checked by check_internals.
-INTERNALS = ("is_batchedtensor", "_unwrap_batched", "_add_batch_dim", "maybe_current_level")
+INTERNALS = ("is_batchedtensor", "_unwrap_batched", "_add_batch_dim", "_remove_batch_dim", "_vmap_increment_nesting",
+             "_vmap_decrement_nesting", "_set_vmap_fallback_warning_enabled")
 _F = torch._C._functorch
 
 #: In-place methods that vmap batches natively (measured on torch 2.13: no fallback warning).
@@ -88,8 +90,6 @@ class Unsupported(RuntimeError):
 def check_internals() -> str:
     """'' when this torch has what the vmapped step relies on, else what is missing (one line)."""
     missing = [name for name in INTERNALS if not hasattr(_F, name)]
-    if not hasattr(torch, "func") or not hasattr(torch.func, "vmap"):
-        missing.append("torch.func.vmap")
     return f"torch {torch.__version__} lacks {', '.join(missing)}" if missing else ""
 
 
@@ -140,27 +140,36 @@ class Batchable(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        if name.startswith("_foreach_"):
-            return self._foreach(name, args, kwargs)
-        if getattr(func, "__self__", None) is _DATA and args and is_batched(args[0]):  # p.data: what it is under no_grad
-            return args[0].detach()
         if kwargs.get("out") is not None:
             return self._out(func, args, kwargs)
-        if name in PYTHON_VALUES and args and is_batched(args[0]):
+        try:
+            kind, extra = _RULES[func]
+        except (KeyError, TypeError):  # the first call of this function (or an unhashable one)
+            kind, extra = _rule(func)
+            try:
+                _RULES[func] = (kind, extra)
+            except TypeError:
+                pass
+        if kind == PLAIN:
+            return func(*args, **kwargs)
+        if kind == FOREACH:
+            return self._foreach(extra, args, kwargs)
+        if not (args and is_batched(args[0])):
+            if kind == FACTORY:
+                return self._factory(func, extra, args, kwargs)
+            if kind == MATMUL and self._low_precision_small(extra, args, kwargs):
+                return self._matmul_fp32(extra, args, kwargs)
+            return func(*args, **kwargs)
+        if kind == INPLACE:  # vmap would loop over the copies: the op, then a copy
+            target = args[0]
+            target.copy_(self.call(extra, args, kwargs))
+            return target
+        if kind == VALUE:
             return func(self._agreed(args[0]), *args[1:], **kwargs)
-        if name in MATMULS and self._low_precision_small(name, args, kwargs):
-            return self._matmul_fp32(name, args, kwargs)
-        if name in FACTORIES and func is getattr(torch, name):
-            return self._factory(func, name, args, kwargs)
-        if (name.endswith("_") and not name.endswith("__") and name not in NATIVE_INPLACE
-                and name not in KEEP_INPLACE and args and is_batched(args[0])):
-            outplace = getattr(torch.Tensor, name[:-1], None)
-            if callable(outplace):
-                target = args[0]
-                result = self.call(outplace, args, kwargs)
-                target.copy_(result)
-                return target
+        if kind == DATA:  # p.data: what it is under no_grad
+            return args[0].detach()
+        if kind == MATMUL and self._low_precision_small(extra, args, kwargs):
+            return self._matmul_fp32(extra, args, kwargs)
         return func(*args, **kwargs)
 
     # rules
@@ -250,6 +259,30 @@ class Batchable(TorchFunctionMode):
         return None if inplace else out
 
 
+PLAIN, FOREACH, FACTORY, MATMUL, INPLACE, VALUE, DATA = range(7)
+_RULES: dict = {}  # function -> (kind, what the rule needs), decided once per function
+
+
+def _rule(func) -> tuple[int, object]:
+    """Which of Batchable's rewrites applies to ``func`` (by its name; decided once)."""
+    name = getattr(func, "__name__", "")
+    if name.startswith("_foreach_"):
+        return FOREACH, name
+    if getattr(func, "__self__", None) is _DATA:
+        return DATA, None
+    if name in PYTHON_VALUES:
+        return VALUE, None
+    if name in MATMULS:
+        return MATMUL, name
+    if name in FACTORIES and func is getattr(torch, name):
+        return FACTORY, name
+    if name.endswith("_") and not name.endswith("__") and name not in NATIVE_INPLACE and name not in KEEP_INPLACE:
+        outplace = getattr(torch.Tensor, name[:-1], None)
+        if callable(outplace):
+            return INPLACE, outplace
+    return PLAIN, None
+
+
 # --- state trees ------------------------------------------------------------------------------
 def _flatten(tree, out: list):
     """Leaves of dicts/lists/tuples into ``out``; the structure with leaves replaced by indices."""
@@ -318,6 +351,7 @@ class Stacked:
         self.leaves: list = []  # leaves: physical (B, ...) tensors where batched, else as they were
         self.batched: list[bool] = []
         self.fallbacks: set[str] = set()  # ops vmap ran through its slow per-copy path
+        self.calls = 0
 
     def _carried(self, params):
         """(per-parameter state, per-group entries) as the optimizer holds them now."""
@@ -326,59 +360,67 @@ class Stacked:
 
     def step(self, grads, closure=None):
         """One step of every copy; ``grads``: (B, ...) gradients in parameter order.  ``closure``, when
-        given, is passed to ``step()`` (it must refresh ``grads`` in place and return a loss)."""
-        n_p = len(self.phys)
-        ins = [*self.phys, *grads, *[leaf for leaf, b in zip(self.leaves, self.batched) if b]]
-        record = {}
+        given, is passed to ``step()`` (it must refresh ``grads`` in place and return a loss).
 
-        def body(*xs):
-            level = _F.maybe_current_level()
-            params, gs, carried = list(xs[:n_p]), xs[n_p:2 * n_p], iter(xs[2 * n_p:])
-            leaves = [next(carried) if b else leaf for leaf, b in zip(self.leaves, self.batched)]
-            if self.shape is not None:
-                states, entries = _unflatten(self.shape, leaves)
+        This is ``torch.func.vmap`` unrolled (its level, batched inputs, unbatched outputs), so that a
+        step costs what the optimizer's own Python costs plus little: the parameters are updated in
+        place through their batched views, the state leaves come back as physical tensors."""
+        listen = self.calls < 2  # vmap's slow-path warnings: heard on the first steps, then silenced
+        self.calls += 1
+        warned = _F._is_vmap_fallback_warning_enabled() if hasattr(_F, "_is_vmap_fallback_warning_enabled") else None
+        with warnings.catch_warnings(record=True) if listen else _nullcontext() as caught:
+            if listen:
+                warnings.simplefilter("always")
             else:
-                states, entries = [{} for _ in params], [{} for _ in self.opt.param_groups]
-            k = 0
-            for group, count, extra in zip(self.opt.param_groups, self.counts, entries):
-                group["params"] = params[k:k + count]
-                group.update(extra)
-                k += count
-            for p, g, st in zip(params, gs, states):
-                p.grad = g
-                if st:
-                    self.opt.state[p] = st
+                _F._set_vmap_fallback_warning_enabled(False)
+            level = _F._vmap_increment_nesting(self.size, "different")
             try:
-                with Batchable(self.size, level):
-                    self.opt.step(closure) if closure is not None else self.opt.step()
-                carried_now = self._carried(params)
-                self._check_escapes(params)
+                flat = self._step_at(level, grads, closure)
+                leaves = [_F._remove_batch_dim(v, level, self.size, 0) if b else v for v, b in zip(*flat)]
             finally:
-                for p in params:
-                    self.opt.state.pop(p, None)
-                for group, holders in zip(self.opt.param_groups, self.holders):
-                    group["params"] = holders
-            flat: list = []
-            record["shape"] = _flatten(carried_now, flat)
-            record["batched"] = [is_batched(v) for v in flat]
-            record["flat"] = [None if is_batched(v) else v for v in flat]
-            return (*params, *[v for v in flat if is_batched(v)])
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out = torch.func.vmap(body, randomness="different")(*ins)
-        for w in caught:
+                _F._vmap_decrement_nesting()
+                if not listen:
+                    _F._set_vmap_fallback_warning_enabled(True if warned is None else warned)
+        for w in caught or ():
             text = str(w.message)
             if "batching rule for aten::" in text:
                 self.fallbacks.add(text.split("aten::", 1)[1].split(".")[0].split()[0])
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        for p, new in zip(self.phys, out[:n_p]):
-            if new.data_ptr() != p.data_ptr():  # the optimizer rebound its parameter: keep the storage
-                p.copy_(new)
-        batched_out = iter(out[n_p:])
-        self.shape, self.batched = record["shape"], record["batched"]
-        self.leaves = [next(batched_out) if b else v for v, b in zip(record["flat"], record["batched"])]
+        self.leaves, self.batched = leaves, flat[1]
+
+    def _step_at(self, level: int, grads, closure):
+        """The optimizer's step at vmap ``level``; returns (state leaves, which are batched)."""
+        wrap = _F._add_batch_dim
+        params = [wrap(p, 0, level) for p in self.phys]
+        carried = [wrap(v, 0, level) if b else v for v, b in zip(self.leaves, self.batched)]
+        if self.shape is not None:
+            states, entries = _unflatten(self.shape, carried)
+        else:
+            states, entries = [{} for _ in params], [{} for _ in self.opt.param_groups]
+        k = 0
+        for group, count, extra in zip(self.opt.param_groups, self.counts, entries):
+            group["params"] = params[k:k + count]
+            group.update(extra)
+            k += count
+        for p, g, st in zip(params, grads, states):
+            p.grad = wrap(g, 0, level)
+            if st:
+                self.opt.state[p] = st
+        try:
+            with Batchable(self.size, level):
+                self.opt.step(closure) if closure is not None else self.opt.step()
+            now = self._carried(params)
+            if self.calls <= 3 or self.calls % 50 == 0:
+                self._check_escapes(params)
+        finally:
+            for p in params:
+                self.opt.state.pop(p, None)
+            for group, holders in zip(self.opt.param_groups, self.holders):
+                group["params"] = holders
+        flat: list = []
+        self.shape = _flatten(now, flat)
+        return flat, [is_batched(v) for v in flat]
 
     def _check_escapes(self, params):
         """A batched tensor kept anywhere but the state and groups would die with this call."""

@@ -483,10 +483,14 @@ def run(entry, plan: Plan, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
 
 def _sentinels(main, block: np.ndarray, mode: str) -> np.ndarray:
     """The lanes stepped again as separate instances: the block's first and last, and in vmapped
-    mode the first lane of every (weight decay, lr) run too (a branch taken at one lr only)."""
+    mode the first lane of (weight decay, lr) runs too (a branch taken at some lrs only), one per
+    1000 lanes of the block at most (a sentinel costs what one trajectory costs in single mode)."""
     ends = block[[0, -1]]
     if mode == "vmapped":
-        ends = np.concatenate([ends, block[[a for a, _ in main.slices]]])
+        firsts = [a for a, _ in main.slices]
+        keep = max(0, len(block) // 1000 - 2)
+        firsts = [firsts[i] for i in np.linspace(0, len(firsts) - 1, min(keep, len(firsts))).astype(int)]
+        ends = np.concatenate([ends, block[firsts]]) if firsts else ends
     return np.unique(ends)
 
 

@@ -110,32 +110,14 @@ def test_mnist_trains_a_per_tensor_optimizer_vmapped_like_the_one_at_a_time_trai
             assert out["train_loss"][i, r] == pytest.approx(one["train_loss"], rel=1e-7), (lr, r)
 
 
-LATE = '''
-import torch
-
-
-class LateBranch(torch.optim.Optimizer):
-    """Per-tensor normalised SGD; from step 40 on a Python branch on each model's own values."""
-
-    def __init__(self, params, lr=0.01, weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state[p]
-                state["n"] = state.get("n", 0) + 1
-                p.add_(p.grad / (p.grad.norm() + 1e-12), alpha=-group["lr"])
-                if state["n"] > 40 and bool(p.sum() > 0):
-                    p.mul_(0.999)
-'''
 
 
 def test_an_mnist_step_that_raises_under_vmap_retrains_the_unit_per_model(tmp_path):
+    from test_vmapped import PLANTED  # planted optimizers that vmap gets wrong
+
     path = tmp_path / "late.py"
-    path.write_text(LATE)
-    entry = parse_one(f"{path}:LateBranch")
+    path.write_text(PLANTED + "\n\nclass LateBranch40(LateBranch):\n    late = 40\n")
+    entry = parse_one(f"{path}:LateBranch40")
     data = _data()
     out = train_batched(data, entry, 8, [1e-2], R, 45, seed=5, weight_decay=0.0, dtype=torch.float64)
     assert out["stepping"].startswith("per model") and "its step under vmap raised LanesDisagree" in out["stepping"]

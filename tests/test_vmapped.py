@@ -25,24 +25,28 @@ import torch
 class Momentum(torch.optim.Optimizer):
     """Heavy ball over the gradient normalised per tensor (a per-tensor rule: vmapped, not batched)."""
 
+    late = 150  # the step from which the subclasses below misbehave
+
     def __init__(self, params, lr=0.01, weight_decay=0.0):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
 
-    def direction(self, p, state):
-        g = p.grad / (p.grad.norm() + 1e-12)
-        state.setdefault("n", 0)
-        state["n"] += 1
-        if "m" not in state:
-            state["m"] = torch.zeros_like(p)
-        state["m"].mul_(0.9).add_(g)
-        return state["m"]
+    def scale(self, p, state):
+        return 1.0
+
+    def after(self, p, state):
+        pass
 
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
             for p in group["params"]:
-                d = self.direction(p, self.state[p])
-                p.add_(d, alpha=-group["lr"])
+                state = self.state[p]
+                state["n"] = state.get("n", 0) + 1
+                if "m" not in state:
+                    state["m"] = torch.zeros_like(p)
+                state["m"].mul_(0.9).add_(p.grad / (p.grad.norm() + 1e-12))
+                p.add_(state["m"], alpha=-group["lr"] * self.scale(p, state))
+                self.after(p, state)
                 p.mul_(1 - group["lr"] * group["weight_decay"])
 
 
@@ -51,40 +55,24 @@ class SkipsWithoutGrad(Momentum):
     requires_grad=False, so under vmap this is silently wrong from the first step (SophiaH and
     AdaHessian skip their Hessian that way)."""
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                d = self.direction(p, self.state[p])
-                p.add_(d, alpha=-group["lr"] * (1.0 if p.requires_grad else 0.5))
+    def scale(self, p, state):
+        return 1.0 if p.requires_grad else 0.5
 
 
 class LateSkip(Momentum):
-    """SkipsWithoutGrad from step 150 on: beyond the probe's 100 steps, for the sentinels."""
+    """SkipsWithoutGrad from step ``late`` on: beyond the probe's 100 steps, for the sentinels."""
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state[p]
-                d = self.direction(p, state)
-                late = state["n"] > 150 and not p.requires_grad
-                p.add_(d, alpha=-group["lr"] * (0.5 if late else 1.0))
+    def scale(self, p, state):
+        return 0.5 if state["n"] > self.late and not p.requires_grad else 1.0
 
 
 class LateBranch(Momentum):
-    """From step 150 on, a Python branch on a per-trajectory value: under vmap the trajectories
+    """From step ``late`` on, a Python branch on a per-trajectory value: under vmap the trajectories
     disagree, the step raises after half its in-place updates, and the chunk must be recomputed."""
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state[p]
-                d = self.direction(p, state)
-                p.add_(d, alpha=-group["lr"])
-                if state["n"] > 150 and bool(p.sum() > 0):
-                    p.mul_(0.999)
+    def after(self, p, state):
+        if state["n"] > self.late and bool(p.sum() > 0):
+            p.mul_(0.999)
 '''
 
 

@@ -179,34 +179,34 @@ def stacks(make, graph: bool = False, closure: bool = False, stochastic: bool = 
     """Whether one instance over stacked copies equals one instance per copy, bit for bit, over
     ``steps`` steps with weight decay ``wd`` on the matrices (and why not)."""
     prob = _Quadratic(3)
-    ctx = constant_randomness() if stochastic else contextlib.nullcontext()
-    try:
-        with ctx:
-            together = prob.run(make, True, graph, closure, steps, wd)
-            apart = prob.run(make, False, graph, closure, steps, wd)
-    except FocuslabError:
-        raise
-    except Exception as err:
-        return False, f"the stacked form fails ({first_error(err)})"
-    differ = _differ(together, apart, "stacked copies differ from separate ones")
-    return (False, differ) if differ else (True, "element-wise: stacked copies equal separate ones bit for bit")
+    return _against_separate(lambda: prob.run(make, True, graph, closure, steps, wd),
+                             lambda: prob.run(make, False, graph, closure, steps, wd), stochastic, "the stacked form",
+                             "stacked copies differ from separate ones",
+                             "element-wise: stacked copies equal separate ones bit for bit")
 
 
 def vmaps(make, stochastic: bool = False, wd: float = 0.1, steps: int = PROBE_STEPS) -> tuple[bool, str]:
     """Whether the optimizer's step under vmap over stacked copies (focuslab.optim.vmapped.Stacked)
     equals one instance per copy, bit for bit, over ``steps`` steps (and why not)."""
     prob = _Quadratic(3)
-    ctx = constant_randomness() if stochastic else contextlib.nullcontext()
+    return _against_separate(lambda: prob.run_vmapped(make, steps, wd),
+                             lambda: prob.run(make, False, False, False, steps, wd), stochastic, "the step under vmap",
+                             "the step under vmap differs from separate copies",
+                             "per-tensor: its step under vmap equals separate copies bit for bit")
+
+
+def _against_separate(together, apart, stochastic: bool, form: str, differs: str, equal: str) -> tuple[bool, str]:
+    """Run ``together()`` and ``apart()`` (random draws made constant for a stochastic optimizer) and
+    compare them bit for bit: (True, ``equal``) or (False, why not)."""
     try:
-        with ctx:
-            together = prob.run_vmapped(make, steps, wd)
-            apart = prob.run(make, False, False, False, steps, wd)
+        with constant_randomness() if stochastic else contextlib.nullcontext():
+            x, y = together(), apart()
     except FocuslabError:
         raise
     except Exception as err:
-        return False, f"the step under vmap fails ({first_error(err)})"
-    differ = _differ(together, apart, "the step under vmap differs from separate copies")
-    return (False, differ) if differ else (True, "per-tensor: its step under vmap equals separate copies bit for bit")
+        return False, f"{form} fails ({first_error(err)})"
+    differ = _differ(x, y, differs)
+    return (False, differ) if differ else (True, equal)
 
 
 def _differ(together, apart, what: str) -> str:

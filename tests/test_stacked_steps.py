@@ -1,6 +1,8 @@
 """K models stepped at once: FOCUS/Signum fused over stacked copies with per-row learning rates
 (focuslab.optim, ``lr_rows``), and the MNIST trainer's modes (focuslab.mnist.steppers): fused,
 stacked, vmapped, per model -- each equal to separate instances."""
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -87,10 +89,10 @@ def _model():
 def test_mnist_steps_the_sign_methods_fused_exactly_as_one_instance_per_lr(spec, monkeypatch):
     entry = parse_one(spec)
     assert Steppers(entry, _model(), LRS, R, 0.01).mode == "fused"
-    fused = train_batched(_data(), entry, 8, LRS, R, 15, seed=5, weight_decay=0.01, dtype=torch.float64)
+    fused = train_batched(_data(), entry, 8, LRS, R, 5, seed=5, weight_decay=0.01, dtype=torch.float64)
     monkeypatch.setattr(Steppers, "_fused", lambda self, wd, device: False)  # today's one instance per lr
     assert Steppers(entry, _model(), LRS, R, 0.01).mode == "stacked"
-    per_lr = train_batched(_data(), entry, 8, LRS, R, 15, seed=5, weight_decay=0.01, dtype=torch.float64)
+    per_lr = train_batched(_data(), entry, 8, LRS, R, 5, seed=5, weight_decay=0.01, dtype=torch.float64)
     for key in ("test_loss", "train_loss", "test_accuracy"):
         np.testing.assert_array_equal(fused[key], per_lr[key], err_msg=key)
 
@@ -101,11 +103,11 @@ def test_mnist_trains_a_per_tensor_optimizer_vmapped_like_the_one_at_a_time_trai
     steppers = Steppers(entry, BatchedMLP([initial_params(0, r, torch.float64) for r in range(R)], R), [1e-3], R, 0.01)
     assert steppers.mode == "vmapped", steppers.why
     data = _data()
-    out = train_batched(data, entry, 8, [1e-3, 3e-2], R, 12, seed=5, weight_decay=0.01, dtype=torch.float64)
+    out = train_batched(data, entry, 8, [1e-3, 3e-2], R, 6, seed=5, weight_decay=0.01, dtype=torch.float64)
     assert out["stepping"].startswith("vmapped")
     for i, lr in enumerate([1e-3, 3e-2]):
         for r in range(R):
-            one = train_one(data, entry, 8, lr, r, 12, seed=5, weight_decay=0.01, dtype=torch.float64)
+            one = train_one(data, entry, 8, lr, r, 6, seed=5, weight_decay=0.01, dtype=torch.float64)
             assert out["test_loss"][i, r] == pytest.approx(one["test_loss"], rel=1e-7), (lr, r)
             assert out["train_loss"][i, r] == pytest.approx(one["train_loss"], rel=1e-7), (lr, r)
 
@@ -115,12 +117,18 @@ def test_mnist_trains_a_per_tensor_optimizer_vmapped_like_the_one_at_a_time_trai
 def test_an_mnist_step_that_raises_under_vmap_retrains_the_unit_per_model(tmp_path):
     from test_vmapped import PLANTED  # planted optimizers that vmap gets wrong
 
-    path = tmp_path / "late.py"
-    path.write_text(PLANTED + "\n\nclass LateBranch40(LateBranch):\n    late = 40\n")
-    entry = parse_one(f"{path}:LateBranch40")
+    path = tmp_path / "late.py"  # branches on each model's values, on tensors larger than the probe's only
+    path.write_text(PLANTED + textwrap.dedent("""
+
+        class BigBranch(LateBranch):
+            def after(self, p, state):
+                if p.numel() > 100 and bool(p.sum() > 0):
+                    p.mul_(0.999)
+        """))
+    entry = parse_one(f"{path}:BigBranch")
     data = _data()
-    out = train_batched(data, entry, 8, [1e-2], R, 45, seed=5, weight_decay=0.0, dtype=torch.float64)
+    out = train_batched(data, entry, 8, [1e-2], R, 3, seed=5, weight_decay=0.0, dtype=torch.float64)
     assert out["stepping"].startswith("per model") and "its step under vmap raised LanesDisagree" in out["stepping"]
     for r in range(R):
-        one = train_one(data, entry, 8, 1e-2, r, 45, seed=5, weight_decay=0.0, dtype=torch.float64)
+        one = train_one(data, entry, 8, 1e-2, r, 3, seed=5, weight_decay=0.0, dtype=torch.float64)
         assert out["test_loss"][0, r] == pytest.approx(one["test_loss"], rel=1e-7)

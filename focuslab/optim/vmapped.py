@@ -100,7 +100,7 @@ def is_batched(t) -> bool:
 # --- the mode ---------------------------------------------------------------------------------
 class Batchable(TorchFunctionMode):
     """Rewrites, inside one vmapped call at ``level`` over ``size`` copies, what vmap cannot batch
-    (see the module docstring).  ``fallbacks`` collects vmap's slow-path warnings (op names)."""
+    (see the module docstring); which rewrite a function gets is decided once (``_rule``)."""
 
     def __init__(self, size: int, level: int):
         super().__init__()

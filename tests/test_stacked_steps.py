@@ -45,15 +45,19 @@ def _stacked_vs_separate(make, dtype, foreach, steps=25):
     return [p.detach() for p in together], [torch.stack([ps[i].detach() for ps in apart]) for i in range(len(shapes))]
 
 
+def _paths(path):
+    return {"loop": dict(foreach=False, fused=False), "foreach": dict(foreach=True), "fused": dict(fused=None)}[path]
+
+
 MAKERS = {
-    "signum": lambda groups, lr, foreach: Signum(groups, lr=lr, beta=0.9, foreach=foreach),
-    "focus-average": lambda groups, lr, foreach: FOCUS(groups, lr=lr, betas=(0.9, 0.99), gamma=0.2, foreach=foreach),
-    "focus-theta": lambda groups, lr, foreach: FOCUS(groups, lr=lr, betas=(0.9, 0.9), gamma=0.4, decay="theta",
-                                                     foreach=foreach),
+    "signum": lambda groups, lr, path: Signum(groups, lr=lr, beta=0.9, **_paths(path)),
+    "focus-average": lambda groups, lr, path: FOCUS(groups, lr=lr, betas=(0.9, 0.99), gamma=0.2, **_paths(path)),
+    "focus-theta": lambda groups, lr, path: FOCUS(groups, lr=lr, betas=(0.9, 0.9), gamma=0.4, decay="theta",
+                                                  **_paths(path)),
 }
 
 
-@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("foreach", ["loop", "foreach", "fused"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rule", sorted(MAKERS))
 def test_sign_steps_fused_over_stacked_copies_equal_separate_instances_bit_for_bit(rule, dtype, foreach):
@@ -132,3 +136,42 @@ def test_an_mnist_step_that_raises_under_vmap_retrains_the_unit_per_model(tmp_pa
     for r in range(R):
         one = train_one(data, entry, 8, 1e-2, r, 3, seed=5, weight_decay=0.0, dtype=torch.float64)
         assert out["test_loss"][0, r] == pytest.approx(one["test_loss"], rel=1e-7)
+
+
+# --- the fused CPU step (focuslab.optim._fused) ------------------------------------------------------
+FUSED_RULES = {
+    "signum": lambda ps, **k: Signum(ps, lr=0.03, beta=0.9, weight_decay=0.1, **k),
+    "signum-maximize-beta0.3": lambda ps, **k: Signum(ps, lr=0.03, beta=0.3, maximize=True, **k),
+    "focus-average": lambda ps, **k: FOCUS(ps, lr=0.03, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.1, **k),
+    "focus-theta-beta2-0.3": lambda ps, **k: FOCUS(ps, lr=0.03, betas=(0.8, 0.3), gamma=0.4, weight_decay=0.1,
+                                                   decay="theta", **k),
+    "focus-no-decay": lambda ps, **k: FOCUS(ps, lr=0.03, **k),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rule", sorted(FUSED_RULES))
+def test_the_fused_cpu_step_gives_the_per_op_steps_bits(rule, dtype):
+    """One pass per tensor (numba, fma as torch's vectorised kernels) against the per-tensor loop:
+    40 steps, gradients over six orders of magnitude and exact zeros, a tensor whose length is not
+    a multiple of any vector width (torch's scalar tail)."""
+    from focuslab.optim._fused import usable
+
+    if not usable([torch.zeros(1, dtype=dtype)]):
+        pytest.skip(f"torch's {torch.backends.cpu.get_cpu_capability()} kernels: the fused step is not used here")
+    g = torch.Generator().manual_seed(7)
+    shapes = [(37, 29), (1031,), (3,)]
+    start = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
+    runs = []
+    for fused in (True, False):
+        ps = [torch.nn.Parameter(x.clone()) for x in start]
+        opt = FUSED_RULES[rule](ps, fused=fused)
+        gg = torch.Generator().manual_seed(8)
+        for t in range(40):
+            for p in ps:
+                grad = torch.randn(p.shape, generator=gg, dtype=dtype) * 10.0 ** (t % 7 - 3)
+                p.grad = torch.where(torch.rand(p.shape, generator=gg) < 0.05, 0.0, grad)
+            opt.step()
+        runs.append([p.detach() for p in ps] + [v for p in ps for v in opt.state[p].values() if v.dim()])
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)

@@ -23,7 +23,7 @@ from torch import Tensor
 def sign_momentum_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
                          param_avgs: list[Tensor] | None, steps: list[int], *, lr: float | Tensor,
                          beta1: float, beta2: float, gamma: float, weight_decay: float,
-                         decay: str, maximize: bool, foreach: bool) -> None:
+                         decay: str, maximize: bool, foreach: bool, fused: bool = False) -> None:
     """One FOCUS step (``param_avgs`` given) or Signum step (``param_avgs=None``, gamma unused).
 
     m   <- beta1 m + (1 - beta1) g                      (as a lerp)
@@ -33,9 +33,13 @@ def sign_momentum_update(params: list[Tensor], grads: list[Tensor], exp_avgs: li
     Signum: theta <- theta - lr (sign m + wd theta)
 
     The three terms are applied to theta one after the other (the same maths; rounding within float
-    tolerance of the one-expression form), which needs a single temporary per tensor.
+    tolerance of the one-expression form), which needs a single temporary per tensor.  ``fused``:
+    all of it in one pass per tensor on the CPU (focuslab.optim._fused), the same bits.
     """
-    fn = _multi_tensor if foreach else _single_tensor
+    if fused:  # one pass over each tensor, the same bits (focuslab.optim._fused)
+        from ._fused import step as fn
+    else:
+        fn = _multi_tensor if foreach else _single_tensor
     fn(params, grads, exp_avgs, param_avgs, steps, lr=lr, beta1=beta1, beta2=beta2, gamma=gamma,
        weight_decay=weight_decay, decay=decay, maximize=maximize)
 

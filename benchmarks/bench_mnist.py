@@ -10,8 +10,9 @@ batch sizes are interleaved, so a noisy spell on a shared machine hits them alik
 
 1. ms per training step of all K models (forward, backward, update) at batch sizes 8 and 512 for
    AdamW (torch's fused kernel, one instance per lr), and Signum and FOCUS fused (one instance over
-   all K models with per-row lrs, focuslab.optim) beside the way they ran before (one instance per
-   lr, "per lr"): the issue's target is signum and focus at most AdamW's at batch 8.
+   all K models with per-row lrs, each tensor updated in one pass: focuslab.optim) beside the way
+   they ran before (one instance per lr, the per-op update: "before"): the issue's target is signum
+   and focus at most AdamW's at batch 8.
 2. model-steps/s of the batched trainer against the one-at-a-time trainer (nn.Module + the same
    optimizer class), on the same models and minibatches.
 """
@@ -56,6 +57,7 @@ def main():
         torch.set_num_threads(args.threads)
     from focuslab.mnist.data import load_dataset
     from focuslab.mnist.steppers import Steppers
+    from focuslab.optim import _fused
     from focuslab.mnist.train import to_tensors, train_batched, train_one
 
     data = to_tensors(load_dataset("mnist-5k"))
@@ -63,25 +65,30 @@ def main():
     lrs = np.logspace(-4, 0, args.models // R)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(lrs) * R} models, {args.steps} steps; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    fused = Steppers._fused
-    configs = [("adamw", "adamw", True), ("signum", "signum", True), ("signum per lr", "signum", False),
-               ("focus", "focus", True), ("focus per lr", "focus", False)]
+    fused, usable = Steppers._fused, _fused.usable
+    configs = [("adamw", "adamw", True), ("signum", "signum", True), ("signum, before", "signum", False),
+               ("focus", "focus", True), ("focus, before", "focus", False)]
+
+    def setup(fuse: bool):  # before: one instance per lr, and the per-op update
+        Steppers._fused = fused if fuse else (lambda self, wd, device: False)
+        _fused.usable = usable if fuse else (lambda tensors: False)
+
     best = {(label, bs, k): math.inf for label, _, _ in configs for bs in batches for k in (1, 2)}
     modes = {}
     for label, opt, fuse in configs:  # warm-up every path
-        Steppers._fused = fused if fuse else (lambda self, wd, device: False)
+        setup(fuse)
         modes[label] = train_batched(data, opt, 8, lrs[:2], 1, 2)["stepping"].split(":")[0]
     load = [os.getloadavg()[0]]
     try:
         for _ in range(args.rounds):
             for bs in batches:
                 for label, opt, fuse in configs:
-                    Steppers._fused = fused if fuse else (lambda self, wd, device: False)
+                    setup(fuse)
                     for k, s in zip((1, 2), run_pair(lambda n: train_batched(data, opt, bs, lrs, R, n), args.steps)):
                         best[label, bs, k] = min(best[label, bs, k], s)
             load.append(os.getloadavg()[0])
     finally:
-        Steppers._fused = fused
+        setup(True)
     ms = {(label, bs): (best[label, bs, 2] - best[label, bs, 1]) / args.steps * 1e3 for label, _, _ in configs
           for bs in batches}  # the fastest 2n-step run minus the fastest n-step run
     print(f"\nms per training step of all {len(lrs) * R} models, fastest of {args.rounds} (load average "

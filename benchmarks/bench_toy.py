@@ -8,6 +8,7 @@
     python benchmarks/bench_toy.py --device torch-cpu               # the GPU code path on the CPU (a check)
     python benchmarks/bench_toy.py --plugins                        # any torch optimizer, beside native
     python benchmarks/bench_toy.py --plugins --default-scan         # ... and one on the default map, 2 cores
+    python benchmarks/bench_toy.py --modes                          # per-tensor optimizers: each mode, exactness
 
 One "step" is one optimizer update of one 2-D trajectory, including its share of the gradient-noise
 normals and the loss/metric bookkeeping.  The grid is 20 cells x 20 lrs x 50 replicates for 1000
@@ -308,6 +309,86 @@ def bench_plugins(rounds: int, specs, default_scan: bool, jobs: int):
                   "time, probe and start-up included)")
 
 
+#: The optimizers of issue 28's table (per-tensor rules, and element-wise ones it timed per tensor).
+MODES_SPECS = ("pytorch_optimizer.AdamP", "pytorch_optimizer.SGDSaI", "pytorch_optimizer.Muon:group.use_muon=True",
+               "pytorch_optimizer.Conda", "pytorch_optimizer.SPAM:foreach=True",
+               "pytorch_optimizer.StableSPAM:foreach=True", "pytorch_optimizer.SOAP", "pytorch_optimizer.Lamb",
+               "pytorch_optimizer.RAdam", "pytorch_optimizer.SophiaH", "pytorch_optimizer.AdaHessian",
+               "pytorch_optimizer.Adan", "pytorch_optimizer.Prodigy")
+
+
+def bench_modes(rounds: int, specs):
+    """Each optimizer in the mode its probe chose and in "tensors" mode (what a per-tensor rule ran
+    in before the vmapped mode), one core, interleaved, fastest of ``rounds``: ns per trajectory-
+    step of the steady state (the fastest run of 3s steps minus the fastest of s steps, so set-up,
+    the first step's state and the chunk's bookkeeping drop out), on one (lr, weight decay) run of
+    the default preset's chunk shape for the batched and vmapped modes (500 cells x 20 replicates =
+    10,000 trajectories) and on 512 trajectories for tensors and single.  Then, on a grid of its own
+    (3 cells x 2 lrs x 4 replicates, weight decay 0.1 and 0, 150 steps), whether the chosen mode
+    equals one instance per trajectory bit for bit (random draws made constant where it draws)."""
+    import torch
+
+    import contextlib
+
+    from focuslab.axes import cell_array
+    from focuslab.optimizers import parse_one
+    from focuslab.optimizers.probe import constant_randomness
+    from focuslab.toy import plugin
+    from focuslab.toy.plugin import Plan
+    from focuslab.toy.rng import trajectory_keys
+
+    torch.set_num_threads(1)
+
+    def problem(n_cells, reps):
+        cells = cell_array(sharpness=np.geomspace(0.1, 1000, n_cells), noise=np.linspace(0, 3, n_cells),
+                           weight_decay=0.1, phi=math.pi / 6, c=0.1)
+        return cells, np.array([1e-2]), trajectory_keys(0, cells, np.arange(reps))
+
+    big, small = problem(500, 20), problem(64, 8)
+    sizes = {"batched": (big, 10), "vmapped": (big, 10), "tensors": (small, 2), "single": (small, 2)}
+    entries, plans = [], {}
+    for spec in specs:
+        e = parse_one(spec)
+        t0 = time.perf_counter()
+        plans[e.label] = e.toy_plan(0.1, time_it=False)
+        print(f"  probed {e.label}: {plans[e.label].mode} in {time.perf_counter() - t0:.1f} s", flush=True)
+        entries.append(e)
+    modes = {e.label: list(dict.fromkeys([plans[e.label].mode, "tensors"])) for e in entries}
+    best = {(e.label, m, k): math.inf for e in entries for m in modes[e.label] for k in (1, 3)}
+    load = [os.getloadavg()[0]]
+    for _ in range(rounds):
+        for e in entries:
+            for m in modes[e.label]:
+                (cells, lrs, keys), s = sizes[m]
+                plan = Plan(**{**plans[e.label].to_dict(), "mode": m})
+                with np.errstate(all="ignore"):
+                    for k in (1, 3):
+                        t0 = time.perf_counter()
+                        plugin.run(e, plan, cells, lrs, keys, k * s, check_sentinels=False)
+                        best[e.label, m, k] = min(best[e.label, m, k], time.perf_counter() - t0)
+        load.append(os.getloadavg()[0])
+
+    def ns(label, m):  # the fastest 3s-step run minus the fastest s-step run, per trajectory-step
+        (cells, _, keys), s = sizes[m]
+        return (best[label, m, 3] - best[label, m, 1]) / (cells.shape[0] * keys.shape[1] * 2 * s) * 1e9
+
+    cells = cell_array(sharpness=[0.3, 30.0, 1000.0], noise=[0.0, 1.5, 3.0], weight_decay=[0.1, 0.0, 0.1],
+                       phi=math.pi / 6, c=[0.1, 1.0, 10.0])
+    keys, lrs = trajectory_keys(1, cells, np.arange(4)), np.array([1e-3, 3e-2])
+    print(f"\nvmapped mode, one core; steady-state ns per trajectory-step, fastest of {rounds}; load average "
+          f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores")
+    print(f"  {'optimizer':<44}{'mode':>9}{'ns (mode)':>11}{'ns (tensors)':>14}{'speed-up':>10}  exact vs one per trajectory")
+    for e in entries:
+        plan = plans[e.label]
+        with np.errstate(all="ignore"), constant_randomness() if plan.stochastic else contextlib.nullcontext():
+            got = plugin.run(e, plan, cells, lrs, keys, 150, check_sentinels=False)
+            want = plugin.run(e, Plan(**{**plan.to_dict(), "mode": "single"}), cells, lrs, keys, 150)
+        exact = ("bit for bit" if all(np.array_equal(got[k], want[k], equal_nan=True) for k in want) else "DIFFERS") \
+            + (" (its random draws made constant)" if plan.stochastic else "")
+        mine, tensors = ns(e.label, plan.mode), ns(e.label, "tensors")
+        print(f"  {e.label:<44}{plan.mode:>9}{mine:>11.0f}{tensors:>14.0f}{tensors / mine:>9.3g}x  {exact}")
+
+
 def steal_ticks() -> int | None:
     """The hypervisor's steal time so far (clock ticks, all CPUs), from /proc/stat (Linux)."""
     try:
@@ -356,6 +437,9 @@ def main():
                     help=f"time external torch optimizers on the toy beside native adam [{', '.join(PLUGINS)}]")
     ap.add_argument("--default-scan", action="store_true",
                     help="with --plugins: also scan the default preset with each plug-in (wall time, --jobs workers)")
+    ap.add_argument("--modes", nargs="*", default=None, metavar="SPEC",
+                    help="time per-tensor optimizers in their probed mode and in tensors mode, and check "
+                         "exactness [issue 28's table]")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -363,6 +447,9 @@ def main():
     if args.device:
         print(host_line())
         return bench_torch(args.device, args.fig2a, max(1, args.rounds // 3))
+    if args.modes is not None:
+        print(host_line())
+        return bench_modes(max(1, args.rounds // 3), args.modes or MODES_SPECS)
     if args.plugins is not None:
         print(host_line())
         return bench_plugins(max(1, args.rounds // 3), args.plugins or PLUGINS, args.default_scan, args.jobs)

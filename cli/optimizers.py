@@ -10,8 +10,9 @@ import click
 def optimizers(specs, zoo):
     """List the built-in optimizers with their settings and the sources of their defaults; with
     SPECs (e.g. pytorch_optimizer.AdamP, torch.optim.NAdam, file.py:MyOpt), resolve each and
-    probe how it runs on the toy (batched, per tensor or one instance per trajectory; closure;
-    Hessian-vector products; how it applies weight decay; speed)."""
+    probe how it runs on the toy (batched, vmapped, per tensor or one instance per trajectory, and
+    the mode a chunk falls back to; closure; Hessian-vector products; how it applies weight decay;
+    speed)."""
     from focuslab.optimizers import builtin_lines, parse_list
     from focuslab.optimizers.external import zoo_names
 

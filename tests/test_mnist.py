@@ -235,10 +235,11 @@ def _small_data():
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("opt, diagnostics", [("adamw", 4), ("focus", 0), ("pytorch_optimizer.AdamP", 0)])
+@pytest.mark.parametrize("opt, diagnostics", [("adamw", 4), ("focus", 0), ("pytorch_optimizer.AdamP", 0),
+                                              ("pytorch_optimizer.SGDSaI", 0)])
 def test_an_interrupted_unit_resumes_from_its_checkpoint_bit_for_bit(tmp_path, opt, diagnostics):
     """Ctrl-C inside a unit loses at most the checkpoint interval: the unit continues from its
-    checkpoint (parameters, optimizer states -- stacked or one instance per model --, BatchNorm
+    checkpoint (parameters, optimizer states -- fused, vmapped or one instance per model --, BatchNorm
     statistics, random state, curves, diagnostics) and ends with exactly an uninterrupted unit's
     numbers."""
     if "." in opt:

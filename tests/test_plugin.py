@@ -250,8 +250,11 @@ def _one_by_one(entry, cells, lrs, keys, steps):
 
 
 def test_probe_sorts_optimizers_by_what_they_couple(user_file):
-    assert probe(parse_one(f"{user_file}:TensorNorm"), time_it=False).mode == "tensors"
-    assert probe(parse_one(f"{user_file}:GlobalNorm"), time_it=False).mode == "single"
+    tensor_norm = probe(parse_one(f"{user_file}:TensorNorm"), time_it=False)
+    assert (tensor_norm.mode, tensor_norm.fallback) == ("vmapped", "tensors")
+    # one instance per trajectory under vmap is the definition itself; n tensors in one instance are not
+    global_norm = probe(parse_one(f"{user_file}:GlobalNorm"), time_it=False)
+    assert (global_norm.mode, global_norm.fallback) == ("vmapped", "single")
     assert probe(parse_one("torch.optim.AdamW"), time_it=False).mode == "batched"
     cells, lrs, keys = small_grid()
     for name in ("TensorNorm", "GlobalNorm"):

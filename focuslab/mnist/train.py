@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import FOLD_MIN_BATCH, BatchedMLP, MLP, init_params
-from .steppers import StateView, Steppers
+from .steppers import StateView, Steppers, StepFailed
 
 #: Diagnostics compute their minibatch gradients in one pass over stacked model copies when the
 #: batch is below FOLD_MIN_BATCH and there are at most this many copies: one model, 32 batches of
@@ -104,9 +104,28 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
     with the same ``checkpoint_key`` continues from it and ends with exactly the numbers of an
     uninterrupted run (tested), so an interrupted unit loses at most ``checkpoint_seconds`` of work.
     A checkpoint that cannot be written (a full disk) is said once on stderr and training goes on.
-    The caller removes the file once the unit's results are stored."""
+    The caller removes the file once the unit's results are stored.
+
+    An optimizer stepped under vmap (focuslab.mnist.steppers, "vmapped") whose step raises (its copies
+    disagree on a branch, say) may have left in-place updates half applied: the unit then trains
+    again from the start, one model per instance, from the same random state (``out["stepping"]``
+    says how the models were stepped, and why)."""
     if checkpoint_seconds is None:
         checkpoint_seconds = checkpoint_interval()
+    args = dict(locals())
+    rng = _get_rng(device)
+    try:
+        return _train_batched(**args)
+    except StepFailed as err:
+        _set_rng(rng, device)
+        out = _train_batched(**{**args, "checkpoint_key": f"{checkpoint_key}/per model"}, avoid_vmapped=True)
+        out["stepping"] = f"{out['stepping']} ({err})"
+        return out
+
+
+def _train_batched(data, optimizer, batch_size, lrs, replicates, steps, seed, weight_decay, device, dtype, eval_every,
+                   on_step, diagnostics_every, diagnostics_batches, diagnostics_reference, diagnostics_lrs, checkpoint,
+                   checkpoint_key, checkpoint_seconds, avoid_vmapped: bool = False) -> dict:
     entry = resolve_optimizer(optimizer)
     kind, opt = _kind(entry), dict(entry.settings)
     x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
@@ -116,7 +135,7 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
     inits = [initial_params(seed, r, dtype) for r in range(R)]
     model = BatchedMLP([inits[k % R] for k in range(K)], R, device=device)
     order = torch.stack([batch_indices(len(x_train), batch_size, steps, seed, r) for r in range(R)], 1)
-    steppers = Steppers(entry, model, lrs, R, weight_decay, device)
+    steppers = Steppers(entry, model, lrs, R, weight_decay, device, avoid_vmapped=avoid_vmapped)
     state = StateView(steppers)
     curves = []
     train_loss = torch.zeros(K, dtype=torch.float64, device=device)
@@ -182,7 +201,8 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
             "test_accuracy": test_acc.reshape(shape), "train_loss": train_loss.numpy().reshape(shape),
             "diverged": diverged.reshape(shape), "curves": curves,
             "diagnostics": diag.rows if diag else [], "diagnostics_seconds": diag.seconds if diag else 0.0,
-            "seconds": before + time.perf_counter() - began, "resumed_at": start}
+            "seconds": before + time.perf_counter() - began, "resumed_at": start,
+            "stepping": f"{steppers.mode}: {steppers.why}"}
 
 
 def batch_gradients(model: BatchedMLP, x: torch.Tensor, y: torch.Tensor, indices) -> list:

@@ -36,14 +36,23 @@ def _check(name, value, low, high=None, high_open=True):
 
 
 class _SignMomentum(Optimizer):
-    """Shared machinery: lazy state, validation, foreach/single-tensor dispatch."""
+    """Shared machinery: lazy state, validation, foreach/single-tensor dispatch, and stacked copies.
+
+    Stacked copies: a param group may hold ``lr_rows``, a 1-D tensor of K learning rates, in place
+    of one ``lr``: every parameter of the group is then K stacked copies along its first dimension
+    (the MNIST trainer's K models), and copy k steps with lr_rows[k] -- exactly as K instances
+    with one lr each would step them, in one operation per tensor for all K."""
 
     _uses_average = True
+    #: The group key ``lr_rows`` is understood (callers check this before relying on it).
+    ROW_LRS = True
 
-    def __init__(self, params, defaults, *, foreach, maximize, fp32_state):
+    def __init__(self, params, defaults, *, foreach, maximize, fp32_state, fused=None):
         _check("learning rate", defaults["lr"], 0.0)
         _check("weight_decay", defaults["weight_decay"], 0.0)
-        defaults.update(foreach=foreach, maximize=maximize, fp32_state=fp32_state)
+        if fused and foreach:
+            raise ValueError("fused and foreach are exclusive: choose one")
+        defaults.update(foreach=foreach, maximize=maximize, fp32_state=fp32_state, fused=fused)
         super().__init__(params, defaults)
 
     def _init_state(self, p, group):
@@ -74,16 +83,41 @@ class _SignMomentum(Optimizer):
                 steps.append(int(state["step"].item()))  # each param its own bias correction
             if not params:
                 continue
-            foreach = group["foreach"]
+            foreach, fused = group["foreach"], group.get("fused")
+            tensors = params + grads + exp_avgs + avgs
+            if fused is None:  # on the CPU: one pass per tensor where it gives the per-op path's bits
+                from ._fused import usable
+
+                fused = foreach is None and usable(tensors)
+            elif fused:
+                from ._fused import usable
+
+                if not usable(tensors):
+                    raise RuntimeError(f"{type(self).__name__}(fused=True) needs contiguous CPU float32/float64 "
+                                       "parameters and state of one dtype, and torch's AVX2 or AVX-512 kernels")
             if foreach is None:  # as torch.optim: multi-tensor on CUDA; on CPU the per-tensor loop
                 foreach = all(p.is_cuda for p in params)  # is faster (cache-sized temporaries)
             beta1, beta2 = self._betas(group)
             sign_momentum_update(params, grads, exp_avgs, avgs if self._uses_average else None, steps,
-                                 lr=float(group["lr"]), beta1=beta1, beta2=beta2,
+                                 lr=_rows(group, params), beta1=beta1, beta2=beta2,
                                  gamma=group.get("gamma", 0.0), weight_decay=group["weight_decay"],
                                  decay=group.get("decay", "theta"), maximize=group["maximize"],
-                                 foreach=foreach)
+                                 foreach=foreach, fused=fused)
         return loss
+
+
+def _rows(group: dict, params) -> float | torch.Tensor:
+    """The group's lr, or its per-row lrs (float64, one per stacked copy) checked against its params."""
+    rows = group.get("lr_rows")
+    if rows is None:
+        return float(group["lr"])
+    rows = torch.as_tensor(rows, dtype=torch.float64)
+    if rows.dim() != 1 or any(p.dim() == 0 or p.shape[0] != rows.numel() for p in params):
+        raise ValueError(f"lr_rows: {rows.numel()} learning rates, but the group's parameters have first "
+                         f"dimensions {sorted({p.shape[0] if p.dim() else 0 for p in params})}")
+    if bool((rows < 0).any()):
+        raise ValueError("lr_rows: learning rates must be >= 0")
+    return rows
 
 
 class FOCUS(_SignMomentum):
@@ -118,6 +152,9 @@ class FOCUS(_SignMomentum):
         decay: "average" (Algorithm 1, default) or "theta" (toy experiments).
         foreach: multi-tensor path (default: on when all params are on CUDA, as torch.optim does;
             on CPU the per-tensor loop is ~3x faster) or a per-tensor loop; identical results.
+        fused: the whole update in one pass per tensor on the CPU (focuslab.optim._fused; default:
+            wherever it gives the per-tensor loop's bits -- contiguous float32/float64 CPU tensors,
+            torch's AVX2/AVX-512 kernels -- unless foreach is set); identical results.
         maximize: ascend instead of descend.
         fp32_state: keep m and the parameter average in fp32 for bf16/fp16 parameters (default);
             False keeps them in the parameter dtype.
@@ -126,7 +163,7 @@ class FOCUS(_SignMomentum):
     """
 
     def __init__(self, params, lr=1e-2, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.0, *,
-                 decay="average", foreach=None, maximize=False, fp32_state=True):
+                 decay="average", foreach=None, maximize=False, fp32_state=True, fused=None):
         try:
             beta1, beta2 = betas
         except (TypeError, ValueError):
@@ -138,7 +175,7 @@ class FOCUS(_SignMomentum):
             raise ValueError(f"Invalid decay: {decay!r} (must be one of {', '.join(DECAYS)})")
         super().__init__(params, dict(lr=lr, betas=(beta1, beta2), gamma=gamma,
                                       weight_decay=weight_decay, decay=decay),
-                         foreach=foreach, maximize=maximize, fp32_state=fp32_state)
+                         foreach=foreach, maximize=maximize, fp32_state=fp32_state, fused=fused)
 
     @staticmethod
     def _betas(group):
@@ -159,10 +196,10 @@ class Signum(_SignMomentum):
     _uses_average = False
 
     def __init__(self, params, lr=1e-2, beta=0.9, weight_decay=0.0, *, foreach=None,
-                 maximize=False, fp32_state=True):
+                 maximize=False, fp32_state=True, fused=None):
         _check("beta", beta, 0.0, 1.0)
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay),
-                         foreach=foreach, maximize=maximize, fp32_state=fp32_state)
+                         foreach=foreach, maximize=maximize, fp32_state=fp32_state, fused=fused)
 
     @staticmethod
     def _betas(group):

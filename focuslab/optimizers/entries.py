@@ -14,7 +14,7 @@ the protocol                ``BuiltinEntry`` (focuslab's rules)   ``ExternalEntr
 ``warm``                    compile (or load) the kernel           nothing
 ``record``                  {}: the code is focuslab's own          target, origin (which code), group keys
 ``build_torch``             the built-in's torch optimizer          the class with the settings
-``stacking``                element-wise by construction            the MNIST probe (stacked copies)
+``stacking``                element-wise by construction            the MNIST probe (stacked, vmapped copies)
 ``check_one_gradient``      always fine                             refuses closures and Hessian-vector products
 ``check_origin``            always fine                             refuses a changed package or file
 ==========================  ====================================  ==========================================
@@ -112,10 +112,12 @@ class OptimizerEntry:
         ``simulator``: a focuslab.toy.torch_kernel.TorchSimulator to run on instead of the CPU."""
         raise NotImplementedError
 
-    def stacking(self, weight_decay: float = 0.0) -> tuple[bool, bool, bool, str]:
-        """(graph, stochastic, stacks, why) for the MNIST trainer: whether ``step()`` needs gradients
-        with their graph, draws random numbers, and steps stacked copies exactly as separate ones."""
-        return False, False, True, "built-in element-wise rule"
+    def stacking(self, weight_decay: float = 0.0) -> tuple[bool, bool, str, str]:
+        """(graph, stochastic, mode, why) for the MNIST trainer: whether ``step()`` needs gradients
+        with their graph, draws random numbers, and how it steps K models exactly as K separate
+        instances would: "stacked" (one instance over stacked copies), "vmapped" (its step under
+        vmap over stacked copies) or "per model" (focuslab.mnist.steppers)."""
+        return False, False, "stacked", "built-in element-wise rule"
 
     def check_one_gradient(self, where: str) -> None:
         """Refuse, in one line, an optimizer that needs more than one plain gradient per step."""
@@ -201,8 +203,11 @@ class ExternalEntry(OptimizerEntry):
         return takes_weight_decay(self.torch_class())
 
     def record(self) -> dict:
+        """Beyond its settings: which code (``origin``), and torch's version, since how the class runs
+        on the toy (its probed plan, recorded with the study) and its very numbers depend on torch:
+        a study resumed under another torch is refused, and a new one probes again."""
         return {"target": self.name, "origin": self.origin, "group": jsonable(self.group), "title": self.title,
-                "defaults": jsonable(self.defaults), "spec": self.spec}
+                "defaults": jsonable(self.defaults), "spec": self.spec, "torch": torch_version()}
 
     def build_torch(self, param_groups, lr: float, device: str = "cpu"):
         from . import external
@@ -235,15 +240,15 @@ class ExternalEntry(OptimizerEntry):
             plan = plugin.Plan(**plan)
         return plugin.run(self, plan, cells, lrs, keys, steps, report=report)
 
-    def stacking(self, weight_decay: float = 0.0) -> tuple[bool, bool, bool, str]:
+    def stacking(self, weight_decay: float = 0.0) -> tuple[bool, bool, str, str]:
         key = json.dumps([self.name, self.origin, jsonable(self.settings), jsonable(self.group), weight_decay],
                          sort_keys=True)
         if key not in _STACKING:
             _STACKING[key] = self._stacking(weight_decay)
         return _STACKING[key]
 
-    def _stacking(self, weight_decay: float) -> tuple[bool, bool, bool, str]:
-        from .probe import calling_convention, draws, stacks
+    def _stacking(self, weight_decay: float) -> tuple[bool, bool, str, str]:
+        from .probe import PROBE_STEPS, calling_convention, draws, settings_steps, stacks, vmaps
 
         def make(groups):
             return self.build_torch(groups, 1e-2)
@@ -253,8 +258,14 @@ class ExternalEntry(OptimizerEntry):
             raise FocuslabError(f"{self.label}: needs a closure (several gradient evaluations per step); the MNIST "
                                 "trainer computes one gradient per step, so it cannot train with it")
         stochastic = draws(make, graph, False)
-        ok, why = stacks(make, graph, False, stochastic, weight_decay)
-        return graph, stochastic, ok, why
+        steps = settings_steps(self, PROBE_STEPS)
+        ok, why = stacks(make, graph, False, stochastic, weight_decay, steps)
+        if ok:
+            return graph, stochastic, "stacked", why
+        if graph:
+            return graph, stochastic, "per model", f"{why}; gradients with their graph are not vmapped"
+        ok, also = vmaps(make, stochastic, weight_decay, steps)
+        return graph, stochastic, "vmapped" if ok else "per model", f"{why}; {also}"
 
     def check_one_gradient(self, where: str) -> None:
         from .probe import calling_convention
@@ -266,10 +277,22 @@ class ExternalEntry(OptimizerEntry):
 
     def describe(self, plan=None) -> str:
         p = plan if plan is not None else self.toy_plan()
-        how = [p.mode] + (["closure"] * p.closure) + (["Hessian-vector products"] * p.graph) + \
+        how = [p.mode + (f" (after an exception: {p.fallback})" if p.mode != "single" else "")] + \
+            (["closure"] * p.closure) + (["Hessian-vector products"] * p.graph) + \
             (["draws random numbers"] * p.stochastic)
         return (f"{self.label} [{self.origin}]: {', '.join(how)}; weight decay {p.decay}; "
-                f"~{p.ns_per_step:.0f} ns per trajectory-step on one core ({p.why})")
+                f"~{p.ns_per_step:.0f} ns per trajectory-step on one core ({p.why}; probed over "
+                f"{p.probe_steps} steps)")
+
+
+def torch_version() -> str:
+    """The installed torch's version ('2.13.0+cpu'), read without importing torch ('' if absent)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 _STACKING: dict = {}  # per process: the MNIST probe of each (optimizer, settings, weight decay)

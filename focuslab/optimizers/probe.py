@@ -11,6 +11,10 @@
 * ``stacks``: does one instance over tensors stacked along a new first dimension step exactly as
   one instance per slice would?  The batched MNIST trainer stacks the models of one learning rate
   that way when it does.
+* ``vmaps``: does the optimizer's own step under vmap over stacked copies
+  (focuslab.optim.vmapped.Stacked) step exactly as one instance per copy?  The MNIST trainer then
+  steps per-tensor rules that way.
+* ``settings_steps``: how many steps a probe needs to reach what an optimizer does every k steps.
 """
 from __future__ import annotations
 
@@ -19,6 +23,21 @@ import contextlib
 from ..errors import FocuslabError
 
 PROBE_STEPS = 30
+MAX_PROBE_STEPS = 1200
+#: Words in setting names that count steps (a period, a warm-up, a start).
+PERIODIC = ("step", "freq", "gap", "interval", "period", "every", "warmup", "epoch", "t_max", "delay",
+            "start", "update", "accu")
+
+
+def settings_steps(entry, base: int) -> int:
+    """``base``, or twice the longest step count among the optimizer's settings (defaults included)
+    plus two, up to MAX_PROBE_STEPS: what an optimizer does every k steps, or from step k on (SPAM's
+    clipping from ``grad_accu_steps``, its resets every ``update_proj_gap``, SOAP's QR every
+    ``precondition_frequency``), then happens inside a probe's reach."""
+    values = {**entry.defaults, **entry.settings, **getattr(entry, "group", {})}
+    periods = [v for k, v in values.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0
+               and any(word in k.lower() for word in PERIODIC)]
+    return int(min(MAX_PROBE_STEPS, max([base] + [2 * v + 2 for v in periods])))
 
 
 def first_error(err: BaseException) -> str:
@@ -112,6 +131,20 @@ class _Quadratic:
             return [p.detach() for p in groups[0]]
         return [torch.stack([ps[k].detach() for ps in groups]) for k in range(len(self.shapes))]
 
+    def run_vmapped(self, make, steps: int, wd: float = 0.0):
+        """As ``run`` for stacked copies, stepped by the optimizer's own step under vmap."""
+        from ..optim.vmapped import Stacked
+
+        ps = [x.clone() for x in self.start]
+        groups = [{"params": ps[:1], "weight_decay": wd}, {"params": ps[1:], "weight_decay": 0.0}] if wd else \
+            [{"params": ps, "weight_decay": 0.0}]
+        stacked = Stacked(make, groups)
+        for t in range(steps):
+            leaves = [p.detach().requires_grad_() for p in ps]  # the same storage, as leaves
+            self.set_grads(leaves, None, False, t)
+            stacked.step([leaf.grad for leaf in leaves])
+        return ps
+
 
 def calling_convention(make, where: str) -> tuple[bool, bool]:
     """(closure, graph): the first way ``step()`` runs, or a one-line refusal with the error."""
@@ -142,22 +175,45 @@ def draws(make, graph: bool, closure: bool) -> bool:
 
 
 def stacks(make, graph: bool = False, closure: bool = False, stochastic: bool = False,
-           wd: float = 0.1) -> tuple[bool, str]:
+           wd: float = 0.1, steps: int = PROBE_STEPS) -> tuple[bool, str]:
     """Whether one instance over stacked copies equals one instance per copy, bit for bit, over
-    PROBE_STEPS steps with weight decay ``wd`` on the matrices (and why not)."""
-    import torch
-
+    ``steps`` steps with weight decay ``wd`` on the matrices (and why not)."""
     prob = _Quadratic(3)
-    ctx = constant_randomness() if stochastic else contextlib.nullcontext()
+    return _against_separate(lambda: prob.run(make, True, graph, closure, steps, wd),
+                             lambda: prob.run(make, False, graph, closure, steps, wd), stochastic, "the stacked form",
+                             "stacked copies differ from separate ones",
+                             "element-wise: stacked copies equal separate ones bit for bit")
+
+
+def vmaps(make, stochastic: bool = False, wd: float = 0.1, steps: int = PROBE_STEPS) -> tuple[bool, str]:
+    """Whether the optimizer's step under vmap over stacked copies (focuslab.optim.vmapped.Stacked)
+    equals one instance per copy, bit for bit, over ``steps`` steps (and why not)."""
+    prob = _Quadratic(3)
+    return _against_separate(lambda: prob.run_vmapped(make, steps, wd),
+                             lambda: prob.run(make, False, False, False, steps, wd), stochastic, "the step under vmap",
+                             "the step under vmap differs from separate copies",
+                             "per-tensor: its step under vmap equals separate copies bit for bit")
+
+
+def _against_separate(together, apart, stochastic: bool, form: str, differs: str, equal: str) -> tuple[bool, str]:
+    """Run ``together()`` and ``apart()`` (random draws made constant for a stochastic optimizer) and
+    compare them bit for bit: (True, ``equal``) or (False, why not)."""
     try:
-        with ctx:
-            together = prob.run(make, True, graph, closure, PROBE_STEPS, wd)
-            apart = prob.run(make, False, graph, closure, PROBE_STEPS, wd)
+        with constant_randomness() if stochastic else contextlib.nullcontext():
+            x, y = together(), apart()
     except FocuslabError:
         raise
     except Exception as err:
-        return False, f"the stacked form fails ({first_error(err)})"
+        return False, f"{form} fails ({first_error(err)})"
+    differ = _differ(x, y, differs)
+    return (False, differ) if differ else (True, equal)
+
+
+def _differ(together, apart, what: str) -> str:
+    """'' where the copies agree bit for bit (NaNs in the same places), else what and by how much."""
+    import torch
+
     for x, y in zip(together, apart):
         if not (torch.equal(torch.isnan(x), torch.isnan(y)) and torch.equal(torch.nan_to_num(x), torch.nan_to_num(y))):
-            return False, f"stacked copies differ from separate ones (by up to {(x - y).abs().max().item():.3g})"
-    return True, "element-wise: stacked copies equal separate ones bit for bit"
+            return f"{what} (by up to {(x - y).abs().max().item():.3g})"
+    return ""

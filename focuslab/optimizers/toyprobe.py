@@ -1,12 +1,19 @@
 """How an external torch optimizer runs on the toy, found by running it (never assumed): the
-plug-in engine's mode (focuslab.toy.plugin: batched, tensors or single), whether ``step()`` needs
-a closure or a gradient with its graph, whether the optimizer draws random numbers itself, how it
-applies weight decay, and its speed.  ``ExternalEntry.toy_plan`` calls ``probe``.
+plug-in engine's mode (focuslab.toy.plugin: batched, vmapped, tensors or single), whether
+``step()`` needs a closure or a gradient with its graph, whether the optimizer draws random numbers
+itself, how it applies weight decay, and its speed.  ``ExternalEntry.toy_plan`` calls ``probe``.
 
-The mode is chosen only where a run on twelve trajectories of very different scales (below),
-100 steps, gives *bit for bit* the parameters that one optimizer instance per trajectory gives
-(the definition itself); the plug-in engine's sentinel trajectories keep checking that in every
-chunk of a real run.
+The mode is chosen only where a run on twelve trajectories of very different scales (below)
+gives *bit for bit* the parameters that one optimizer instance per trajectory gives (the
+definition itself); the plug-in engine's sentinel trajectories keep checking that in every chunk
+of a real run, and any exception in a chunk recomputes it in the plan's ``fallback``: the next
+mode of the ladder that the probe also found exact.
+
+The probe runs ``PROBE_STEPS`` steps, or more where the optimizer's settings name a period of its
+own (``update_proj_gap``, ``precondition_frequency``, ``grad_accu_steps``, ``warmup_epoch``, ...):
+twice the longest such period, up to 1200 (focuslab.optimizers.probe.settings_steps), so that what happens every k steps
+(SPAM's clipping from ``grad_accu_steps`` on, its moment resets every ``update_proj_gap`` steps,
+SOAP's QR every ``precondition_frequency`` steps) happens inside the probe's reach.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ import time
 import numpy as np
 
 from ..errors import FocuslabError
-from .probe import calling_convention, constant_randomness, first_error
+from .probe import calling_convention, constant_randomness, first_error, settings_steps
 
 PROBE_STEPS = 100
 #: Trajectories whose gradients differ by orders of magnitude (slope 1e-3 .. 1e3, noise 0 .. 2,
@@ -26,7 +33,18 @@ _PROBE_CELLS = [(1.0, 0.0, 1e-3), (100.0, 2.0, 1.0), (10.0, 1.0, 1e3), (1.0, 2.0
                 (0.1, 0.0, 10.0)]
 _PROBE_SPREAD = np.array([1.0] * 6 + [1e4] * 6)
 #: The modes tried after the definition ("single"), fastest first.
-LADDER = ("batched", "tensors")
+LADDER = ("batched", "vmapped", "tensors")
+_DIFFERS = {"batched": "one (n, 2) tensor differs from n instances",
+            "vmapped": "the step under vmap differs from n instances",
+            "tensors": "n (2,) tensors in one instance differ from n instances"}
+_EQUALS = {"batched": "element-wise: one (n, 2) tensor equals n one-trajectory instances bit for bit",
+           "vmapped": "per-tensor: its step under vmap equals n instances bit for bit",
+           "tensors": "per-tensor: n (2,) tensors in one instance equal n instances bit for bit"}
+
+
+def probe_steps(entry) -> int:
+    """PROBE_STEPS, or more where the optimizer's settings name a period (focuslab.optimizers.probe)."""
+    return settings_steps(entry, PROBE_STEPS)
 
 
 def _probe_problem(wd: float):
@@ -38,13 +56,14 @@ def _probe_problem(wd: float):
     return cells, trajectory_keys(12345, cells, np.arange(1))
 
 
-def _trial(entry, plan, cells, keys, lr: float, mode: str, seed: int = 0, constant_rng: bool = False) -> np.ndarray:
+def _trial(entry, plan, cells, keys, lr: float, mode: str, seed: int = 0, constant_rng: bool = False,
+           steps: int = PROBE_STEPS) -> np.ndarray:
     import contextlib
 
     from ..toy.plugin import trial
 
     with constant_randomness() if constant_rng else contextlib.nullcontext():
-        return trial(entry, plan, cells, keys, lr, PROBE_STEPS, mode, spread=_PROBE_SPREAD, seed=seed)
+        return trial(entry, plan, cells, keys, lr, steps, mode, spread=_PROBE_SPREAD, seed=seed)
 
 
 def probe(entry, weight_decay: float = 0.1, time_it: bool = True):
@@ -62,42 +81,55 @@ def probe(entry, weight_decay: float = 0.1, time_it: bool = True):
     with np.errstate(all="ignore"):
         closure, graph = calling_convention(lambda groups: entry.build_torch(groups, lr),
                                             f"{entry.label}: cannot run on the toy")
-    plan = Plan("single", closure, graph, False, "", "", math.nan)
+    steps = probe_steps(entry)
+    plan = Plan("single", closure, graph, False, "", "", math.nan, "single", steps)
     with np.errstate(all="ignore"):
         before = torch.get_rng_state()
         torch.manual_seed(0)
         state0 = torch.get_rng_state()
-        alone = _trial(entry, plan, cells, keys, lr, "single")
+        alone = _trial(entry, plan, cells, keys, lr, "single", steps=steps)
         torch.manual_seed(0)
-        _trial(entry, plan, cells, keys, lr, "single")
+        _trial(entry, plan, cells, keys, lr, "single", steps=min(steps, PROBE_STEPS))
         stochastic = not torch.equal(torch.get_rng_state(), state0)  # the generator moved: it draws
         torch.set_rng_state(before)
         if stochastic:
-            alone = _trial(entry, plan, cells, keys, lr, "single", constant_rng=True)
-        mode, why = "single", ""
+            alone = _trial(entry, plan, cells, keys, lr, "single", constant_rng=True, steps=steps)
+        exact, notes = [], []
         for candidate in LADDER:
-            try:
-                got = _trial(entry, plan, cells, keys, lr, candidate, constant_rng=stochastic)
-            except FocuslabError:
-                raise
-            except Exception as err:
-                why += f"{candidate} fails ({first_error(err)}); "
-                continue
-            if np.array_equal(got, alone, equal_nan=True):
-                mode = candidate
-                break
-            why += f"{'one (n, 2) tensor differs' if candidate == 'batched' else 'n (2,) tensors in one instance differ'} " \
-                   f"from n instances (by up to {np.nanmax(np.abs(got - alone)):.3g}); "
-        why = why.rstrip("; ")
-        if mode == "batched":
-            why = "element-wise: one (n, 2) tensor equals n one-trajectory instances bit for bit"
-        elif mode == "tensors":
-            why = f"per-tensor: {why}; n (2,) tensors in one instance equal n instances bit for bit"
-    plan = Plan(**{**plan.to_dict(), "mode": mode, "stochastic": stochastic, "why": why,
+            ok, note = _compare(entry, plan, cells, keys, lr, candidate, stochastic, steps, alone)
+            if ok:
+                exact.append(candidate)
+                if len(exact) == 2:  # the mode and its fallback
+                    break
+            else:
+                notes.append(note)
+        mode = exact[0] if exact else "single"
+        fallback = exact[1] if len(exact) > 1 else "single"
+        failed = notes[:LADDER.index(mode)] if mode != "single" else notes
+        if mode in _EQUALS:  # what failed above it, then what it passed
+            failed.append(_EQUALS[mode] if not failed else _EQUALS[mode].split(": ", 1)[1])
+        why = "; ".join(failed)
+    plan = Plan(**{**plan.to_dict(), "mode": mode, "fallback": fallback, "stochastic": stochastic, "why": why,
                    "decay": decay_kind(entry, plan) if wd_ok else "none"})
     if time_it:
         plan = Plan(**{**plan.to_dict(), "ns_per_step": speed(entry, plan, wd)})
     return plan
+
+
+def _compare(entry, plan, cells, keys, lr, mode: str, stochastic: bool, steps: int, alone) -> tuple[bool, str]:
+    """(True, "") where ``mode`` gives ``alone`` (one instance per trajectory) bit for bit, else
+    (False, why not)."""
+    try:
+        got = _trial(entry, plan, cells, keys, lr, mode, constant_rng=stochastic, steps=steps)
+    except FocuslabError:
+        raise
+    except Exception as err:
+        return False, f"{mode} fails ({first_error(err)})"
+    if np.array_equal(got, alone, equal_nan=True):
+        return True, ""
+    with np.errstate(all="ignore"):
+        gap = np.nanmax(np.abs(got - alone)) if np.isfinite(got).any() else math.nan
+    return False, f"{_DIFFERS[mode]} (by up to {gap:.3g})"
 
 
 def decay_kind(entry, plan) -> str:
@@ -151,7 +183,7 @@ def speed(entry, plan, wd: float) -> float:
     from ..toy.plugin import run
     from ..toy.rng import trajectory_keys
 
-    n, steps = {"batched": (16384, 10), "tensors": (512, 5), "single": (128, 5)}[plan.mode]
+    n, steps = {"batched": (16384, 10), "vmapped": (8192, 5), "tensors": (512, 5), "single": (128, 5)}[plan.mode]
     cells = cell_array(sharpness=np.geomspace(0.1, 1000, n // 16), noise=1.0, weight_decay=wd, phi=math.pi / 6, c=0.1)
     keys = trajectory_keys(0, cells, np.arange(16))
     with np.errstate(all="ignore"):

@@ -9,7 +9,8 @@ the divergence rule.  So on the same grid a plug-in and a built-in see the very 
 and ``torch.optim.AdamW`` on the toy reproduces the native ``adam`` (tests/test_plugin.py).
 
 How an optimizer runs is settled before any work by focuslab.optimizers.toyprobe (which runs
-this engine's ``trial`` in each mode and compares the results bit for bit), never assumed:
+this engine's ``trial`` in each mode and compares the results bit for bit), never assumed; the
+modes, fastest first:
 
 * **batched** -- all trajectories of one (weight decay, lr) pair are the rows of ONE (n, 2)
   parameter of one optimizer instance.  Chosen only when a probe run of the optimizer on six
@@ -17,7 +18,11 @@ this engine's ``trial`` in each mode and compares the results bit for bit), neve
   separate instances with one (2,)-shaped parameter each give: element-wise rules (Adam,
   AdaBelief, Lion, RAdam, ...).  Each chunk also carries two *sentinel* trajectories stepped as
   separate instances beside the batch; if one ever differs from its batched row (a coupling the
-  probe's 100 steps did not reach), the chunk is recomputed one trajectory per instance.
+  probe's 100 steps did not reach), the chunk is recomputed in the plan's ``fallback`` mode.
+* **vmapped** -- one instance per (weight decay, lr) pair whose own ``step()`` runs under
+  ``torch.func.vmap`` over the pair's trajectories, each a (2,)-shaped parameter
+  (focuslab.toy.vmapped): per-tensor rules (AdamP, SGD-SaI, Muon, Conda, SOAP, Lamb, ...) at
+  hundreds of ns per trajectory-step instead of tens of µs.  Sentinels as in batched mode.
 * **tensors** -- one instance per (weight decay, lr) pair holding n (2,)-shaped parameters, one per
   trajectory: for rules with per-tensor reductions (SGD-SaI's SNR, Muon's orthogonalisation,
   Conda's projections), when the probe finds that n tensors in one instance step exactly as n
@@ -38,6 +43,11 @@ this engine's ``trial`` in each mode and compares the results bit for bit), neve
   from the chunk's keys, so a scan repeats exactly for its config; unlike the noise streams,
   these draws depend on the chunk layout (which the config fixes).
 
+Any exception in a chunk (an optimizer's data-dependent branch that splits the trajectories of a
+vmapped run, say) recomputes the whole chunk in the plan's ``fallback`` mode -- the next mode down
+that the probe also found exact -- since a failed step may have left in-place updates half
+applied.
+
 Weight decay: the cell's omega is the optimizer's ``weight_decay`` argument; the probe reports
 whether the class decays decoupled (theta <- theta - lr * omega * theta, as AdamW) or otherwise
 (L2 added to the gradient, as torch.optim.Adam), and an optimizer without ``weight_decay`` refuses
@@ -46,142 +56,32 @@ a map with omega > 0.
 from __future__ import annotations
 
 import math
-import types
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
-from numba import njit
 
 from ..errors import FocuslabError
 from . import landscape
-from .landscape import INIT_SCALE
-from .rng import normal_pair
+from .plugin_kernels import (COS, NOISE, SHARP, SIN, SLOPE, _init, _losses, _noise_factor, _noise_factor_direct,
+                             _noisy_grad, _noisy_grad_direct, _pairs, _track)
 
 SENTINELS = 2
 QUERY = 1 << 40  # the k-th gradient query of step t uses pair t + k * QUERY
 BLOCK = 1024  # trajectories held at once in single mode
 
-def _sources_fingerprint() -> str:
-    import hashlib
-
-    here = Path(__file__).parent
-    h = hashlib.sha256()
-    for name in ("landscape.py", "rng.py", "plugin.py"):
-        h.update((here / name).read_bytes())
-    return h.hexdigest()[:10]
-
-
-_FINGERPRINT = _sources_fingerprint()
-
-
-def _jit(fn):
-    """``njit(cache=True, nogil=True)`` under a name that carries the hash of the sources it
-    compiles in (the landscape, the noise law, the generator, this file): numba's disk cache checks
-    only the function's own file, so an edit to the landscape would otherwise load stale code."""
-    clone = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_{_FINGERPRINT}")
-    clone.__qualname__ = clone.__name__
-    clone.__doc__ = fn.__doc__
-    return njit(cache=True, nogil=True)(clone)
-
-
-_rotate = njit(inline="always")(landscape.rotate)
-_loss_uv = njit(inline="always")(landscape.loss_uv)
-_grad_theta = njit(inline="always")(landscape.grad_theta)
-_noise_factor_of = njit(inline="always")(landscape.noise_factor)
-# cell parameter columns of ``cellp``
-SHARP, NOISE, SLOPE, COS, SIN = range(5)
-
-
-@_jit
-def _pairs(keys, n, z):
-    """z[i] = pair n of stream keys[i]."""
-    for i in range(keys.shape[0]):
-        z[i, 0], z[i, 1] = normal_pair(keys[i], n)
-
-
-@_jit
-def _init(theta, lane_pair, z):
-    for j in range(theta.shape[0]):
-        p = lane_pair[j]
-        theta[j, 0] = INIT_SCALE * z[p, 0]
-        theta[j, 1] = INIT_SCALE * z[p, 1]
-
-
-@_jit
-def _noisy_grad(theta, grad, lane_cell, lane_pair, cellp, z):
-    """The kernel's stochastic gradient, in its order of operations."""
-    for j in range(theta.shape[0]):
-        c = lane_cell[j]
-        co, si = cellp[c, COS], cellp[c, SIN]
-        u, v = _rotate(theta[j, 0], theta[j, 1], co, si)
-        g1, g2 = _grad_theta(u, v, cellp[c, SHARP], cellp[c, SLOPE], co, si)
-        p = lane_pair[j]
-        grad[j, 0] = g1 * _noise_factor_of(cellp[c, NOISE], z[p, 0])
-        grad[j, 1] = g2 * _noise_factor_of(cellp[c, NOISE], z[p, 1])
-
-
-@_jit
-def _noisy_grad_direct(theta, grad, lane_cell, lane_pair, cellp, pair_keys, n):
-    """As _noisy_grad, drawing pair n of each lane's stream itself (closure queries)."""
-    for j in range(theta.shape[0]):
-        c = lane_cell[j]
-        co, si = cellp[c, COS], cellp[c, SIN]
-        u, v = _rotate(theta[j, 0], theta[j, 1], co, si)
-        g1, g2 = _grad_theta(u, v, cellp[c, SHARP], cellp[c, SLOPE], co, si)
-        z1, z2 = normal_pair(pair_keys[lane_pair[j]], n)
-        grad[j, 0] = g1 * _noise_factor_of(cellp[c, NOISE], z1)
-        grad[j, 1] = g2 * _noise_factor_of(cellp[c, NOISE], z2)
-
-
-@_jit
-def _noise_factor_direct(xi, lane_cell, lane_pair, cellp, pair_keys, n):
-    for j in range(xi.shape[0]):
-        c = lane_cell[j]
-        z1, z2 = normal_pair(pair_keys[lane_pair[j]], n)
-        xi[j, 0] = _noise_factor_of(cellp[c, NOISE], z1)
-        xi[j, 1] = _noise_factor_of(cellp[c, NOISE], z2)
-
-
-@_jit
-def _noise_factor(xi, lane_cell, lane_pair, cellp, z):
-    for j in range(xi.shape[0]):
-        c, p = lane_cell[j], lane_pair[j]
-        xi[j, 0] = _noise_factor_of(cellp[c, NOISE], z[p, 0])
-        xi[j, 1] = _noise_factor_of(cellp[c, NOISE], z[p, 1])
-
-
-@_jit
-def _track(theta, lane_cell, cellp, lmin, umax, ok):
-    """The kernel's running metrics after a step: min loss, max u, and NaN/inf loss = divergence."""
-    for j in range(theta.shape[0]):
-        c = lane_cell[j]
-        u, v = _rotate(theta[j, 0], theta[j, 1], cellp[c, COS], cellp[c, SIN])
-        L = _loss_uv(u, v, cellp[c, SHARP], cellp[c, SLOPE])
-        lmin[j] = min(L, lmin[j])
-        umax[j] = max(u, umax[j])
-        ok[j] = ok[j] if L - L == 0.0 else 0.0
-
-
-@_jit
-def _losses(theta, lane_cell, cellp, out):
-    for j in range(theta.shape[0]):
-        c = lane_cell[j]
-        u, v = _rotate(theta[j, 0], theta[j, 1], cellp[c, COS], cellp[c, SIN])
-        out[j] = _loss_uv(u, v, cellp[c, SHARP], cellp[c, SLOPE])
-
-
 @dataclass(frozen=True)
 class Plan:
     """How an external optimizer runs on the toy (``probe``'s findings)."""
 
-    mode: str  # "batched" or "single"
+    mode: str  # "batched", "vmapped", "tensors" or "single"
     closure: bool  # step(closure) with gradient queries
     graph: bool  # p.grad carries its graph (Hessian-vector products)
     stochastic: bool  # draws random numbers itself
     decay: str  # "decoupled", "L2", "other", or "none" (no weight_decay argument)
     why: str  # why single (or "element-wise")
     ns_per_step: float  # one worker, per trajectory-step, measured by the probe
+    fallback: str = "single"  # the next exact mode down: where a chunk goes after an exception
+    probe_steps: int = 100  # how many steps the probe compared
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -239,7 +139,8 @@ class _Problem:
 class _Lanes:
     """Parameters, gradients and running metrics of a set of lanes in one storage, with the
     optimizer instances that step them: "batched", one instance per (wd, lr) run of lanes holding
-    one (n, 2) parameter; "tensors", one instance per run holding n (2,) parameters; "single",
+    one (n, 2) parameter; "vmapped", one instance per run stepping its lanes under vmap
+    (focuslab.toy.vmapped); "tensors", one instance per run holding n (2,) parameters; "single",
     one instance per lane.  Every parameter is a view of the storage ``X``, every gradient a view
     of ``G``, so numba reads and writes all lanes at once."""
 
@@ -265,7 +166,12 @@ class _Lanes:
         else:  # runs of equal (wd, lr): contiguous by construction of the lane order
             cuts = [0] + [i for i in range(1, n) if lr[i] != lr[i - 1] or wd[i] != wd[i - 1]] + [n]
             runs = list(zip(cuts[:-1], cuts[1:]))
-        self.slices, self.params, self.opts = [], [], []
+        self.slices, self.params, self.opts, self.vm = [], [], [], None
+        if mode == "vmapped":
+            from .vmapped import VmappedRuns
+
+            self.slices, runs = runs, []
+            self.vm = VmappedRuns(entry, self, self.slices, lr, wd)
         for a, b in runs:
             if mode == "batched":
                 ps = [torch.nn.Parameter(self.X[a:b], requires_grad=True)]
@@ -301,6 +207,8 @@ class _Lanes:
             p.grad = g * f.view_as(g)
 
     def _attach(self, k: int):
+        if self.vm is not None:  # vmapped runs read the storage G itself
+            return
         for p, want in zip(self.params[k], self._views(k, self.G)):
             if p.grad is None or p.grad.data_ptr() != want.data_ptr() or p.grad.shape != want.shape:
                 p.grad = want
@@ -330,7 +238,9 @@ class _Lanes:
     # stepping ----------------------------------------------------------------------------------
     def step(self, t: int, z_for):
         """Step t of every lane; ``z_for(n)`` gives the pairs of draw number n for all streams."""
-        if self.plan.closure:
+        if self.vm is not None:
+            self.vm.step(self, t, z_for)
+        elif self.plan.closure:
             for k, opt in enumerate(self.opts):
                 opt.step(self._closure(k, t))
         else:
@@ -369,6 +279,8 @@ class _Lanes:
         final = np.empty(n)
         _losses(self.x, self.cell, self.prob.cellp, final)
         finite = np.isfinite(self.x).all(axis=1)
+        if self.vm is not None:
+            self.vm.finite(finite)
         for k, (ps, opt) in enumerate(zip(self.params, self.opts)):
             a, b = self.slices[k]
             rows = [slice(a, b)] if self.mode == "batched" else [slice(i, i + 1) for i in range(a, b)]
@@ -414,29 +326,37 @@ def run(entry, plan: Plan, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
     z_for = _streams(prob)
     z0 = z_for(0).copy()
     lanes = np.arange(prob.n)
-    blocks = [lanes] if plan.mode == "batched" else [lanes[i:i + BLOCK] for i in range(0, prob.n, BLOCK)]
+    whole = plan.mode in ("batched", "vmapped")  # one storage for the chunk; else blocks of BLOCK lanes
+    blocks = [lanes] if whole else [lanes[i:i + BLOCK] for i in range(0, prob.n, BLOCK)]
     results = []
     for b, block in enumerate(blocks):
-        main = _Lanes(entry, plan, prob, block, plan.mode, z0)
-        sentinel = None
-        if plan.mode != "single" and check_sentinels and not plan.stochastic:
-            picks = np.unique(block[[0, -1]])[:SENTINELS]
-            sentinel = (picks, _Lanes(entry, plan, prob, picks, "single", z0))
-        for t in range(1, steps + 1):
-            main.step(t, z_for)
-            if sentinel is not None:
-                sentinel[1].step(t, z_for)
-            if report is not None:
-                report((b + t / steps) / len(blocks))
+        try:
+            main = _Lanes(entry, plan, prob, block, plan.mode, z0)
+            sentinel = None
+            if plan.mode != "single" and check_sentinels and not plan.stochastic:
+                picks = _sentinels(main, block, plan.mode)
+                sentinel = (picks, _Lanes(entry, plan, prob, picks, "single", z0))
+            for t in range(1, steps + 1):
+                main.step(t, z_for)
+                if sentinel is not None:
+                    sentinel[1].step(t, z_for)
+                if report is not None:
+                    report((b + t / steps) / len(blocks))
+        except FocuslabError:
+            raise
+        except Exception as err:
+            if plan.mode == "single":
+                raise
+            # a failed step may have left in-place updates half applied: the whole chunk again, one mode down
+            return _again(entry, plan, cells, lrs, keys, steps, report,
+                          f"an exception in {plan.mode} mode ({_first_line(err)})")
         if sentinel is not None:
             picks, lanes_s = sentinel
             rows = np.searchsorted(block, picks)
             if not np.array_equal(main.x[rows], lanes_s.x, equal_nan=True):
-                # a coupling the probe did not reach: recompute this chunk one trajectory per instance
-                return run(entry, Plan(**{**plan.to_dict(), "mode": "single",
-                                          "why": f"{plan.why}; but a sentinel trajectory differed from its "
-                                                 f"{plan.mode} row in a run"}),
-                           cells, lrs, keys, steps, report=report)
+                # a coupling the probe did not reach: recompute this chunk one mode down
+                return _again(entry, plan, cells, lrs, keys, steps, report,
+                              f"a sentinel trajectory differed from its {plan.mode} row")
         results.append((block, main.finish()))
     shape = (cells.shape[0], len(prob.lrs), keys.shape[1])
     out = {name: np.empty(shape) for name in ("final_loss", "min_loss", "progress")}
@@ -449,11 +369,37 @@ def run(entry, plan: Plan, cells: np.ndarray, lrs: np.ndarray, keys: np.ndarray,
     return out
 
 
+def _sentinels(main, block: np.ndarray, mode: str) -> np.ndarray:
+    """The lanes stepped again as separate instances: the block's first and last, and in vmapped
+    mode the first lane of (weight decay, lr) runs too (a branch taken at some lrs only), one per
+    1000 lanes of the block at most (a sentinel costs what one trajectory costs in single mode)."""
+    ends = block[[0, -1]]
+    if mode == "vmapped":
+        firsts = [a for a, _ in main.slices]
+        keep = max(0, len(block) // 1000 - 2)
+        firsts = [firsts[i] for i in np.linspace(0, len(firsts) - 1, min(keep, len(firsts))).astype(int)]
+        ends = np.concatenate([ends, block[firsts]]) if firsts else ends
+    return np.unique(ends)
+
+
+def _again(entry, plan: Plan, cells, lrs, keys, steps, report, why: str) -> dict:
+    """The chunk recomputed in the plan's fallback mode (and, failing that, the one below it)."""
+    down = plan.fallback if plan.fallback != plan.mode else "single"
+    return run(entry, Plan(**{**plan.to_dict(), "mode": down, "fallback": "single",
+                              "why": f"{plan.why}; but {why} in a run: recomputed in {down} mode"}),
+               cells, lrs, keys, steps, report=report)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".strip()
+
+
 # --- one mode on given lanes (what the probe compares) -----------------------------------------
 def trial(entry, plan: Plan, cells: np.ndarray, keys: np.ndarray, lr: float, steps: int, mode: str,
           spread: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
     """The parameters after ``steps`` steps of every trajectory of ``cells`` x ``keys`` at one
-    ``lr``, run in ``mode`` ("batched", "tensors" or "single"), torch's generator seeded with
+    ``lr``, run in ``mode`` ("batched", "vmapped", "tensors" or "single"), torch's generator seeded with
     ``seed``; ``spread`` scales the initial points (trajectories of very different sizes)."""
     torch = _torch()
     prob = _Problem(cells, np.array([lr]), keys)

@@ -359,7 +359,11 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
                 f"{geo.name(o)} {100 * wins.get(o, 0) / n:.1f}%" for o in opts) +
                 f"  tied {100 * counts.get('tied', 0):.1f}%  undecided {100 * counts.get('undecided', 0):.1f}%"
                 f"  diverged {100 * counts.get('diverged', 0):.1f}%")
-    elif len(geo.scanned) == 1:
+    if (meta.get("config") or {}).get("tuning"):
+        from .tuning import plot_tuned
+
+        summary.extend(plot_tuned(directory, meta, best, geo, opts, significance, emit))
+    if len(geo.scanned) == 1:
         axis = geo.scanned[0]
         emit(line_figure(best, opts, axis, geo.log[axis],
                          "Best mean final loss at best lr", geo.name)[0], "best_loss")

@@ -27,28 +27,16 @@ def refine(results_dir, **values):
     every other optimizer by more than the margin, ties within it, false discovery rate controlled
     over the map.  Writes decisions.parquet, refine/lrs.parquet and replicates.parquet beside the
     scan; `focuslab plot` draws them."""
-    from focuslab.errors import FocuslabError
-    from focuslab.refine import run_refine
-    from focuslab.scan import parse_shard
+    from focuslab.refine import describe_plan, plan_refine, run_refine, summary_line
 
     values = given(values)
-    run = with_defaults({**split(values, RefineRun), **split(values, Common)}, RefineRun)
-    jobs, quiet = run.get("jobs"), run.get("quiet", False)
-    if jobs is not None and jobs < 1:
-        raise FocuslabError(f"--jobs: must be >= 1, got {jobs}")
-    params = RefineParams(**split(values, RefineParams)).validate()
-    shard_kn = parse_shard(run["shard"]) if run["shard"] else None
-    say(f"focuslab refine: refining the scan in {results_dir}", quiet)
-    info = run_refine(results_dir, params, jobs=jobs, progress=not quiet, shard=shard_kn, force=run["force"])
-    if info.get("already_complete"):
-        say(f"{results_dir}: already refined with these settings; nothing to do (`focuslab plot {results_dir}`)", quiet)
+    run = RefineRun(**with_defaults(split(values, RefineRun), RefineRun))
+    common = split(values, Common)
+    params = RefineParams(**split(values, RefineParams))
+    jobs, quiet = common.get("jobs"), common.get("quiet", False)
+    if run.dry_run:
+        click.echo(describe_plan(plan_refine(results_dir, params, run, jobs=jobs)))
         return
-    if shard_kn:
-        say(f"{results_dir}: shard {shard_kn[0]}/{shard_kn[1]} refined ({info['steps_computed']:.3g} steps in "
-            f"{info['wall_seconds']:.1f} s); run `focuslab refine {results_dir}` once all shards are done", quiet)
-        return
-    f = info["fractions"]
-    say(f"{results_dir}: decisions.parquet, replicates.parquet ({info['cells']} cells: winner {100 * f['winner']:.1f}%, "
-        f"tied {100 * f['tied']:.1f}%, undecided {100 * f['undecided']:.1f}%, diverged {100 * f['diverged']:.1f}%; "
-        f"{info['steps_computed']:.3g} steps in {info['wall_seconds']:.1f} s; looks at {info['looks']} "
-        f"estimation replicates)", quiet)
+    info = run_refine(results_dir, params, run=run, jobs=jobs, progress=not quiet,
+                      announce=lambda line: say(line, quiet))
+    say(summary_line(results_dir, info), quiet)

@@ -6,10 +6,12 @@ Layers, low to high (docs/ARCHITECTURE.md):
      no optimizer by name)
   2  config, optimizers (the spec grammar, the definitions, the one optimizer interface over the
      engines), results, runner, phase (the store, reductions)
-  3  scan, refine, mnist, gpt2, diagnostics, slurm, selftest (studies)
+  3  scan, refine (a package), mnist, gpt2, diagnostics, slurm, selftest (studies)
   4  plot (figures from results)
   5  cli (the command tree, installed as focuslab.cli), focuslab.__main__
-A module may import its own layer or lower ones, never a higher one.
+A module may import its own layer or lower ones, never a higher one.  Inside the refine package the
+same holds for its rooms, in the order REFINE_ROOMS (statistics lowest, run highest), and no room
+holds more than REFINE_MAX_LINES lines.
 """
 import ast
 from pathlib import Path
@@ -113,3 +115,29 @@ def test_no_import_cycle():
         if v not in index:
             visit(v)
     assert not cycles, cycles
+
+
+#: focuslab.refine's rooms, low to high: a room imports only rooms before it.  The race sees its
+#: candidates only through the lattice, and the simulator only through the samplers.
+REFINE_ROOMS = ["statistics", "settings", "lattice", "evidence", "procedure", "samplers", "tables", "plan", "run"]
+REFINE_MAX_LINES = 500
+
+
+def test_the_refine_package_imports_downward_room_by_room():
+    graph = _graph()
+    rank = {f"focuslab.refine.{room}": i for i, room in enumerate(REFINE_ROOMS)}
+    assert set(rank) | {"focuslab.refine"} == {m for m in graph if m == "focuslab.refine" or
+                                               m.startswith("focuslab.refine.")}, "name new rooms in REFINE_ROOMS"
+    bad = [(m, t) for m in rank for t in graph[m] if t in rank and rank[t] >= rank[m]]
+    assert not bad, "\n".join(f"{m} imports {t}, a room at or above it" for m, t in bad)
+    assert not [m for m in rank if "focuslab.refine" in graph[m]], "a room imports the package's __init__"
+    # the procedure and the lattice know nothing of files, tables or the simulator
+    for room in ("statistics", "settings", "lattice", "evidence", "procedure"):
+        outside = {t for t in graph[f"focuslab.refine.{room}"] if not t.startswith("focuslab.refine")}
+        assert outside <= {"focuslab", "focuslab.errors", "focuslab.options"}, (room, outside)
+
+
+def test_no_refine_room_is_over_the_limit():
+    long = {p.name: n for p in (ROOT / "focuslab" / "refine").glob("*.py")
+            if (n := len(p.read_text().splitlines())) > REFINE_MAX_LINES}
+    assert not long, long

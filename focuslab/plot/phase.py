@@ -337,9 +337,9 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
         decisions_path = directory / "decisions.parquet"
         refine = meta.get("refine") or {}
         if decisions_path.exists() and refine.get("status") == "complete":
-            from ..results import read_parquet
+            from ..refine import read_decisions
 
-            decisions = read_parquet(decisions_path)
+            decisions = read_decisions(directory, refine)
             prm = refine["params"]
             margin, fdr, top = prm["equivalence"], prm["fdr"], prm["max_replicates"]
             how = f"BH FDR {fdr:g}, margin {100 * margin:g}%, up to {top} estimation replicates per lr"
@@ -349,9 +349,10 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
                                  top)[0], "phase_decisive")
             emit(lead_figure(decisions, geo, margin, "Leader's lead over the runner-up at the selected lrs\n"
                              f"(white line: the {100 * margin:g} % margin)")[0], "lead")
-            emit(heatmap_figure(geo.grid(decisions, "replicates").astype(float), geo,
-                                "Fresh replicates per raced lr (selection + estimation)", "replicates", log=True)[0],
-                 "replicates_used")
+            if (decisions["replicates"] > 0).any():  # none where every optimizer diverged everywhere
+                emit(heatmap_figure(geo.grid(decisions, "replicates").astype(float), geo,
+                                    "Fresh replicates per raced lr (selection + estimation)", "replicates",
+                                    log=True)[0], "replicates_used")
             counts = decisions["outcome"].value_counts(normalize=True)
             wins = decisions[decisions["outcome"] == "winner"]["winner"].value_counts(normalize=False)
             n = len(decisions)

@@ -233,3 +233,74 @@ def test_a_tuned_scan_resumes_and_merges_its_shards_to_the_same_tables(tmp_path)
                                       check_exact=True)
     meta = json.loads((tmp_path / "w" / "scan.json").read_text())
     assert meta["config"]["tuning"]["spaces"]["adam"]["beta1"]["values"] == [0.8, 0.99]
+
+
+# --- refine races trials ---------------------------------------------------------------------------
+def test_refine_races_a_tuned_optimizers_trials_on_fresh_replicates_of_their_settings(tmp_path):
+    from focuslab.config import build_scan_config as build
+    from focuslab.toy.rng import trajectory_keys
+
+    out = tmp_path / "r"
+    runs = _scan(["--optimizers", "adam,signum", "--tune", "adam.beta1=0.5,0.9,0.99", "--budget", "6",
+                  "--replicates", "8"], out)
+    res = CliRunner().invoke(main, ["refine", str(out), "--initial-replicates", "20", "--max-replicates", "80",
+                                    "-j", "1", "-q"])
+    assert res.exit_code == 0, res.output + str(res.exception)
+    decisions = pd.read_parquet(out / "decisions.parquet")
+    lrs = pd.read_parquet(out / "refine" / "lrs.parquet")
+    reps = pd.read_parquet(out / "replicates.parquet")
+    assert len(decisions) == 4 and "beta1" in lrs and "beta1" in reps
+    assert lrs[lrs.optimizer == "signum"].beta1.isna().all() and lrs[lrs.optimizer == "adam"].beta1.notna().all()
+    # the race starts from the scan's best design trial of each cell
+    design = runs[(runs.optimizer == "adam") & runs.design]
+    for (a, s), g in design.groupby(["sharpness", "noise"]):
+        top = g.loc[g.final_loss_mean.idxmin()]
+        cell = int(decisions[(decisions.sharpness == a) & (decisions.noise == s)].cell.iloc[0])
+        raced = lrs[(lrs.cell == cell) & (lrs.optimizer == "adam")]
+        assert ((raced.lr == top.lr) & (raced.beta1 == top.beta1)).any()
+    # a fresh replicate of a candidate is the simulator at that candidate's settings on a new stream
+    cfg = build(json.loads((out / "scan.json").read_text())["scan"])
+    row = reps[(reps.optimizer == "adam")].iloc[-1]
+    coords = np.array([[float(decisions[decisions.cell == row.cell][c].iloc[0]) for c in
+                        ("sharpness", "noise", "weight_decay", "phi", "c")]])
+    entry = cfg.entry("adam").with_settings({"beta1": float(row.beta1)})
+    sim = entry.simulate(coords, np.array([row.lr]), trajectory_keys(cfg.seed, coords, np.array([row.replicate])),
+                         cfg.steps)
+    assert sim["final_loss"][0, 0, 0] == row.final_loss
+    meta = json.loads((out / "scan.json").read_text())
+    assert meta["refine"]["status"] == "complete"
+
+
+def test_a_planted_best_trial_is_found_and_wins():
+    """Known truth: a pool where one of the tuned optimizer's trials is far better than anything of
+    the other's; the race selects that trial and the cell names the tuned optimizer the winner."""
+    from focuslab.refine import PoolSampler, RefineParams, TrialSpace, refine_cell
+    from focuslab.refine.lattice import Lattice
+    from focuslab.tuning import Trial
+
+    grid = np.exp(np.linspace(math.log(1e-3), math.log(1e-1), 5))
+    params = RefineParams(initial_replicates=40, max_replicates=320)
+    rng = np.random.default_rng(0)
+    P = 4000
+    base = rng.normal(0, 1, P)
+    lattice = Lattice(grid, params)
+    lrs = np.array([lattice.lr(u) for u in range(lattice.lo, lattice.hi + 1)])
+    settings = [{"beta1": 0.5}, {"beta1": 0.9}, {"beta1": 0.99}]
+    rows, keys, where = [], [], []
+    for s in settings:
+        for lr in lrs:
+            mean = 1.0 + 0.3 * abs(math.log(lr / grid[2])) - (0.5 if s["beta1"] == 0.99 else 0.0)
+            rows.append(mean + base + 0.05 * rng.normal(0, 1, P))
+            keys.append(lr)
+            where.append(s)
+    pool = {"tuned": (np.array(keys), np.array(rows), where),
+            "plain": (lrs, np.array([1.0 + 0.3 * abs(math.log(lr / grid[2])) + base + 0.05 * rng.normal(0, 1, P)
+                                     for lr in lrs]))}
+    sampler = PoolSampler(pool, 1, 30, 2 * params.max_replicates)
+    trials = [Trial(float(lr), tuple(s.items())) for s in settings for lr in grid]
+    space = TrialSpace(trials, grid, params)
+    screens = {"tuned": sampler.screen_trials("tuned", trials), "plain": sampler.screen("plain", grid)}
+    r = refine_cell(sampler, screens, params, {"tuned": space, "plain": lattice}, params.fdr, ["tuned", "plain"])
+    assert r.kind == "winner" and r.best == "tuned"
+    chosen = r.selected["tuned"]
+    assert space.setting_values(chosen) == {"beta1": 0.99} and space.lr(chosen) == pytest.approx(grid[2])

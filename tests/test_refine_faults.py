@@ -149,6 +149,18 @@ def test_a_cut_refine_table_is_rebuilt_from_the_work_units(scanned, table):
     assert cli("plot", scanned).exit_code == 0
 
 
+def test_a_lost_decisions_table_is_named_by_plot_and_rebuilt_by_refine(scanned):
+    assert cli("refine", scanned, *REFINE, "-q").exit_code == 0
+    before = pd.read_parquet(scanned / "decisions.parquet")
+    (scanned / "decisions.parquet").unlink()
+    res = cli("plot", scanned)
+    one_line_error(res, "decisions.parquet is not found")
+    assert res.stderr.strip().endswith(f"`focuslab refine {scanned} --initial-replicates 20 --max-replicates 40`")
+    res = cli("refine", scanned, *REFINE)
+    assert res.exit_code == 0 and "rebuilding" in res.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(scanned / "decisions.parquet"), before, check_exact=True)
+
+
 # --- the dry run ------------------------------------------------------------------------------------
 def test_the_dry_run_prints_the_plan_and_writes_nothing(scanned):
     before = snapshot(scanned)

@@ -336,9 +336,8 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
             ax.legend(handles=ax.get_legend().legend_handles + handles, loc="upper left",
                       bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
             emit(fig, "phase_here")
-        decisions_path = directory / "decisions.parquet"
         refine = meta.get("refine") or {}
-        if decisions_path.exists() and refine.get("status") == "complete":
+        if refine.get("status") == "complete":  # a missing or cut table: one line with the command that rebuilds it
             from ..refine import read_decisions
 
             decisions = read_decisions(directory, refine)

@@ -367,13 +367,15 @@ def _log_comb(n, k):
 def edges(runs, config) -> None:
     """Mark, in a best table, whether each optimizer's best trial sits at the edge of its own space:
     ``lr_at_edge`` (its lr grid's first or last value) and ``at_edge`` (every dimension whose best
-    value is its grid's first or last: a space that may be too narrow there)."""
+    value is its grid's first or last: a space that may be too narrow there; not where that value
+    is the setting's own limit, as gamma = 0)."""
     import pandas as pd
 
     at_edge = np.full(len(runs), "", dtype=object)
     lr_edge = np.zeros(len(runs), dtype=bool)
     for label in runs["optimizer"].unique():
         rows = np.flatnonzero((runs["optimizer"] == label).to_numpy())
+        entry = config.entry(label)
         space = config.tuning.spaces.get(label) if config.tuning is not None else None
         lr = space.lr if space is not None else Dim("lr", tuple(config.axes["lr"].values), "")
         dims = [lr, *(space.dims if space is not None else ())]
@@ -384,7 +386,8 @@ def edges(runs, config) -> None:
             col = runs["best_lr"] if d.name == "lr" else runs[d.name]
             v = col.to_numpy()[rows]
             lo, hi = min(d.values), max(d.values)
-            hit = (v == lo) | (v == hi)
+            ends = entry.limits(d.name) if d.name != "lr" else (None, None)
+            hit = ((v == lo) & (lo != ends[0])) | ((v == hi) & (hi != ends[1]))
             if d.name == "lr":
                 lr_edge[rows] = hit & ~runs["all_diverged"].to_numpy()[rows]
             marks.append(np.where(hit, d.name, ""))

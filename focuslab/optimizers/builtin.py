@@ -189,10 +189,11 @@ def lion_torch(groups, lr, s, device):
 
 _UNIT = "[0, 1)"
 #: Default search spaces (``--tune OPT`` without values): EMA rates evenly spread on the scale of
-#: their time constant 1 / (1 - beta), from 2 steps to 1000; Adam's second moment from 10 to 10^4
-#: steps; FOCUS's attraction from none to four times the paper's 0.2.
-_BETA = "0.5,0.8,0.9,0.95,0.98,0.99,0.995,0.999"
-_BETA_SQ = "0.9,0.95,0.99,0.995,0.999,0.9999"
+#: their time constant 1 / (1 - beta), from 2 steps to 10^4 (beyond a run of 1000 steps: an EMA
+#: that never forgets); Adam's second moment from 10 to 10^5 steps; FOCUS's attraction from none
+#: to four times the paper's 0.2.
+_BETA = "0.5,0.8,0.9,0.95,0.98,0.99,0.995,0.999,0.9999"
+_BETA_SQ = "0.9,0.95,0.99,0.995,0.999,0.9999,0.99999"
 _GAMMA = "0,0.05,0.1,0.2,0.4,0.8"
 _KINGMA = "Kingma & Ba 2015; torch.optim.AdamW"
 _PAPER = "FOCUS paper (arXiv 2501.12243)"

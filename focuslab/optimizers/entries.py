@@ -94,6 +94,12 @@ class OptimizerEntry:
         """Refuse, in one line, a setting it does not take (what ``--tune`` may vary)."""
         raise NotImplementedError
 
+    def limits(self, setting: str) -> tuple:
+        """The values a setting's valid range includes at its ends (a best value there is not a
+        search space that ends too soon: gamma = 0 is no attraction at all); None where open or
+        unknown."""
+        return None, None
+
     def validate(self, where: str) -> None:
         """Refuse, in one line, settings the optimizer rejects (a built-in's are checked when
         resolved; a class is built once on a dummy parameter)."""
@@ -174,6 +180,13 @@ class BuiltinEntry(OptimizerEntry):
         if setting not in self.rule.defaults:
             raise FocuslabError(f"{where}: {self.title} has no setting {setting!r} (settings: "
                                 f"{', '.join(self.rule.defaults)})")
+
+    def limits(self, setting: str) -> tuple:
+        hyper = {h.name: h for h in self.rule.hyper}.get(setting)
+        if hyper is None:
+            return None, None
+        low, high, low_in, high_in = hyper.bounds()
+        return (low if low_in else None), (high if high_in else None)
 
     def build_torch(self, param_groups, lr: float, device: str = "cpu"):
         return self.rule.build_torch(param_groups, lr, self.settings, device)

@@ -158,10 +158,20 @@ class TrialSpace:
             if t.settings not in where:
                 where[t.settings] = len(self.settings)
                 self.settings.append(t.settings)
-            j = int(np.argmin(np.abs(np.log(self.lattice.grid) - math.log(t.lr))))
-            self.keys.append((where[t.settings], j * self.lattice.unit))
+            self.keys.append((where[t.settings], self.position(t.lr)))
         self.levels, self.unit = self.lattice.levels, self.lattice.unit
         self.lo, self.hi = self.lattice.lo, self.lattice.hi
+
+    def position(self, lr: float) -> int:
+        """The lattice position of ``lr`` (a grid lr, or any lr the lattice holds)."""
+        grid, unit = self.lattice.grid, self.lattice.unit
+        j = int(np.argmin(np.abs(np.log(grid) - math.log(lr))))
+        if math.isclose(grid[j], lr, rel_tol=1e-12):
+            return j * unit
+        u = min(range(self.lattice.lo, self.lattice.hi + 1), key=lambda v: abs(math.log(self.lattice.lr(v) / lr)))
+        if not math.isclose(self.lattice.lr(u), lr, rel_tol=1e-9):
+            raise ValueError(f"lr {lr:g} is not on the lattice of {grid[0]:g}..{grid[-1]:g}")
+        return u
 
     def lr(self, key) -> float:
         return self.lattice.lr(key[1])

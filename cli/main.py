@@ -47,7 +47,7 @@ class FocuslabGroup(click.Group):
 
 
 @click.group(cls=FocuslabGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="focuslab")
+@click.version_option(package_name="focuslab", prog_name="focuslab")
 def main():
     """focuslab: reproduce and extend the FOCUS optimizer paper (arXiv 2501.12243).
 
@@ -56,6 +56,7 @@ def main():
     """
 
 
+from .bridge import bridge  # noqa: E402
 from .gpt2 import gpt2  # noqa: E402
 from .merge import merge  # noqa: E402
 from .mnist import mnist  # noqa: E402
@@ -73,3 +74,4 @@ main.add_command(mnist)
 main.add_command(gpt2)
 main.add_command(optimizers)
 main.add_command(selftest)
+main.add_command(bridge)

@@ -147,8 +147,8 @@ def load_scan(directory: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
 
 
 #: The metadata file that makes a directory a results directory of each kind.
-KINDS = {"scan": META, "mnist": "mnist.json", "gpt2": "gpt2.json"}
-WORDS = {"scan": "scan", "mnist": "MNIST study", "gpt2": "GPT-2 run"}
+KINDS = {"scan": META, "mnist": "mnist.json", "gpt2": "gpt2.json", "bridge": "bridge.json"}
+WORDS = {"scan": "scan", "mnist": "MNIST study", "gpt2": "GPT-2 run", "bridge": "bridge"}
 
 
 def kind_of(directory: Path) -> str | None:

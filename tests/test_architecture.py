@@ -7,7 +7,8 @@ Layers, low to high (docs/ARCHITECTURE.md):
   2  config, optimizers (the spec grammar, the definitions, the one optimizer interface over the
      engines), results, runner, phase (the store, reductions)
   3  scan, refine (a package), mnist, gpt2, diagnostics, slurm, selftest (studies)
-  4  plot (figures from results)
+  4  plot (figures from results), bridge (reads other studies' results, as plot does, and runs the
+     toy scan it needs), report (the docs' tables from results)
   5  cli (the command tree, installed as focuslab.cli), focuslab.__main__
 A module may import its own layer or lower ones, never a higher one.  Inside the refine package the
 same holds for its rooms, in the order REFINE_ROOMS (statistics lowest, run highest), and no room
@@ -22,7 +23,7 @@ LAYERS = {
     "toy": 1,
     "config": 2, "optimizers": 2, "results": 2, "runner": 2, "phase": 2,
     "scan": 3, "refine": 3, "mnist": 3, "gpt2": 3, "diagnostics": 3, "slurm": 3, "selftest": 3,
-    "plot": 4,
+    "plot": 4, "bridge": 4, "report": 4,
     "cli": 5, "__main__": 5,
 }
 

@@ -12,6 +12,7 @@ from focuslab.options import declared, flag
 
 def _commands():
     """name -> (settings classes, the defaults the help shows, fields of those classes left out)."""
+    from focuslab.bridge import BridgeSettings
     from focuslab.config import ScanSettings, load_toml
     from focuslab.options import Common
     from focuslab.plot import PlotSettings
@@ -25,6 +26,7 @@ def _commands():
         "plot": ([PlotSettings], {}, ()),
         "merge": ([MergeSettings], {}, ()),
         "selftest": ([SelftestSettings], {}, ()),
+        "bridge": ([BridgeSettings, Common], {}, ("config", "out")),
     }
     from focuslab.gpt2.config import DEFAULT_PRESET, TrainConfig
     from focuslab.gpt2.launch import Gpt2Run

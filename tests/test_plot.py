@@ -147,7 +147,7 @@ def test_plot_of_a_real_scan(tmp_path):
 
 @pytest.mark.parametrize("setup,needle", [
     (lambda p: None, "results directory not found"),
-    (lambda p: p.mkdir(), "holds no focuslab results (no scan.json, mnist.json or gpt2.json)"),
+    (lambda p: p.mkdir(), "holds no focuslab results (no scan.json, mnist.json, gpt2.json or bridge.json)"),
     (lambda p: (p.mkdir(), (p / "scan.json").write_text("{not json")), "not JSON"),
     (lambda p: (p.mkdir(), (p / "scan.json").write_text('{"kind": "scan", "config": {}, "status": "running"}')),
      "not complete"),

@@ -2,7 +2,8 @@
 
 ``plot_results`` draws whatever a results directory holds, chosen by the directory's kind
 (focuslab.results.kind_of): phase diagrams of a scan (and its refined map), Fig. 2c/2d of an MNIST
-study (and its diagnostics), validation curves of one or several GPT-2 runs (and theirs).
+study (and its diagnostics), validation curves of one or several GPT-2 runs (and theirs), and the
+readings of a `focuslab bridge` (focuslab.plot.bridge).
 """
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ def plot_results(dirs, out=None, format: str = "png", significance: float = 2.0,
         raise FocuslabError(f"results directory not found: {first}")
     kind = kind_of(first)
     if kind is None:
-        raise FocuslabError(f"{first} holds no focuslab results (no scan.json, mnist.json or gpt2.json): give the "
-                            "directory a `focuslab scan`, `mnist` or `gpt2` run wrote (the path it printed)")
+        raise FocuslabError(f"{first} holds no focuslab results (no scan.json, mnist.json, gpt2.json or bridge.json): "
+                            "give the directory a `focuslab scan`, `mnist`, `gpt2` or `bridge` run wrote (the path it "
+                            "printed)")
     if len(dirs) > 1 and kind != "gpt2":
         raise FocuslabError("several directories are only for GPT-2 runs; plot one scan or study at a time")
     if overlay and kind != "scan":
@@ -81,6 +83,10 @@ def plot_results(dirs, out=None, format: str = "png", significance: float = 2.0,
             from .diagnostics import plot_gpt2_diagnostics
 
             result["files"] += plot_gpt2_diagnostics(with_diag, where, fmts)
+    elif kind == "bridge":
+        from .bridge import plot_bridge
+
+        result = plot_bridge(first, where, fmts)
     else:
         from .phase import plot_scan
 

@@ -74,7 +74,7 @@ replicates) instead of Hall's 1/3, and samples without the rare values behave be
 the test takes the larger of the two p-values (an intersection test, valid when either is).  The
 reference distribution is Student's t with nu = 2 / (2/(N-1) + k/N) degrees of freedom (N pooled
 replicates), Satterthwaite's match to the sampling variance of s^2 under excess kurtosis k.  This
-is second-order accurate, not exact; benchmarks/bench_refine_null.py measures the false discovery
+is second-order accurate, not exact; validation/refine_null.py measures the false discovery
 rate it gives on all-null maps resampled from the simulator itself (README).
 
 **Looks and stopping.**  The statement families at look k get alpha w_k with w_k proportional to

@@ -1,9 +1,9 @@
 """Where a race's fresh replicates come from.  A sampler is called as ``sample(label, lrs, lo, hi)``
 and returns the final losses (+inf: diverged) of fresh replicates lo..hi-1 of optimizer ``label`` at
 ``lrs``, shape (len(lrs), hi - lo); for the candidates of a tuned optimizer it also gets
-``settings=`` (the settings they run at, besides the lr).  SimulatorSampler runs the toy (every simulator call of refine
-goes through ``simulate`` here); PoolSampler resamples a pool of simulator output, so that the truth
-is known (tests, benchmarks/bench_refine_null.py)."""
+``settings=`` (the settings they run at, besides the lr).  SimulatorSampler runs the toy (every
+simulator call of refine goes through ``simulate`` here); PoolSampler resamples a pool of simulator output, so that the truth
+is known (tests, validation/refine_null.py)."""
 from __future__ import annotations
 
 import math
@@ -20,7 +20,7 @@ class PoolSampler:
     numbers).  Fresh replicate j is pool column ``index[j]``; the scan's replicates use their own
     columns.  For a tuned optimizer the pool is (lrs, losses, settings): row i runs at lr lrs[i]
     with the settings settings[i] (a dict).  For validating the procedure (tests,
-    benchmarks/bench_refine_null.py)."""
+    validation/refine_null.py)."""
 
     def __init__(self, pool: dict, seed: int, scan_replicates: int, size: int):
         rng = np.random.default_rng(seed)

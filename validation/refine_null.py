@@ -19,14 +19,13 @@ optimizers (``--trials``) a claim is judged against the truth of what was raced 
 optimizer's best raced candidate's pool mean), and the FDR is the mean over maps of false /
 discoveries.
 
-  python benchmarks/bench_refine_null.py                      # both geometries, both nulls
-  python benchmarks/bench_refine_null.py --geometry heavy --null equal --maps 40 --cells 200 --jobs 2
-  python benchmarks/bench_refine_null.py --trials 32          # tuned: 32 candidate trials per optimizer
+  python validation/refine_null.py                      # both geometries, both nulls
+  python validation/refine_null.py --geometry heavy --null equal --maps 40 --cells 200 --jobs 2
+  python validation/refine_null.py --trials 32          # tuned: 32 candidate trials per optimizer
 
 With ``--trials N`` both optimizers are tuned (focuslab.tuning): Signum over beta1, FOCUS over
 beta1, beta2 and gamma, each with its built-in default space (FOCUS's without gamma = 0, where it
-is Signum exactly), N trials drawn by the scan's design
-(budget N, design seed 0).  The pool then holds every (trial settings, lattice lr), and every
+is Signum exactly), N trials drawn by the scan's design (budget N, design seed 0).  The pool then holds every (trial settings, lattice lr), and every
 design trial starts the race (the screen gives them equal means: a scan that cannot tell them
 apart, the hardest case), so each optimizer races N candidates from the first look, plus the lr
 neighbours and midpoints the race adds.  The pool's best row of each optimizer (over its trials'

@@ -17,7 +17,7 @@ A clear cell *agrees* when refine reached the same answer (the same winner, or a
 optimizers), is *wrong* when refine named a different answer, and is *undecided* when refine
 left it undecided.
 
-  python benchmarks/bench_refine_reference.py results/fig2a --jobs 2
+  python validation/refine_reference.py results/fig2a --jobs 2
 """
 from __future__ import annotations
 

@@ -1,0 +1,340 @@
+"""Markdown tables for the documentation site, written from results directories (never by hand).
+
+``python -m focuslab.report [--results DIR] [--out docs/tables]`` writes one file per table whose
+results are there (``results/fig2a``, ``results/mnist-5k-diag``, ``results/bridge``, ...) and says
+which it skipped for want of their results; the docs pages include the files (pymdownx.snippets).
+Each file starts with a comment naming the directories it was made from, focuslab's version and
+the commit.  Every function here reads tables and metadata only; nothing is re-run.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .results import read_json, read_parquet
+
+NAMES = {"adam": "Adam", "adamw": "AdamW", "signum": "Signum", "focus": "FOCUS"}
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    return "—" if not np.isfinite(x) else f"{100 * x:.{digits}f} %"
+
+
+def _num(x: float, fmt: str = ".3g") -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "—"
+    return "∞" if np.isinf(x) else format(x, fmt)
+
+
+def _interval(lo: float, hi: float, fmt: str = ".3g") -> str:
+    return f"[{_num(lo, fmt)}, {_num(hi, fmt)}]"
+
+
+def markdown(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    """A Markdown table; ``align`` is one letter per column, l or r (default: l then r)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _steps(n: float) -> str:
+    """2.6·10¹¹"""
+    if n <= 0:
+        return "0"
+    exp = int(math.floor(math.log10(n)))
+    return f"{n / 10 ** exp:.1f}·10{str(exp).translate(_SUPERSCRIPT)}"
+
+
+def _minutes(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main_job(directory: Path) -> str:
+    """What `focuslab plot DIR` prints for a scan (its summary lines), as a text block; the figures it
+    draws on the way go to a temporary directory."""
+    import tempfile
+
+    from .plot import plot_results
+
+    with tempfile.TemporaryDirectory(prefix="focuslab-report-") as tmp:
+        result = plot_results([Path(directory)], out=tmp)
+    return "```text\n" + "\n".join(result["summary"]) + "\n```\n"
+
+
+def decided_maps(dirs: dict) -> str:
+    """Refined scans (label -> directory): each optimizer's share of winner cells, ties (and which),
+    undecided, diverged, the fresh steps refine spent and its wall time (all attempts)."""
+    rows, opts = [], []
+    for path in dirs.values():
+        meta = read_json(Path(path) / "scan.json")
+        opts += [o for o in meta["config"]["optimizers"] if o not in opts]
+    for label, path in dirs.items():
+        path = Path(path)
+        d = read_parquet(path / "decisions.parquet")
+        record = read_json(path / "scan.json")["refine"]
+        n = len(d)
+        wins = d[d["outcome"] == "winner"]["winner"].value_counts()
+        tied = d[d["outcome"] == "tied"]["tied"].value_counts()
+        ties = ", ".join(f"{' = '.join(NAMES.get(o, o) for o in t.split(','))} {_pct(k / n)}"
+                         for t, k in tied.items() if k / n >= 0.01)
+        wall = sum(a.get("wall_seconds", 0.0) for a in record.get("attempts", []))
+        rows.append([label] + [_pct(wins.get(o, 0) / n) for o in opts]
+                    + [_pct((d["outcome"] == "tied").mean()) + (f" ({ties})" if ties else ""),
+                       _pct((d["outcome"] == "undecided").mean()), _pct((d["outcome"] == "diverged").mean()),
+                       _steps(record.get("steps_spent", 0)), _minutes(wall)])
+    header = ["map"] + [f"{NAMES.get(o, o)} wins" for o in opts] + ["tied within the margin", "undecided",
+                                                                     "diverged", "fresh steps", "refine wall"]
+    return markdown(header, rows)
+
+
+def mnist_diagnostics(directory: Path) -> str:
+    """Per batch size of an MNIST study with diagnostics: Signum's improvement over AdamW, σ_equiv of
+    AdamW's best-lr unit (median after step 0, with the median interval ends), at step 0, Signum's,
+    the |G|-weighted median ratio, B_simple, λ_max, S = lr·λ_max(P^-1/2 H P^-1/2), the zero share at
+    step 0."""
+    from .plot.diagnostics import per_batch_size
+    from .plot.mnist import improvement
+
+    directory = Path(directory)
+    diag = read_parquet(directory / "diagnostics.parquet")
+    best = read_parquet(directory / "best.parquet")
+    per, picked = per_batch_size(diag, best, "adamw")
+    sig, _ = per_batch_size(diag, best, "signum")
+    imp = improvement(best).set_index("batch_size")
+    first = picked[picked["step"] == 0].set_index("batch_size")
+    sig = sig.set_index("batch_size")
+    rows = []
+    for r in per.itertuples():
+        b = r.batch_size
+        s = r.lr * getattr(r, "lambda_max_preconditioned", math.nan)
+        rows.append([b, f"{imp.loc[b, 'improvement']:+.0f} % ± {imp.loc[b, 'error']:.0f} %",
+                     f"{_num(r.sigma_equiv)} {_interval(r.sigma_lo, r.sigma_hi)}",
+                     _num(first.loc[b, "sigma_equiv"]) if b in first.index else "—",
+                     _num(sig.loc[b, "sigma_equiv"]) if b in sig.index else "—", _num(r.weighted_median),
+                     _num(r.b_simple, ".4g"), _num(r.lambda_max), _num(s),
+                     _pct(first.loc[b, "zero_fraction"], 0) if b in first.index else "—"])
+    return markdown(["B", "I(B)", "σ_equiv [95 %]", "step 0", "Signum's", "\\|G\\|-wt. median", "B_simple",
+                     "λ_max", "S", "zero share, step 0"], rows, "r" * 10)
+
+
+def gpt2_runs(dirs: list) -> str:
+    """One row per GPT-2 run: optimizer, iterations, final validation loss, wall time, and with
+    diagnostics σ_equiv at step 0, its median after step 0 (range), at the middle and last
+    measurement with intervals, the |G|-weighted median, B_simple and λ_max first -> last."""
+    rows, diagnosed = [], False
+    for path in dirs:
+        path = Path(path)
+        meta = read_json(path / "gpt2.json")
+        row = [f"`{path.name}`", meta["config"]["optimizer"], meta.get("iter", "—"),
+               f"{meta['final']['val_loss']:.4f}", _minutes(meta.get("wall_seconds", math.nan))
+               if "wall_seconds" in meta else "—"]
+        if (path / "diagnostics.parquet").exists():
+            diagnosed = True
+            d = read_parquet(path / "diagnostics.parquet").sort_values("step")
+            later = d[d["step"] > 0]
+            mid = later.iloc[(len(later) - 1) // 2]
+            last = d.iloc[-1]
+            zero = d.iloc[0]
+            row += [f"{_num(zero.sigma_equiv, '.2f')} {_interval(zero.sigma_equiv_lo, zero.sigma_equiv_hi, '.2f')}",
+                    f"{later.sigma_equiv.median():.2f} ({later.sigma_equiv.min():.2f}–{later.sigma_equiv.max():.2f})",
+                    f"{int(mid.step)}: {mid.sigma_equiv:.2f} {_interval(mid.sigma_equiv_lo, mid.sigma_equiv_hi, '.2f')}",
+                    f"{int(last.step)}: {last.sigma_equiv:.2f} {_interval(last.sigma_equiv_lo, last.sigma_equiv_hi, '.2f')}",
+                    f"{later.noise_ratio_weighted_median.median():.2f}", f"{later.noise_scale_simple.median():.3g}",
+                    f"{zero.lambda_max:.4g} → {last.lambda_max:.4g}",
+                    _pct(meta.get("diagnostics_cost_fraction", math.nan))]
+        rows.append(row)
+    header = ["run", "optimizer", "iterations", "final val loss", "wall"]
+    if diagnosed:
+        header += ["σ_equiv step 0", "median after 0 (range)", "middle [95 %]", "last [95 %]", "\\|G\\|-wt. median",
+                   "B_simple (seq.)", "λ_max first → last", "diagnostics cost"]
+        rows = [r + ["—"] * (len(header) - len(r)) for r in rows]
+    return markdown(header, rows, "ll" + "r" * (len(header) - 2))
+
+
+def _nearest(values, targets) -> list:
+    values = np.asarray(sorted(values), float)
+    return sorted({float(values[np.argmin(np.abs(np.log(values) - math.log(t)))]) for t in targets})
+
+
+def bridge_mnist(directory: Path) -> str:
+    """Per batch size: σ_equiv, the observed improvement, and the toy's at that σ for a few a."""
+    directory = Path(directory)
+    m = read_parquet(directory / "mnist.parquet")
+    p = read_parquet(directory / "mnist_toy.parquet")
+    shown = _nearest(p["sharpness"].unique(), (0.1, 1, 10, 100, 1000))
+    rows = []
+    for r in m.itertuples():
+        row = [r.batch_size, f"{_num(r.sigma_equiv)} {_interval(r.sigma_equiv_lo, r.sigma_equiv_hi)}",
+               f"{100 * r.improvement:+.0f} % ± {100 * r.improvement_error:.0f} %"]
+        for a in shown:
+            q = p[(p["batch_size"] == r.batch_size) & np.isclose(p["sharpness"], a)]["predicted_improvement"]
+            row.append(f"{100 * q.iloc[0]:+.0f} %" if len(q) and np.isfinite(q.iloc[0]) else "—")
+        rows.append(row)
+    return markdown(["B", "σ_equiv [95 %]", "I observed"] + [f"toy, a = {a:g}" for a in shown], rows,
+                    "r" * (3 + len(shown)))
+
+
+def bridge_boundary(directory: Path) -> str:
+    """Per a: the toy's Adam/Signum boundary σ*(a), what it predicts over the measured batches, the
+    crossover extrapolated along σ_equiv(B), its ratio to the observed one, and the share of signs
+    right."""
+    per_a = read_parquet(Path(directory) / "boundary.parquet")
+    rows = [[_num(r.sharpness), _num(r.sigma_star), (f"B ≈ {r.predicted_crossover:.0f}"
+                                                     if np.isfinite(r.predicted_crossover) else r.predicted)
+             + (f" ({r.off_map} B off the map)" if getattr(r, "off_map", 0) else ""),
+             _num(r.extrapolated_crossover), _num(r.miss), _pct(r.signs_right, 0)] for r in per_a.itertuples()]
+    return markdown(["a", "σ*(a)", "predicted over the measured B", "extrapolated crossover B", "÷ observed",
+                     "signs right"], rows, "rrlrrr")
+
+
+def bridge_gpt2(directory: Path) -> str:
+    """Per a: the toy's ranking of the runs' optimizers at their median σ_equiv, the leader's margin."""
+    t = read_parquet(Path(directory) / "gpt2_toy.parquet")
+    rows = []
+    for a, g in t.groupby("sharpness"):
+        g = g.sort_values("rank")
+        rows.append([_num(a), " < ".join(NAMES.get(o, o) for o in g["optimizer"]),
+                     _num(g["winner_margin_se"].iloc[0], ".1f")] +
+                    [f"{r.final_loss_mean:.4g} ± {r.final_loss_sem:.2g}" for r in g.sort_values("optimizer").itertuples()])
+    opts = sorted(t["optimizer"].unique())
+    return markdown(["a", "toy ranking (best first)", "lead (SE)"] + [f"toy {NAMES.get(o, o)}" for o in opts], rows,
+                    "rlr" + "r" * len(opts))
+
+
+def bridge_stability(directory: Path) -> str:
+    """Per real AdamW measurement: σ_equiv, S measured, and S along the toy's Adam at that σ per a."""
+    s = read_parquet(Path(directory) / "stability.parquet")
+    sharp = sorted(s["sharpness"].unique())
+    rows = []
+    for label, g in s.groupby("measurement", sort=False):
+        g = g.set_index("sharpness")
+        rows.append([label, _num(g["sigma_equiv"].iloc[0]), _num(g["stability"].iloc[0])]
+                    + [_num(g.loc[a, "toy_stability"]) for a in sharp])
+    return markdown(["measurement", "σ_equiv", "S measured"] + [f"toy S, a = {a:g}" for a in sharp], rows,
+                    "l" + "r" * (2 + len(sharp)))
+
+
+def zoo(directory: Path) -> str:
+    """Per optimizer of a scan: the share of cells it is best in (raw argmin), beyond 2 combined SE,
+    its median loss above the cell's best, and how it ran on the toy."""
+    directory = Path(directory)
+    meta = read_json(directory / "scan.json")
+    best = read_parquet(directory / "best.parquet")
+    axes = [a for a in ("sharpness", "noise", "weight_decay", "phi", "c") if a in best]
+    rows = []
+    pivot = best.pivot_table(index=axes, columns="optimizer", values="final_loss_mean")
+    sem = best.pivot_table(index=axes, columns="optimizer", values="final_loss_sem")
+    argmin = pivot.idxmin(axis=1)
+    low = pivot.min(axis=1)
+    second = pivot.apply(lambda r: r.nsmallest(2).iloc[-1], axis=1)
+    winner_sem = np.array([sem.loc[i, w] for i, w in argmin.items()])
+    second_opt = pivot.apply(lambda r: r.nsmallest(2).index[-1], axis=1)
+    second_sem = np.array([sem.loc[i, o] for i, o in second_opt.items()])
+    decided = (second - low).to_numpy() > 2 * np.hypot(winner_sem, second_sem)
+    plugins = meta.get("plugins") or {}  # how each external optimizer ran, as its probe recorded
+    for o in pivot.columns:
+        rel = ((pivot[o] - low) / low.abs()).median()
+        rows.append([f"`{o}`", _pct((argmin == o).mean()), _pct(((argmin == o).to_numpy() & decided).mean()),
+                     _pct(rel, 0), (plugins.get(o) or {}).get("mode", "native")])
+    rows.sort(key=lambda r: -float(r[1].split()[0]) if r[1] != "—" else 0)
+    return markdown(["optimizer", "best in (raw argmin)", "beyond 2 SE", "median loss above the cell's best",
+                     "how it ran"], rows, "lrrrl")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parents[1])
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+#: table file -> (the function, its results directories relative to --results)
+TABLES = {
+    "main-job.md": (main_job, "default"),
+    "paper-maps.md": (decided_maps, {"Fig. 2a": "fig2a", "Fig. 2b": "fig2b"}),
+    "zoo.md": (zoo, "zoo"),
+    "mnist-diagnostics.md": (mnist_diagnostics, "mnist-5k-diag"),
+    "gpt2-nano.md": (gpt2_runs, ["gpt2-nano-adamw", "gpt2-nano-focus", "gpt2-nano-signum"]),
+    "gpt2-mini.md": (gpt2_runs, ["gpt2-mini-adamw", "gpt2-mini-signum", "gpt2-mini-focus"]),
+    "bridge-mnist.md": (bridge_mnist, "bridge"),
+    "bridge-boundary.md": (bridge_boundary, "bridge"),
+    "bridge-gpt2.md": (bridge_gpt2, "bridge"),
+    "bridge-stability.md": (bridge_stability, "bridge"),
+}
+
+
+def _inputs(spec, root: Path):
+    if isinstance(spec, dict):
+        return {k: root / v for k, v in spec.items()}, list(spec.values())
+    if isinstance(spec, list):
+        return [root / v for v in spec], spec
+    return root / spec, [spec]
+
+
+def write_tables(results: Path, out: Path, only=None) -> tuple[list[str], list[str]]:
+    """Write every table whose results directories exist; returns (written, skipped with why)."""
+    written, skipped = [], []
+    out.mkdir(parents=True, exist_ok=True)
+    commit = _commit()
+    for name, (fn, spec) in TABLES.items():
+        if only and name not in only:
+            continue
+        arg, names = _inputs(spec, Path(results))
+        missing = [n for n in names if not (Path(results) / n).is_dir()]
+        if missing:
+            skipped.append(f"{name}: no {', '.join(str(Path(results) / n) for n in missing)}")
+            continue
+        try:
+            table = fn(arg)
+        except (KeyError, FileNotFoundError, ValueError) as err:
+            skipped.append(f"{name}: {err}")
+            continue
+        head = (f"<!-- written by `python -m focuslab.report` from {', '.join(str(Path(results) / n) for n in names)}"
+                f" (focuslab {__version__}, commit {commit}); do not edit by hand -->\n")
+        from .results import atomic_write_bytes
+
+        atomic_write_bytes(out / name, (head + table).encode())
+        written.append(name)
+    return written, skipped
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m focuslab.report", description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=Path("results"), help="the results root [default: results]")
+    ap.add_argument("--out", type=Path, default=Path("docs/tables"), help="where the tables go [default: docs/tables]")
+    ap.add_argument("tables", nargs="*", help=f"only these ({', '.join(TABLES)})")
+    args = ap.parse_args(argv)
+    unknown = [t for t in args.tables if t not in TABLES]
+    if unknown:
+        print(f"focuslab.report: error: unknown table {', '.join(unknown)} (choose from {', '.join(TABLES)})",
+              file=sys.stderr)
+        return 2
+    written, skipped = write_tables(args.results, args.out, args.tables or None)
+    for name in written:
+        print(f"wrote {args.out / name}")
+    for line in skipped:
+        print(f"skipped {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

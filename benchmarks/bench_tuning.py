@@ -2,6 +2,7 @@
 
     python benchmarks/bench_tuning.py                  # default map: untuned, then tuned at budget 32
     python benchmarks/bench_tuning.py --budget 16 -j 2 --rounds 2
+    python benchmarks/bench_tuning.py --markdown docs/tables/tuning-cost.md
 
 Both runs use the default preset's axes (a = 0.1..1000 x sigma = 0..3, 48 x 50 cells, 20
 replicates, 1000 steps) on ``--jobs`` worker processes.  The untuned run is the default scan
@@ -15,9 +16,15 @@ the fastest of its rounds.  The CPU, the numba target and the load average are p
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 OPTIMIZERS = "adam,signum,focus,lion"
 
@@ -34,7 +41,7 @@ def configs(budget: int):
 def run(cfg, jobs: int) -> float:
     from focuslab.scan import run_scan
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="focuslab-bench-") as tmp:
         t0 = time.perf_counter()
         run_scan(cfg, os.path.join(tmp, "s"), jobs=jobs, progress=False, log=lambda *_: None)
         return time.perf_counter() - t0
@@ -45,7 +52,9 @@ def main():
     ap.add_argument("--budget", type=int, default=32)
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--markdown", type=Path, help="also write the table there (Markdown)")
     args = ap.parse_args()
+    from bench_main_job import busy_seconds
     from bench_toy import host_line
 
     from focuslab.toy.asm import current_target
@@ -54,19 +63,40 @@ def main():
     for cfg in (plain, tuned):  # compile (or load) every kernel once, outside the clock
         for e in cfg.entries:
             e.warm()
-    print(host_line())
-    print(f"numba target: {current_target()}; load average before: {os.getloadavg()[0]:.2f}")
+    load0, busy0, t0 = os.getloadavg()[0], busy_seconds(), time.perf_counter()
     best = {"untuned": float("inf"), "tuned": float("inf")}
     for _ in range(args.rounds):
         best["untuned"] = min(best["untuned"], run(plain, args.jobs))
         best["tuned"] = min(best["tuned"], run(tuned, args.jobs))
-    print(f"load average after: {os.getloadavg()[0]:.2f}; {args.jobs} worker(s); fastest of {args.rounds}")
-    for name, cfg in (("untuned", plain), ("tuned", tuned)):
+    busy = (busy_seconds() - busy0) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    lines = [f"<!-- written by `python benchmarks/bench_tuning.py --budget {args.budget} -j {args.jobs} --rounds "
+             f"{args.rounds} --markdown` on {when}, commit {commit} -->",
+             "| the default map (2400 cells, 20 replicates, 1000 steps) | trials | optimizer steps | wall | "
+             "ns per trajectory-step per worker |", "|---|---|---:|---:|---:|"]
+    for name, cfg in (("adam, signum, focus, lion at their own settings, best of 20 lrs", plain),
+                      (f"the same, each tuned at budget {args.budget} (plus its defaults line)", tuned)):
+        key = "untuned" if cfg is plain else "tuned"
         steps = cfg.total_steps()
-        print(f"  {name:<8} {cfg.shape_text()}\n           {steps:.3g} steps in {best[name]:.1f} s "
-              f"({best[name] / steps * 1e9 * args.jobs:.2f} ns per trajectory-step per worker)")
-    print(f"  tuned / untuned wall time: {best['tuned'] / best['untuned']:.2f}x "
-          f"({tuned.total_steps() / plain.total_steps():.2f}x the steps)")
+        lines.append(f"| {name} | {cfg.shape_text().split(' x ', 1)[1].rsplit(' x ', 1)[0]} | {steps:.3g} | "
+                     f"{best[key]:.0f} s | {best[key] / steps * 1e9 * args.jobs:.1f} |")
+    lines.append("")
+    lines.append(f"Tuned / untuned wall time: {best['tuned'] / best['untuned']:.2f}x for "
+                 f"{tuned.total_steps() / plain.total_steps():.2f}x the steps (trials that share their settings run "
+                 f"in one kernel call; a design's trials rarely do, so the noise draws are shared by fewer lanes). "
+                 f"{host_line()}; numba target {current_target()}; {args.jobs} worker(s), fastest of {args.rounds}; "
+                 f"{when}, commit {commit}. The machine was {100 * busy:.0f} % busy over the run (load average "
+                 f"{load0:.1f} before, {os.getloadavg()[0]:.1f} after)"
+                 + (": a shared machine, read these as upper bounds." if busy > 1.1 * min(1.0, args.jobs / (os.cpu_count() or 1))
+                    else "."))
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.markdown:
+        from focuslab.results import atomic_write_bytes
+
+        atomic_write_bytes(args.markdown, text.encode())
 
 
 if __name__ == "__main__":

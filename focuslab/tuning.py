@@ -31,12 +31,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import FocuslabError
 from .grids import parse_grid
 from .values import format_value, parse_value
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: What the design is (recorded with every tuned scan).
 DESIGN = "scrambled Sobol (scipy.stats.qmc.Sobol), first N distinct grid points"

@@ -365,7 +365,7 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
     if tuning:
         from .tuning import plot_tuned
 
-        summary.extend(plot_tuned(directory, meta, best, geo, opts, significance, emit))
+        summary.extend(plot_tuned(directory, meta, best, geo, opts, significance, emit, phase_figure))
     if len(geo.scanned) == 1:
         axis = geo.scanned[0]
         emit(line_figure(best, opts, axis, geo.log[axis],

@@ -121,10 +121,10 @@ def curve_figure(curves: pd.DataFrame, opts, geo, budget):
     return fig, lines
 
 
-def plot_tuned(directory, meta, best, geo, opts, significance, emit) -> list[str]:
-    """The figures and summary lines of a tuned scan (``emit(fig, stem)`` saves a figure)."""
+def plot_tuned(directory, meta, best, geo, opts, significance, emit, phase_figure) -> list[str]:
+    """The figures and summary lines of a tuned scan (``emit(fig, stem)`` saves a figure;
+    ``phase_figure``: plot.phase's winner map, handed in)."""
     from ..results import read_parquet
-    from .phase import phase_figure
 
     tuning = meta["config"]["tuning"]
     budget = tuning.get("budget")
@@ -138,7 +138,7 @@ def plot_tuned(directory, meta, best, geo, opts, significance, emit) -> list[str
     fig, _ = phase_figure(at_defaults, opts, geo, f"Best optimizer at its own settings, best lr ({sig_note})")
     emit(fig, "phase_defaults")
     f = win_fractions(at_defaults, opts)
-    summary.append(f"at their own settings (best lr only): " + "  ".join(f"{geo.name(o)} {100 * f[o]:.1f}%" for o in opts)
+    summary.append("at their own settings (best lr only): " + "  ".join(f"{geo.name(o)} {100 * f[o]:.1f}%" for o in opts)
                    + f"  undecided {100 * f[UNDECIDED]:.1f}%")
     summary.insert(0, f"tuned ({', '.join(geo.name(o) for o in tuned)}): {how} each, drawn by "
                       f"{tuning['design'].split(' (')[0]} (seed {tuning['seed']}); phase.png is the tuned map")

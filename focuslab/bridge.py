@@ -155,7 +155,7 @@ def _check_map(config, where: str, need: set) -> None:
     if other:
         raise FocuslabError(f"{where}: the scan also varies {', '.join(other)}; the bridge reads a sharpness x noise "
                             "map (one value of every other axis)")
-    names = {e.name for e in config.entries if e.kind == "builtin"}
+    names = {e.name for e in config.entries}  # a built-in's name; an external class's is a dotted path
     if need - names:
         raise FocuslabError(f"{where}: no {', '.join(sorted(need - names))} on the map (optimizers "
                             f"{', '.join(config.optimizers)}); the bridge compares {', '.join(sorted(need))}")
@@ -193,7 +193,7 @@ def _entry_labels(config) -> dict:
     """toy name (adam, signum, focus) -> the map's label of that built-in (the first entry)."""
     out = {}
     for e in config.entries:
-        if e.kind == "builtin" and e.name in TITLE and e.name not in out:
+        if e.name in TITLE and e.name not in out:  # the built-ins by name (a class's name is a dotted path)
             out[e.name] = e.label
     return out
 

@@ -146,5 +146,9 @@ def study_inputs(values: dict, settings_cls, run_cls, section: str):
     flags = split(values, settings_cls)
     if "optimizer" in flags:
         flags["optimizer"] = parse_opt_params(flags["optimizer"])
+    if "tune" in flags:
+        from focuslab.tuning import parse_tune
+
+        flags["tune"] = parse_tune(flags["tune"])
     file_values = load_toml(run["config"], section) if run.get("config") else None
     return run, flags, file_values

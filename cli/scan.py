@@ -67,7 +67,7 @@ def summary_line(config, out, summary, shard) -> str:
         return (f"{out}: shard {shard[0]}/{shard[1]} done ({summary['chunks_computed']}/{summary['chunks_total']} "
                 "chunks computed); `focuslab merge` assembles the tables")
     speed = summary["ns_per_step_per_worker"]
-    return (f"{out}: runs.parquet, best.parquet, scan.json ({config.n_cells} cells x {len(config.optimizers)} "
-            f"optimizers x {len(config.axes['lr'])} lrs x {config.replicates} replicates; "
+    tables = "runs.parquet, best.parquet" + (", best_defaults.parquet, tuning.parquet" if config.tuning else "")
+    return (f"{out}: {tables}, scan.json ({config.shape_text()}; "
             f"{summary['chunks_computed']}/{summary['chunks_total']} chunks computed in {summary['wall_seconds']:.1f} s"
             + (f", {speed:.1f} ns/step per worker)" if speed else ")"))

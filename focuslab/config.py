@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from . import axes
 from .errors import FocuslabError
+from .grids import MAX_GRID, Grid, parse_grid  # noqa: F401  (re-exported: every command parses grids here)
 from .optimizers.entries import digest_view, study_record
 from .options import setting
 from .values import jsonable, parse_number  # noqa: F401  (parse_number re-exported)
@@ -34,67 +34,6 @@ try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover
     import tomli as tomllib
-
-@dataclass(frozen=True)
-class Grid:
-    """Values of one axis and how they were spaced ('single', 'linear', 'log' or 'list')."""
-
-    spec: str
-    values: tuple[float, ...]
-    scale: str
-
-    @property
-    def is_log(self) -> bool:
-        return self.scale == "log"
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-
-#: Most values one grid may have (a larger NUM is a typo, and would fill memory before anything runs).
-MAX_GRID = 100_000
-
-
-def parse_grid(spec, name: str = "grid") -> Grid:
-    """Parse a grid spec (string, number or list of numbers); errors name the flag --NAME."""
-    where = "--" + name.replace("_", "-")
-    if isinstance(spec, (list, tuple)):
-        values = tuple(parse_number(v, where) for v in spec)
-        if not values:
-            raise FocuslabError(f"{where}: empty list")
-        return Grid(",".join(repr(v) for v in values), values, "list" if len(values) > 1 else "single")
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return Grid(repr(float(spec)), (float(spec),), "single")
-    if not isinstance(spec, str) or not spec.strip():
-        raise FocuslabError(f"{where}: expected a grid like START:STOP:NUM[:log] or a list, got {spec!r}")
-    text = spec.strip()
-    if ":" not in text:
-        values = tuple(parse_number(v, where) for v in text.split(","))
-        return Grid(text, values, "list" if len(values) > 1 else "single")
-    parts = [p.strip() for p in text.split(":")]
-    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("log", "lin")):
-        raise FocuslabError(f"{where}: malformed grid {spec!r} (use START:STOP:NUM, START:STOP:NUM:log "
-                            "or a comma list)")
-    start, stop = parse_number(parts[0], where), parse_number(parts[1], where)
-    try:
-        num = int(parts[2])
-    except ValueError:
-        raise FocuslabError(f"{where}: in {text!r}, NUM must be a whole number, got {parts[2]!r}") from None
-    if num < 1:
-        raise FocuslabError(f"{where}: in {text!r}, NUM must be >= 1, got {num}")
-    if num > MAX_GRID:
-        raise FocuslabError(f"{where}: in {text!r}, NUM {num} is more than {MAX_GRID} values; one axis of a map "
-                            "needs far fewer")
-    log = len(parts) == 4 and parts[3] == "log"
-    if log:
-        if start <= 0 or stop <= 0:
-            raise FocuslabError(f"{where}: log grid {text!r} needs positive endpoints")
-        values = np.logspace(math.log10(start), math.log10(stop), num)
-    else:
-        values = np.linspace(start, stop, num)
-    scale = "single" if num == 1 else ("log" if log else "linear")
-    return Grid(text, tuple(float(v) for v in values), scale)
-
 
 def check_axis(name: str, grid: Grid) -> Grid:
     """Values of a toy axis must be finite, distinct and in the axis's range (focuslab.axes).
@@ -265,6 +204,13 @@ class ScanSettings:
     steps: int = setting(None, "optimizer steps per trajectory", metavar="N")
     seed: int = setting(None, "base seed of every random stream", metavar="N")
     chunk_steps: int = setting(None, "work per resumable chunk, lanes x steps (fixes the chunk layout)", metavar="N")
+    tune: dict = setting(None, "tune OPT's settings too: its default space (--tune focus), a grid per setting "
+                               "(--tune adam.beta1=0.8,0.9,0.99), or its own lr range (--tune adam.lr=1e-4:1:20:log); "
+                               "repeatable; a config file's [scan.tune.OPT] table", metavar="OPT[.SETTING=GRID]",
+                         multiple=True)
+    budget: int = setting(None, "trials per tuned optimizer (points of lr x settings), drawn by one scrambled Sobol "
+                                "design from each one's space; none: every point", metavar="N")
+    design_seed: int = setting(None, "seed of the --budget design", metavar="N")
 
 
 SCAN_SCALARS = ("replicates", "steps", "seed", "chunk_steps")
@@ -288,6 +234,16 @@ class ScanConfig(StudyConfig):
     steps: int
     seed: int
     chunk_steps: int  # target work per chunk (lanes x steps); fixes the chunk layout
+    tuning: object = None  # focuslab.tuning.Tuning, or None when only lrs are scanned
+
+    def trials(self, label: str) -> tuple:
+        """The trials of optimizer ``label`` (focuslab.tuning.Trial): its tuned trials, else one per
+        lr of the lr axis."""
+        from .tuning import lr_trials
+
+        if self.tuning is not None and label in self.tuning.spaces:
+            return self.tuning.trials[label]
+        return lr_trials(self.axes["lr"].values)
 
     @property
     def scanned_axes(self) -> list[str]:
@@ -302,6 +258,8 @@ class ScanConfig(StudyConfig):
             **study_record(self.entries),
             "replicates": self.replicates, "steps": self.steps, "seed": self.seed,
             "chunk_steps": self.chunk_steps, "engine": dict(ENGINE),
+            # only where something is tuned, so that other scans keep their digests
+            **({"tuning": self.tuning.record()} if self.tuning is not None else {}),
         }
 
     def digest_dict(self) -> dict:
@@ -310,15 +268,33 @@ class ScanConfig(StudyConfig):
         for name in axes.AXIS_NAMES:
             d.pop(name)
         d.pop("scales")
+        for space in d.get("tuning", {}).get("spaces", {}).values():
+            for dim in space.values():
+                if isinstance(dim, dict):
+                    dim.pop("spec", None)
         return d
 
     @property
     def n_cells(self) -> int:
         return int(np.prod([len(self.axes[a]) for a in axes.CELL_NAMES]))
 
+    def shape_text(self) -> str:
+        """The work's shape in words: "2400 cells x 3 optimizers x 20 lrs x 20 replicates", or with
+        tuned optimizers their trials ("adam 52 trials (32 by the design), signum 20 lrs")."""
+        if self.tuning is None:
+            return (f"{self.n_cells} cells x {len(self.entries)} optimizers x {len(self.axes['lr'])} lrs x "
+                    f"{self.replicates} replicates")
+        parts = []
+        for label in self.optimizers:
+            trials = self.trials(label)
+            if label in self.tuning.spaces:
+                parts.append(f"{label} {len(trials)} trials ({sum(t.design for t in trials)} by the design)")
+            else:
+                parts.append(f"{label} {len(trials)} lrs")
+        return f"{self.n_cells} cells x ({', '.join(parts)}) x {self.replicates} replicates"
+
     def total_steps(self) -> int:
-        return (self.n_cells * len(self.axes["lr"]) * self.replicates * self.steps
-                * len(self.entries))
+        return self.n_cells * self.replicates * self.steps * sum(len(self.trials(e.label)) for e in self.entries)
 
 
 def _optimizer_tables(layer: dict | None, section: str = "scan") -> dict:
@@ -339,10 +315,15 @@ def build_scan_config(file_values: dict | None = None, overrides: dict | None = 
     a dict of hyperparameters (what ``--opt-param`` gives).
     """
     from .optimizers import parse_list
+    from .tuning import resolve, tune_tables
 
     base = load_toml("default", "scan")
     layers = [base, file_values or {}, overrides or {}]
     tables = [_optimizer_tables(layer) for layer in layers]
+    tune: dict = {}
+    for layer in layers:
+        for opt, table in tune_tables(layer).items():
+            tune.setdefault(opt, {}).update(table)
     opt_params: dict = {}
     for table in tables[1:]:
         for opt, params in table.items():
@@ -359,7 +340,10 @@ def build_scan_config(file_values: dict | None = None, overrides: dict | None = 
     if ints["replicates"] < MIN_REPLICATES:
         raise FocuslabError(f"--replicates {ints['replicates']}: a scan needs at least {MIN_REPLICATES} (its standard "
                             "errors, and every winner judged by them, come from the spread between replicates)")
-    return ScanConfig(axes=grids, entries=entries, **ints)
+    budget = parse_int(merged["budget"], "budget", 1) if merged.get("budget") is not None else None
+    design_seed = parse_int(merged.get("design_seed", 0), "design_seed", 0)
+    tuning = resolve(entries, tune, grids["lr"], budget, design_seed)
+    return ScanConfig(axes=grids, entries=entries, **ints, tuning=tuning)
 
 
 def _toml_value(value) -> str:
@@ -390,15 +374,22 @@ def scan_table(config: ScanConfig) -> dict:
         inline = parse_spec(e.spec).settings
         extra.setdefault(e.name, {}).update({k: jsonable(v) for k, v in e.changed().items() if k not in inline})
     table["optimizer"] = {name: params for name, params in extra.items() if params}
+    if config.tuning is not None:
+        t = config.tuning
+        table["tune"] = {label: {"lr": s.lr.spec, **{d.name: d.spec for d in s.dims}} for label, s in t.spaces.items()}
+        if t.budget is not None:
+            table["budget"] = t.budget
+        table["design_seed"] = t.seed
     return table
 
 
 def config_to_toml(config: ScanConfig) -> str:
     """The resolved config as a [scan] TOML table that rebuilds the same config (same digest)."""
     table = scan_table(config)
-    per_optimizer = table.pop("optimizer")
+    nested = {"optimizer": table.pop("optimizer"), "tune": table.pop("tune", {})}
     lines = ["[scan]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-    for rule, params in per_optimizer.items():
-        lines.append(f"\n[scan.optimizer.{rule if rule.isidentifier() else json.dumps(rule)}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in params.items())
+    for section, tables in nested.items():
+        for name, params in tables.items():
+            lines.append(f"\n[scan.{section}.{name if name.isidentifier() else json.dumps(name)}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in params.items())
     return "\n".join(lines) + "\n"

@@ -20,7 +20,7 @@ import pandas as pd
 from . import __version__
 from .results import read_json, read_parquet
 
-NAMES = {"adam": "Adam", "adamw": "AdamW", "signum": "Signum", "focus": "FOCUS"}
+NAMES = {"adam": "Adam", "adamw": "AdamW", "signum": "Signum", "focus": "FOCUS", "lion": "Lion"}
 
 
 def _pct(x: float, digits: int = 1) -> str:
@@ -256,6 +256,72 @@ def zoo(directory: Path) -> str:
                      "how it ran"], rows, "lrrrl")
 
 
+def _selected(directory: Path) -> "pd.DataFrame":
+    """Each refined cell's selected candidate per optimizer (refine/lrs.parquet's selected rows) with
+    the cell's coordinates and outcome."""
+    d = read_parquet(Path(directory) / "decisions.parquet")
+    lrs = read_parquet(Path(directory) / "refine" / "lrs.parquet")
+    sel = lrs[lrs["selected"]]
+    return sel.merge(d[["cell", "sharpness", "noise", "outcome", "winner", "tied", "leader", "lead"]], on="cell")
+
+
+def tuning_gamma(directory: Path) -> str:
+    """FOCUS tuned: per noise band, the cells FOCUS wins or leads (refined), and the attraction gamma
+    of its selected candidate there; gamma = 0 is FOCUS stepping as Signum does."""
+    sel = _selected(directory)
+    focus = sel[sel["optimizer"] == "focus"].copy()
+    bands = [(0.0, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, 3.01)]
+    gammas = sorted(focus["gamma"].dropna().unique())
+    rows = []
+    for lo, hi in bands:
+        g = focus[(focus["noise"] >= lo) & (focus["noise"] < hi)]
+        n = len(g)
+        wins = g[g["winner"] == "focus"]
+        leads = g[g["leader"] == "focus"]
+        share = {v: (leads["gamma"] == v).mean() if len(leads) else math.nan for v in gammas}
+        rows.append([f"{lo:g} ≤ σ < {min(hi, 3):g}" if hi < 3 else f"{lo:g} ≤ σ ≤ 3", n, _pct(len(wins) / max(n, 1)),
+                     _pct(len(leads) / max(n, 1))] + [_pct(share[v], 0) for v in gammas])
+    return markdown(["noise band", "cells", "FOCUS wins", "FOCUS leads"] + [f"γ = {v:g} where it leads" for v in gammas],
+                    rows, "lrrr" + "r" * len(gammas))
+
+
+def tuning_settings(directory: Path) -> str:
+    """Each tuned optimizer's selected candidate (refined): the most frequent value of each tuned
+    setting among the cells it wins, and among every cell."""
+    meta = read_json(Path(directory) / "scan.json")
+    spaces = meta["config"]["tuning"]["spaces"]
+    sel = _selected(directory)
+    rows = []
+    for o, space in spaces.items():
+        g = sel[sel["optimizer"] == o]
+        won = g[g["winner"] == o]
+        for name in [k for k in space if k not in ("lr", "base")]:
+            def top(frame):
+                if not len(frame):
+                    return "—"
+                counts = frame[name].value_counts(normalize=True)
+                return ", ".join(f"{_num(v, '.6g') if isinstance(v, float) else v} ({_pct(c, 0)})"
+                                 for v, c in counts.head(3).items())
+            rows.append([NAMES.get(o, o), name, f"{_num(space['base'][name], '.6g')}", top(won), top(g)])
+    return markdown(["optimizer", "setting", "its own value", "selected where it wins (top 3)",
+                     "selected in every cell (top 3)"], rows, "lllll")
+
+
+def tuning_curve(directory: Path) -> str:
+    """Winner shares (raw argmin of the expected best loss) after k random trials of each one's design."""
+    from .phase import win_fractions, winners
+
+    curves = read_parquet(Path(directory) / "tuning.parquet")
+    opts = list(read_json(Path(directory) / "scan.json")["config"]["optimizers"])
+    rows = []
+    for k, g in curves.groupby("k"):
+        t = winners(g.rename(columns={"expected_best": "final_loss_mean", "expected_best_se": "final_loss_sem"}),
+                    opts, ["sharpness", "noise", "weight_decay", "phi", "c"], 0.0)
+        f = win_fractions(t, opts)
+        rows.append([k] + [_pct(f[o], 0) for o in opts])
+    return markdown(["trials k"] + [NAMES.get(o, o) for o in opts], rows)
+
+
 # ---------------------------------------------------------------------------------------------
 
 def _commit() -> str:
@@ -279,6 +345,13 @@ TABLES = {
     "bridge-boundary.md": (bridge_boundary, "bridge"),
     "bridge-gpt2.md": (bridge_gpt2, "bridge"),
     "bridge-stability.md": (bridge_stability, "bridge"),
+    "tuning-maps.md": (decided_maps, {"at their own settings (best lr)": "untuned-default",
+                                      "tuned, budget 32": "tuned3-default",
+                                      "tuned, budget 32, with Lion": "tuned-default"}),
+    "tuning-gamma.md": (tuning_gamma, "tuned3-default"),
+    "tuning-settings.md": (tuning_settings, "tuned3-default"),
+    "tuning-settings-lion.md": (tuning_settings, "tuned-default"),
+    "tuning-curve.md": (tuning_curve, "tuned-default"),
 }
 
 

@@ -224,6 +224,12 @@ def run_units(work: Path, todo: list[Unit], compute: Callable | None = None, *, 
     if batched is not None:
         results = batched(todo)
     else:
+        import warnings
+
+        # loky replaces a worker whose memory grew past its limit between two units and says so with a
+        # warning that reads like a crash ("A worker stopped while some jobs were given to the
+        # executor"); nothing is lost (joblib#883, loky#641), so it is not the user's news
+        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
         tasks = (delayed(_call)(compute, u.name, u.args, os.getpid()) for u in todo)
         results = Parallel(n_jobs=max(1, min(jobs, len(todo))), return_as="generator_unordered")(tasks)
     try:

@@ -66,8 +66,8 @@ class Chunk:
     index: int
     cell_start: int
     cell_stop: int
-    lr_start: int
-    lr_stop: int
+    trial_start: int  # the optimizer's trials (focuslab.tuning): its lrs when it is not tuned
+    trial_stop: int
     cost: int  # optimizer steps (lanes x steps)
     slug: str  # the label as a file-name-safe string
 
@@ -109,16 +109,15 @@ def plan_scan(config: ScanConfig, jobs: int = 1, speeds: dict | None = None) -> 
     (``speeds``: label -> seconds per trajectory-step on one core; the numba kernel's by default)."""
     from .optimizers.entries import NATIVE_NS
 
-    n_lr = len(config.axes["lr"])
-    n_opt = len(config.entries)
-    trajectories = config.n_cells * n_lr * config.replicates
-    per_opt = trajectories * config.steps
+    n_trials = {e.label: len(config.trials(e.label)) for e in config.entries}
+    trajectories = config.n_cells * config.replicates * sum(n_trials.values())
+    per_opt = {label: config.n_cells * n * config.replicates * config.steps for label, n in n_trials.items()}
     speeds = speeds or {}
-    seconds = sum(per_opt * speeds.get(e.label, NATIVE_NS * 1e-9) for e in config.entries)
+    seconds = sum(per_opt[e.label] * speeds.get(e.label, NATIVE_NS * 1e-9) for e in config.entries)
     lanes = min(trajectories, max(1, config.chunk_steps // config.steps) * 1)
-    return {"cells": config.n_cells, "trajectories": trajectories * n_opt, "steps": per_opt * n_opt,
-            "chunks": n_opt * max(1, -(-per_opt // config.chunk_steps)),
-            "table_bytes": config.n_cells * n_lr * n_opt * ROW_BYTES,
+    return {"cells": config.n_cells, "trajectories": trajectories, "steps": sum(per_opt.values()),
+            "chunks": sum(max(1, -(-n // config.chunk_steps)) for n in per_opt.values()),
+            "table_bytes": config.n_cells * sum(n_trials.values()) * ROW_BYTES,
             # a worker: the per-step table of bias corrections, and 4 metrics + ~12 state values a lane
             "worker_bytes": (config.steps + 1) * 3 * 8 + lanes * 16 * 8,
             "eta_seconds": seconds / max(1, jobs)}
@@ -195,8 +194,7 @@ def describe_plan(config: ScanConfig, out: Path, jobs: int | None = None, **chec
         f"at the numba kernel's speed and the probed speed of {len(plans)} external optimizer(s)"
     if pre["sim"] is not None:
         how = f"on {pre['sim'].describe()}"
-    return (f"{out}: {p['cells']} cells x {len(config.entries)} optimizers x {len(config.axes['lr'])} lrs x "
-            f"{config.replicates} replicates = {p['trajectories']:.3g} trajectories, {p['steps']:.3g} optimizer "
+    return (f"{out}: {config.shape_text()} = {p['trajectories']:.3g} trajectories, {p['steps']:.3g} optimizer "
             f"steps in {p['chunks']} chunks; tables ~{p['table_bytes'] / 2 ** 20:.3g} MiB; ~"
             f"{_duration(p['eta_seconds'])} on {workers} worker(s) {how}")
 
@@ -229,25 +227,26 @@ def write_sbatch(config: ScanConfig, out: Path, sbatch_file, shards, jobs, sbatc
 
 def plan_chunks(config: ScanConfig) -> list[Chunk]:
     """Deterministic chunk layout: optimizers in order, each split into runs of whole cells of about
-    ``chunk_steps`` optimizer steps; a cell larger than that is split into runs of learning rates."""
-    n_lr = len(config.axes["lr"])
-    per_lr = config.replicates * config.steps
-    per_cell = n_lr * per_lr
+    ``chunk_steps`` optimizer steps; a cell larger than that is split into runs of its trials (its
+    learning rates, when it is not tuned)."""
+    per_trial = config.replicates * config.steps
     chunks = []
     for label, slug in ((e.label, e.slug) for e in config.entries):
+        n_trials = len(config.trials(label))
+        per_cell = n_trials * per_trial
         index = 0
         if per_cell <= config.chunk_steps:
             cells_per_chunk = max(1, config.chunk_steps // per_cell)
             for start in range(0, config.n_cells, cells_per_chunk):
                 stop = min(start + cells_per_chunk, config.n_cells)
-                chunks.append(Chunk(label, index, start, stop, 0, n_lr, (stop - start) * per_cell, slug))
+                chunks.append(Chunk(label, index, start, stop, 0, n_trials, (stop - start) * per_cell, slug))
                 index += 1
         else:
-            lrs_per_chunk = max(1, config.chunk_steps // per_lr)
+            trials_per_chunk = max(1, config.chunk_steps // per_trial)
             for cell in range(config.n_cells):
-                for lo in range(0, n_lr, lrs_per_chunk):
-                    hi = min(lo + lrs_per_chunk, n_lr)
-                    chunks.append(Chunk(label, index, cell, cell + 1, lo, hi, (hi - lo) * per_lr, slug))
+                for lo in range(0, n_trials, trials_per_chunk):
+                    hi = min(lo + trials_per_chunk, n_trials)
+                    chunks.append(Chunk(label, index, cell, cell + 1, lo, hi, (hi - lo) * per_trial, slug))
                     index += 1
     return chunks
 
@@ -258,11 +257,55 @@ def compute_chunk(config: ScanConfig, chunk: Chunk, plan=None, report=None) -> p
     from .toy.rng import trajectory_keys
 
     cells = cell_values(config)[chunk.cell_start:chunk.cell_stop]
-    lrs = np.asarray(config.axes["lr"].values)[chunk.lr_start:chunk.lr_stop]
+    trials = config.trials(chunk.optimizer)[chunk.trial_start:chunk.trial_stop]
     entry = config.entry(chunk.optimizer)
     keys = trajectory_keys(config.seed, cells, np.arange(config.replicates))
-    out = entry.simulate(cells, lrs, keys, config.steps, plan=plan, report=report)
-    return summarise(chunk.optimizer, cells, lrs, out)
+    out = simulate_trials(entry, trials, cells, keys, config.steps, plan=plan, report=report)
+    return summarise(chunk.optimizer, cells, np.array([t.lr for t in trials]), out,
+                     trial_columns(config, entry, chunk.trial_start, trials))
+
+
+def simulate_trials(entry, trials, cells, keys, steps: int, plan=None, report=None, simulator=None) -> dict:
+    """Per-lane metrics of shape (cells, trials, replicates): each run of trials that share their
+    settings is one engine call over its lrs, with the entry at those settings (a trial's noise
+    is its cell's: the same streams for every trial)."""
+    from .tuning import groups
+
+    parts = groups(trials)
+    if len(parts) == 1 and not parts[0][0]:  # the lrs of an optimizer at its own settings
+        return entry.simulate(cells, np.array([t.lr for t in trials]), keys, steps, plan=plan, report=report,
+                              simulator=simulator)
+    out: dict = {}
+    done = 0
+    for settings, positions in parts:
+        e = entry.with_settings(settings) if settings else entry
+        sub = None if report is None else (lambda f, a=done, n=len(positions): report((a + f * n) / len(trials)))
+        res = e.simulate(cells, np.array([trials[i].lr for i in positions]), keys, steps, plan=plan, report=sub,
+                         simulator=simulator)
+        for name, value in res.items():
+            if name not in out:
+                out[name] = np.empty((value.shape[0], len(trials), value.shape[2]), dtype=value.dtype)
+            out[name][:, positions, :] = value
+        done += len(positions)
+    return out
+
+
+def trial_columns(config: ScanConfig, entry, first: int, trials) -> dict | None:
+    """The per-trial columns of a tuned scan's runs table (None when nothing is tuned): the trial's
+    index among its optimizer's, whether it belongs to the design and to the defaults line, and one
+    column per tuned setting (the trial's value; an optimizer's own value where it is not tuned;
+    empty where it has no such setting)."""
+    from .tuning import setting_column
+
+    if config.tuning is None:
+        return None
+    cols = {"trial": np.arange(first, first + len(trials), dtype=np.int64),
+            "design": np.array([t.design for t in trials]), "defaults": np.array([t.defaults for t in trials])}
+    for name in config.tuning.columns:
+        own = entry.settings.get(name, entry.defaults.get(name))
+        values = [dict(t.settings).get(name, own) for t in trials]
+        cols[name] = setting_column(values, config.tuning.numeric(name))
+    return cols
 
 
 def _stats(x: np.ndarray, prefix: str) -> dict:
@@ -276,8 +319,9 @@ def _stats(x: np.ndarray, prefix: str) -> dict:
         return {f"{prefix}_mean": mean, f"{prefix}_std": std, f"{prefix}_sem": std / math.sqrt(n)}
 
 
-def summarise(optimizer: str, cells: np.ndarray, lrs: np.ndarray, out: dict) -> pd.DataFrame:
-    """Per-lane metrics (cells, lrs, reps) -> one row per (cell, lr)."""
+def summarise(optimizer: str, cells: np.ndarray, lrs: np.ndarray, out: dict, trials: dict | None = None) -> pd.DataFrame:
+    """Per-lane metrics (cells, lrs, reps) -> one row per (cell, lr); ``trials``: per-trial columns
+    (one value per lr position) of a tuned scan."""
     n_cells, n_lr, n_rep = out["final_loss"].shape
     diverged = out["diverged"].astype(bool)
     final = np.where(diverged, np.inf, out["final_loss"])  # diverged counts as +inf, never NaN
@@ -285,6 +329,8 @@ def summarise(optimizer: str, cells: np.ndarray, lrs: np.ndarray, out: dict) -> 
     for j, axis in enumerate(CELL_NAMES):
         cols[axis] = np.repeat(cells[:, j], n_lr)
     cols["lr"] = np.tile(lrs, n_cells)
+    for name, values in (trials or {}).items():
+        cols[name] = np.tile(values, n_cells)
     cols["replicates"] = np.full(n_cells * n_lr, n_rep, dtype=np.int64)
     stats = {**_stats(final, "final_loss"),
              "final_loss_median": np.median(final, axis=-1),
@@ -412,16 +458,17 @@ def torch_batches(config: ScanConfig, sim):
 
     def batches(units):
         all_cells = cell_values(config)
-        all_lrs = np.asarray(config.axes["lr"].values)
         reps = np.arange(config.replicates)
         chunks = [u.args[1] for u in units]
         for label in dict.fromkeys(c.optimizer for c in chunks):
             entry = config.entry(label)
             groups: dict[tuple, list] = {}
             for c in (c for c in chunks if c.optimizer == label):
-                groups.setdefault((c.lr_start, c.lr_stop), []).append(c)
+                groups.setdefault((c.trial_start, c.trial_stop), []).append(c)
             for (lo, hi), group in groups.items():
-                lrs = all_lrs[lo:hi]
+                trials = config.trials(label)[lo:hi]
+                lrs = np.array([t.lr for t in trials])
+                columns = trial_columns(config, entry, lo, trials)
                 launch = max(1, sim.lanes_per_call() // (len(lrs) * config.replicates))
                 rows = [(c, i) for c in group for i in range(c.cell_start, c.cell_stop)]
                 pending = {c.name: [] for c in group}
@@ -433,8 +480,8 @@ def torch_batches(config: ScanConfig, sim):
                         idx += [idx[-1]] * (launch - len(idx))
                     cells = all_cells[idx]
                     t0 = time.perf_counter()
-                    res = entry.simulate(cells, lrs, trajectory_keys(config.seed, cells, reps), config.steps,
-                                         simulator=sim)
+                    res = simulate_trials(entry, trials, cells, trajectory_keys(config.seed, cells, reps),
+                                          config.steps, simulator=sim)
                     secs = time.perf_counter() - t0
                     for k, (c, _) in enumerate(batch):
                         pending[c.name].append({m: v[k] for m, v in res.items()})
@@ -442,7 +489,7 @@ def torch_batches(config: ScanConfig, sim):
                         if len(pending[c.name]) == c.cell_stop - c.cell_start:
                             done = pending.pop(c.name)
                             stacked = {m: np.stack([r[m] for r in done]) for m in done[0]}
-                            table = summarise(label, all_cells[c.cell_start:c.cell_stop], lrs, stacked)
+                            table = summarise(label, all_cells[c.cell_start:c.cell_stop], lrs, stacked, columns)
                             yield c.name, {"": table}, seconds[c.name]
 
     return batches
@@ -523,7 +570,8 @@ def _run_scan(config, out, jobs, force, progress, backend, scheduler, shard, log
     if shard is None and not todo and meta.get("status") == "complete":
         from .results import readable_table
 
-        bad = [name for name in (RUNS, BEST) if not readable_table(out / name)]
+        tables = (RUNS, BEST) + (tuple(TUNED.values()) if config.tuning is not None else ())
+        bad = [name for name in tables if not readable_table(out / name)]
         if not bad:
             return {"already_complete": True, "chunks_computed": 0, "chunks_total": len(mine),
                     "wall_seconds": 0.0, "ns_per_step_per_worker": None}
@@ -561,17 +609,30 @@ def _run_scan(config, out, jobs, force, progress, backend, scheduler, shard, log
         (out / SHARDS).mkdir(exist_ok=True)
         write_json(record, out / SHARDS / f"{shard[0]}-of-{shard[1]}.json")
         return {**attempt, "shard": list(shard)}
-    finish_scan(out, meta, chunks, attempt)
+    finish_scan(config, out, meta, chunks, attempt)
     return attempt
 
 
-def finish_scan(out: Path, meta: dict, chunks: list[Chunk], attempt: dict) -> None:
-    """Assemble runs/best from the chunk files and mark the scan complete."""
+#: The further tables of a tuned scan (focuslab.tuning.tuned_tables).
+TUNED = {"best_defaults": "best_defaults.parquet", "tuning": "tuning.parquet"}
+
+
+def finish_scan(config: ScanConfig, out: Path, meta: dict, chunks: list[Chunk], attempt: dict) -> None:
+    """Assemble runs/best (and a tuned scan's best_defaults and tuning curves) from the chunk files
+    and mark the scan complete."""
     from .runner import complete
 
     runs = assemble_runs(out, chunks)
     write_parquet(runs, out / RUNS)
-    write_parquet(best_per_cell(runs), out / BEST)
+    if config.tuning is None:
+        write_parquet(best_per_cell(runs), out / BEST)
+    else:
+        from .tuning import tuned_tables
+
+        tables = tuned_tables(runs, config)
+        write_parquet(tables.pop("best"), out / BEST)
+        for name, table in tables.items():
+            write_parquet(table, out / TUNED[name])
     complete(out / META, meta, attempt)
 
 
@@ -643,5 +704,5 @@ def merge_shards(dirs: list[Path], out: Path) -> dict:
     attempt = {"merged_shards": n, "sources": sorted({str(d) for d, _ in records}),
                "shard_timings": [rec["timings"] for _, rec in sorted(records, key=lambda r: r[1]["shard"][0])],
                "wall_seconds": round(time.time() - t0, 3), "environment": _environment()}
-    finish_scan(out, meta, chunks, attempt)
+    finish_scan(config, out, meta, chunks, attempt)
     return {"shards": n, "chunks": len(chunks), "out": str(out)}

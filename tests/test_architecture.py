@@ -1,11 +1,13 @@
 """The module graph (every import, lazy ones too) has no cycle and no upward import.
 
 Layers, low to high (docs/ARCHITECTURE.md):
-  0  errors, values, axes, devices, options, optim (torch optimizer classes: import nothing of focuslab's)
+  0  errors, values, grids, axes, devices, options, optim (torch optimizer classes: import nothing of
+     focuslab's)
   1  toy (the simulator's engines: they run the rules and torch classes they are handed, and know
      no optimizer by name)
   2  config, optimizers (the spec grammar, the definitions, the one optimizer interface over the
-     engines), results, runner, phase (the store, reductions)
+     engines), tuning (search spaces, the design, tuning curves), results, runner, phase (the store,
+     reductions)
   3  scan, refine (a package), mnist, gpt2, diagnostics, slurm, selftest (studies)
   4  plot (figures from results), bridge (reads other studies' results, as plot does, and runs the
      toy scan it needs), report (the docs' tables from results)
@@ -19,9 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
-    "errors": 0, "values": 0, "axes": 0, "optim": 0, "devices": 0, "options": 0,
+    "errors": 0, "values": 0, "axes": 0, "optim": 0, "devices": 0, "options": 0, "grids": 0,
     "toy": 1,
-    "config": 2, "optimizers": 2, "results": 2, "runner": 2, "phase": 2,
+    "config": 2, "optimizers": 2, "tuning": 2, "results": 2, "runner": 2, "phase": 2,
     "scan": 3, "refine": 3, "mnist": 3, "gpt2": 3, "diagnostics": 3, "slurm": 3, "selftest": 3,
     "plot": 4, "bridge": 4, "report": 4,
     "cli": 5, "__main__": 5,

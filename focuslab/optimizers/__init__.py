@@ -40,7 +40,7 @@ def parse_opt_params(items, where: str = "--opt-param") -> dict:
     return out
 
 
-def _identity(text: str, where: str) -> str:
+def identity_of(text: str, where: str) -> str:
     """The canonical name an opt-param key refers to (a built-in's name, or a class's target)."""
     p = parse_spec(text, where)
     if p.kind == "name" and p.target in builtin.SPELLINGS:
@@ -92,7 +92,7 @@ def parse_list(spec, opt_params: dict | None = None, where: str = "--optimizers"
     wanted, given, spelled = {}, set(), {}
     for params, strict in ((base_params, False), (opt_params, True)):
         for key, values in (params or {}).items():
-            ident = _identity(key, f"{where.replace('--optimizers', '--opt-param')} {key}")
+            ident = identity_of(key, f"{where.replace('--optimizers', '--opt-param')} {key}")
             wanted.setdefault(ident, {}).update(values)
             if strict:
                 given.add(ident)
@@ -102,7 +102,7 @@ def parse_list(spec, opt_params: dict | None = None, where: str = "--optimizers"
         p = parse_spec(item, where)
         ident = builtin.SPELLINGS.get(p.target) if p.kind == "name" else None
         if ident is None:
-            ident = _identity(item, f"{where}: {item!r}")
+            ident = identity_of(item, f"{where}: {item!r}")
         entry = parse_one(item, wanted.get(ident), where)
         used.add(ident)
         for other in entries:
@@ -155,7 +155,9 @@ def builtin_lines() -> list[str]:
         names = ", ".join([b.name, *b.aliases])
         lines.append(f"{names}: {b.doc}")
         for h in b.hyper:
-            lines.append(f"    {h.name} = {h.default:g}  in {h.interval}: {h.doc}  [default: {h.source}]")
+            tuned = f"  [--tune space: {h.space}]" if h.space else ""
+            lines.append(f"    {h.name} = {h.default:g}  in {h.interval}: {h.doc}  [default: {h.source}]{tuned}")
         for o in b.options:
-            lines.append(f"    {o.name} = {o.default}  ({' | '.join(o.choices)}): {o.doc}  [default: {o.source}]")
+            tuned = f"  [--tune space: {','.join(o.choices)}]" if o.tuned else ""
+            lines.append(f"    {o.name} = {o.default}  ({' | '.join(o.choices)}): {o.doc}  [default: {o.source}]{tuned}")
     return lines

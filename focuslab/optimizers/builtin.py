@@ -188,37 +188,45 @@ def lion_torch(groups, lr, s, device):
 
 
 _UNIT = "[0, 1)"
+#: Default search spaces (``--tune OPT`` without values): EMA rates evenly spread on the scale of
+#: their time constant 1 / (1 - beta), from 2 steps to 10^4 (beyond a run of 1000 steps: an EMA
+#: that never forgets); Adam's second moment from 10 to 10^5 steps; FOCUS's attraction from none
+#: to four times the paper's 0.2.
+_BETA = "0.5,0.8,0.9,0.95,0.98,0.99,0.995,0.999,0.9999"
+_BETA_SQ = "0.9,0.95,0.99,0.995,0.999,0.9999,0.99999"
+_GAMMA = "0,0.05,0.1,0.2,0.4,0.8"
 _KINGMA = "Kingma & Ba 2015; torch.optim.AdamW"
 _PAPER = "FOCUS paper (arXiv 2501.12243)"
 BUILTINS = (
     Builtin("adam", "Adam", "Adam with decoupled weight decay (AdamW; Loshchilov & Hutter 2019)",
-            (Hyper("beta1", 0.9, _UNIT, "EMA rate of the gradient", _KINGMA),
-             Hyper("beta2", 0.999, _UNIT, "EMA rate of the squared gradient", _KINGMA),
+            (Hyper("beta1", 0.9, _UNIT, "EMA rate of the gradient", _KINGMA, _BETA),
+             Hyper("beta2", 0.999, _UNIT, "EMA rate of the squared gradient", _KINGMA, _BETA_SQ),
              Hyper("eps", 1e-8, "(0, inf)", "added to the root of the second moment", _KINGMA)),
             (), colour=(244, 111, 67), aliases={"adamw": "AdamW"}, state=("exp_avg", "exp_avg_sq"),
             prep=adam_prep, update=adam_update, torch=adam_torch, preconditioner="adam"),
     Builtin("signum", "Signum", "sign of the gradient EMA (Bernstein et al. 2018, arXiv 1802.04434)",
-            (Hyper("beta1", 0.9, _UNIT, "EMA rate of the gradient", f"{_PAPER}, all experiments"),),
+            (Hyper("beta1", 0.9, _UNIT, "EMA rate of the gradient", f"{_PAPER}, all experiments", _BETA),),
             (), colour=(251, 221, 133), state=("exp_avg", "unused"), prep=no_prep, update=signum_update,
             torch=signum_torch),
     Builtin("focus", "FOCUS", "Signum + gamma * sign(theta - EMA(theta)) (arXiv 2501.12243, Algorithm 1)",
-            (Hyper("beta1", 0.9, _UNIT, "EMA rate of the gradient", f"{_PAPER}, all experiments"),
+            (Hyper("beta1", 0.9, _UNIT, "EMA rate of the gradient", f"{_PAPER}, all experiments", _BETA),
              Hyper("beta2", 0.99, _UNIT, "EMA rate of the parameter average",
-                   f"{_PAPER}, GPT-2 runs (toy scripts: 0.9, set by the toy presets; official class: 0.999)"),
+                   f"{_PAPER}, GPT-2 runs (toy scripts: 0.9, set by the toy presets; official class: 0.999)", _BETA),
              Hyper("gamma", 0.2, "[0, inf)", "strength of the attraction to the average",
-                   f"{_PAPER}, toy scripts and GPT-2 runs (official class: 0.1)")),
+                   f"{_PAPER}, toy scripts and GPT-2 runs (official class: 0.1)", _GAMMA)),
             (Option("decay", ("average", "theta"),
                     "weight decay toward the average (Algorithm 1) or on theta (the paper's toy scripts)",
                     f"{_PAPER}, Algorithm 1 (toy scripts: theta, set by the toy presets)"),),
             colour=(128, 166, 226), state=("exp_avg", "param_avg"), prep=focus_prep, update=focus_update,
             torch=focus_torch),
     Builtin("sgd", "SGD", "heavy-ball momentum SGD, decoupled weight decay",
-            (Hyper("momentum", 0.9, _UNIT, "momentum coefficient", "common practice (Sutskever et al. 2013)"),),
+            (Hyper("momentum", 0.9, _UNIT, "momentum coefficient", "common practice (Sutskever et al. 2013)",
+                   "0,0.5,0.8,0.9,0.95,0.98,0.99"),),
             (), colour=(102, 187, 106), state=("momentum_buffer", "unused"), prep=no_prep, update=sgd_update,
             torch=sgd_torch),
     Builtin("lion", "Lion", "Lion (Chen et al. 2023, arXiv 2302.06675)",
-            (Hyper("beta1", 0.9, _UNIT, "interpolation for the update direction", "Chen et al. 2023"),
-             Hyper("beta2", 0.99, _UNIT, "EMA rate of the momentum", "Chen et al. 2023")),
+            (Hyper("beta1", 0.9, _UNIT, "interpolation for the update direction", "Chen et al. 2023", _BETA),
+             Hyper("beta2", 0.99, _UNIT, "EMA rate of the momentum", "Chen et al. 2023", _BETA)),
             (), colour=(171, 71, 188), state=("exp_avg", "unused"), prep=no_prep, update=lion_update,
             torch=lion_torch),
 )

@@ -85,6 +85,25 @@ class OptimizerEntry:
         return json.dumps([self.name, jsonable(self.settings)], sort_keys=True)
 
     # --- the protocol ------------------------------------------------------------------------
+    def with_settings(self, settings: dict, where: str = "") -> "OptimizerEntry":
+        """The same optimizer (same label: one row group of the tables) with ``settings`` over its
+        own, validated as a spec's would be: one trial of a tuned scan."""
+        raise NotImplementedError
+
+    def tunable(self, setting: str, where: str) -> None:
+        """Refuse, in one line, a setting it does not take (what ``--tune`` may vary)."""
+        raise NotImplementedError
+
+    def limits(self, setting: str) -> tuple:
+        """The values a setting's valid range includes at its ends (a best value there is not a
+        search space that ends too soon: gamma = 0 is no attraction at all); None where open or
+        unknown."""
+        return None, None
+
+    def validate(self, where: str) -> None:
+        """Refuse, in one line, settings the optimizer rejects (a built-in's are checked when
+        resolved; a class is built once on a dummy parameter)."""
+
     def record(self) -> dict:
         """What a results directory keeps about the optimizer's code beyond its settings."""
         return {}
@@ -154,6 +173,23 @@ class BuiltinEntry(OptimizerEntry):
     def bare(self) -> str:
         return self.label.split(":", 1)[0]
 
+    def with_settings(self, settings: dict, where: str = "") -> "BuiltinEntry":
+        import dataclasses
+
+        return dataclasses.replace(self, settings=self.rule.resolve({**self.settings, **settings}, where or None))
+
+    def tunable(self, setting: str, where: str) -> None:
+        if setting not in self.rule.defaults:
+            raise FocuslabError(f"{where}: {self.title} has no setting {setting!r} (settings: "
+                                f"{', '.join(self.rule.defaults)})")
+
+    def limits(self, setting: str) -> tuple:
+        hyper = {h.name: h for h in self.rule.hyper}.get(setting)
+        if hyper is None:
+            return None, None
+        low, high, low_in, high_in = hyper.bounds()
+        return (low if low_in else None), (high if high_in else None)
+
     def build_torch(self, param_groups, lr: float, device: str = "cpu"):
         return self.rule.build_torch(param_groups, lr, self.settings, device)
 
@@ -196,6 +232,24 @@ class ExternalEntry(OptimizerEntry):
             raise FocuslabError(f"{self.label}: the code has changed since this study began ({self.origin} then, "
                                 f"{origin} now); use another --out or --force")
         return klass
+
+    def with_settings(self, settings: dict, where: str = "") -> "ExternalEntry":
+        import dataclasses
+
+        return dataclasses.replace(self, settings={**self.settings, **settings})
+
+    def tunable(self, setting: str, where: str) -> None:
+        from .external import check_settings
+
+        check_settings(self.torch_class(), {setting: None}, where)
+
+    def validate(self, where: str) -> None:
+        import torch
+
+        try:
+            self.build_torch([{"params": [torch.zeros(2, requires_grad=True)], "weight_decay": 0.0}], 1e-3)
+        except FocuslabError as err:
+            raise FocuslabError(f"{where}: {str(err).split(': ', 1)[-1]}") from None
 
     def takes_weight_decay(self) -> bool:
         from .external import takes_weight_decay

@@ -16,14 +16,17 @@ SYMBOLS = {"beta1": "β1", "beta2": "β2", "betas": "β", "gamma": "γ", "eps": 
 
 @dataclass(frozen=True)
 class Hyper:
-    """A numeric hyperparameter: name, default, valid interval (e.g. "[0, 1)"), meaning, and the
-    source of the default (a paper, a reference implementation)."""
+    """A numeric hyperparameter: name, default, valid interval (e.g. "[0, 1)"), meaning, the
+    source of the default (a paper, a reference implementation), and the default search space
+    ``space`` (a grid, as every grid is written) that ``--tune OPT`` explores; "" keeps the
+    setting out of the default space (it is tuned only when named)."""
 
     name: str
     default: float
     interval: str
     doc: str
     source: str = ""
+    space: str = ""
 
     def bounds(self) -> tuple[float, float, bool, bool]:
         m = re.fullmatch(r"\s*([\[(])\s*([^,]+),\s*([^\])]+)\s*([\])])\s*", self.interval)
@@ -39,12 +42,14 @@ class Hyper:
 
 @dataclass(frozen=True)
 class Option:
-    """A choice among fixed values (the first is the default)."""
+    """A choice among fixed values (the first is the default); ``tuned``: part of the default
+    search space (every choice)."""
 
     name: str
     choices: tuple[str, ...]
     doc: str
     source: str = ""
+    tuned: bool = False
 
     @property
     def default(self) -> str:
@@ -60,6 +65,11 @@ class Settings:
     doc: str
     hyper: tuple[Hyper, ...]
     options: tuple[Option, ...]
+
+    def default_space(self) -> dict:
+        """setting -> grid spec (or list of choices) of the default search space (``--tune OPT``)."""
+        return {**{h.name: h.space for h in self.hyper if h.space},
+                **{o.name: ",".join(o.choices) for o in self.options if o.tuned}}
 
     @property
     def defaults(self) -> dict:

@@ -57,6 +57,18 @@ def _split_top(text: str, sep: str) -> list[str]:
     return parts
 
 
+def split_values(text: str, where: str) -> list[str]:
+    """The items of a comma list whose items may hold commas inside brackets or quotes
+    (``(0.9,0.999),(0.99,0.999)``), stripped; an empty item is an error."""
+    try:
+        items = [s.strip() for s in _split_top(str(text), ",")]
+    except FocuslabError as err:
+        raise FocuslabError(f"{where}: {err}") from None
+    if not all(items):
+        raise FocuslabError(f"{where}: an empty value in {text!r}")
+    return items
+
+
 def split_list(spec, where: str = "--optimizers") -> list[str]:
     """The specs of a list: a comma-separated string (top-level commas only) or a list of specs."""
     try:

@@ -317,7 +317,9 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
             f"  undecided {100 * f[UNDECIDED]:.1f}%"
 
     n = len(table)
-    summary.append(f"{n} cells, optimizers at their best lr; scanned: {', '.join(geo.scanned) or 'none'}")
+    tuning = (meta.get("config") or {}).get("tuning")
+    at_best = "best lr" if not tuning else "best trial (tuned ones at the budget's best)"
+    summary.append(f"{n} cells, optimizers at their {at_best}; scanned: {', '.join(geo.scanned) or 'none'}")
     if significance > 0:
         summary.append(frac_line(table, f"winners beyond {significance:g} combined SE (Welch)"))
     summary.append(frac_line(raw, "raw argmin (paper's picture)"))
@@ -328,9 +330,9 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
 
     sig_note = f"undecided: margin ≤ {significance:g} SE" if significance > 0 else "raw argmin"
     if len(geo.scanned) == 2:
-        emit(phase_figure(table, opts, geo, f"Best optimizer at best lr ({sig_note})")[0], "phase")
+        emit(phase_figure(table, opts, geo, f"Best optimizer at its {at_best} ({sig_note})")[0], "phase")
         if significance > 0:  # the paper's picture beside the significance-aware one
-            emit(phase_figure(raw, opts, geo, "Best optimizer at best lr (raw argmin, as in the paper)")[0],
+            emit(phase_figure(raw, opts, geo, f"Best optimizer at its {at_best} (raw argmin, as in the paper)")[0],
                  "phase_argmin")
         if len(opts) > 1:
             emit(margin_figure(table, geo, significance, "Winner's margin over the runner-up")[0],
@@ -366,7 +368,8 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
             prm = refine["params"]
             margin, fdr, top = prm["equivalence"], prm["fdr"], prm["max_replicates"]
             how = f"BH FDR {fdr:g}, margin {100 * margin:g}%, up to {top} estimation replicates per lr"
-            emit(decisive_figure(decisions, opts, geo, "Best optimizer, each at its best lr (raced on selection\n"
+            emit(decisive_figure(decisions, opts, geo, f"Best optimizer, each at its best {'lr' if not tuning else 'trial'}"
+                                 " (raced on selection\n"
                                  f"replicates, judged on disjoint ones; BH FDR {fdr:g} over the map,\n"
                                  f"margin {100 * margin:g} %, up to {top} estimation replicates per lr)", margin, fdr,
                                  top)[0], "phase_decisive")
@@ -383,7 +386,11 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
                 f"{geo.name(o)} {100 * wins.get(o, 0) / n:.1f}%" for o in opts) +
                 f"  tied {100 * counts.get('tied', 0):.1f}%  undecided {100 * counts.get('undecided', 0):.1f}%"
                 f"  diverged {100 * counts.get('diverged', 0):.1f}%")
-    elif len(geo.scanned) == 1:
+    if tuning:
+        from .tuning import plot_tuned
+
+        summary.extend(plot_tuned(directory, meta, best, geo, opts, significance, emit, phase_figure))
+    if len(geo.scanned) == 1:
         axis = geo.scanned[0]
         emit(line_figure(best, opts, axis, geo.log[axis],
                          "Best mean final loss at best lr", geo.name)[0], "best_loss")

@@ -15,6 +15,16 @@ and, down to ``lr_levels`` halvings of the grid step, the geometric midpoint bet
 and its better neighbour.  C_o is reported (refine/lrs.parquet); the claims are about the best lr
 in it.
 
+**Tuned optimizers** (a scan with ``--tune``, focuslab.tuning): the candidates are trials.  C_o
+starts from the optimizer's design trials whose scan mean is within 2 combined standard errors of
+its best trial's (at most 32, best first) and the lr neighbours of that best trial at its settings;
+the race adds lr neighbours and midpoints around the leading candidate at the leader's settings,
+on the lattice of the optimizer's own lr grid (focuslab.refine.lattice.TrialSpace).  Fresh
+replicates of a candidate run the optimizer at its settings.  The estimand is each optimizer at
+its best candidate, and the judgement below holds whatever the race picked, for the same reason
+(the bound holds at every candidate raced); the defaults line of a tuned scan is not raced (it is
+outside the budget).
+
 **Replicates.**  Fresh replicates R, R+1, ... (R = the scan's replicates, so new random streams)
 are interleaved: fresh replicate R + j is a *selection* replicate when j % 3 == 0 and an
 *estimation* replicate otherwise.  They come in looks of n, 2n, 4n, ... up to
@@ -104,7 +114,7 @@ run_refine).
 from __future__ import annotations
 
 from .evidence import Evidence
-from .lattice import SCREEN_STEPS, SCREEN_Z, Lattice
+from .lattice import MAX_TRIALS, SCREEN_STEPS, SCREEN_Z, Lattice, TrialSpace, candidate_spaces
 from .plan import PROCEDURE, RefinePlan, describe_plan, plan_refine, procedure_of, refine_digest
 from .procedure import PRUNE_FROM, RETIRE_P, Arm, CellResult, lead_interval, refine_cell, refine_map
 from .run import _locked, compute_chunk, run_refine, summary_line
@@ -113,7 +123,7 @@ from .settings import SELECTION_EVERY, RefineParams, RefineRun, fresh_count, rol
 from .statistics import Moments, bh_adjusted, exceeds_p, fdr_reject, lower_bound
 from .tables import DECISIONS, LRS, OUTCOMES, REFINE, REPLICATES, read_decisions, rerun_command
 
-__all__ = ["Arm", "CellResult", "DECISIONS", "Evidence", "LRS", "Lattice", "Moments", "OUTCOMES", "PROCEDURE",
+__all__ = ["MAX_TRIALS", "TrialSpace", "candidate_spaces", "Arm", "CellResult", "DECISIONS", "Evidence", "LRS", "Lattice", "Moments", "OUTCOMES", "PROCEDURE",
            "PRUNE_FROM", "PoolSampler", "REFINE", "REPLICATES", "RETIRE_P", "RefineParams", "RefinePlan", "RefineRun",
            "SCREEN_STEPS", "SCREEN_Z", "SELECTION_EVERY", "SimulatorSampler", "bh_adjusted", "compute_chunk",
            "describe_plan", "exceeds_p", "fdr_reject", "fresh_count", "lead_interval", "lower_bound", "plan_refine",

@@ -75,6 +75,10 @@ class Lattice:
         """A candidate's own columns in refine/lrs.parquet."""
         return {"level": self.level(u), "steps_beyond_grid": self.beyond(u)}
 
+    def setting_values(self, u: int) -> dict:
+        """The settings a candidate runs at beyond the optimizer's own: none, only its lr moves."""
+        return {}
+
     def initial(self, screen: tuple) -> list[int]:
         """Racing lrs from the scan (``screen``: the scan's means and standard errors over the sorted
         grid): its best grid lr, its grid neighbours, and the grid lrs next to those, out to
@@ -129,3 +133,100 @@ class Lattice:
         simulate over ``looks`` looks: ``grow`` adds at most 3 after each look but the last (two
         neighbours and a midpoint), and none past the lattice's reach."""
         return np.minimum(self.size(), start + 3 * max(0, looks - 1))
+
+
+#: A tuned optimizer's race starts from at most this many of its trials (those the scan cannot
+#: rule out, best scan means first), besides the lr neighbours of its best one.
+MAX_TRIALS = 32
+
+
+class TrialSpace:
+    """Candidates of a tuned optimizer (focuslab.tuning): its design trials, and around the leading
+    one the lr neighbours and midpoints on the lattice of its own lr grid at the leader's settings.
+    A candidate is a key (s, u): ``s`` indexes the distinct settings of the design, ``u`` is a
+    position on the lr lattice (Lattice).  The same questions as Lattice answers, so the race is
+    the same race; the claim stays "each optimizer at its best candidate", whatever the race
+    picked (the statement's bound holds at every candidate raced)."""
+
+    def __init__(self, trials, lr_grid, params: RefineParams):
+        self.lattice = Lattice(lr_grid, params)
+        self.trials = list(trials)  # the design trials (focuslab.tuning.Trial), in the scan's order
+        self.settings: list = []
+        where = {}
+        self.keys = []
+        for t in self.trials:
+            if t.settings not in where:
+                where[t.settings] = len(self.settings)
+                self.settings.append(t.settings)
+            self.keys.append((where[t.settings], self.position(t.lr)))
+        self.levels, self.unit = self.lattice.levels, self.lattice.unit
+        self.lo, self.hi = self.lattice.lo, self.lattice.hi
+
+    def position(self, lr: float) -> int:
+        """The lattice position of ``lr`` (a grid lr, or any lr the lattice holds)."""
+        grid, unit = self.lattice.grid, self.lattice.unit
+        j = int(np.argmin(np.abs(np.log(grid) - math.log(lr))))
+        if math.isclose(grid[j], lr, rel_tol=1e-12):
+            return j * unit
+        u = min(range(self.lattice.lo, self.lattice.hi + 1), key=lambda v: abs(math.log(self.lattice.lr(v) / lr)))
+        if not math.isclose(self.lattice.lr(u), lr, rel_tol=1e-9):
+            raise ValueError(f"lr {lr:g} is not on the lattice of {grid[0]:g}..{grid[-1]:g}")
+        return u
+
+    def lr(self, key) -> float:
+        return self.lattice.lr(key[1])
+
+    def setting_values(self, key) -> dict:
+        return dict(self.settings[key[0]])
+
+    def level(self, key) -> int:
+        return self.lattice.level(key[1])
+
+    def inside(self, key) -> bool:
+        return self.lattice.inside(key[1])
+
+    def size(self) -> int:
+        return len(self.settings) * self.lattice.size()
+
+    def describe(self, key) -> dict:
+        """A candidate's place on its lr lattice (its settings are ``setting_values``)."""
+        return self.lattice.describe(key[1])
+
+    def initial(self, screen: tuple) -> list:
+        """The design trials the scan cannot rule out (scan mean within SCREEN_Z combined standard
+        errors of the best trial's; at most MAX_TRIALS, best first) and the lr neighbours of the
+        best one at its settings.  A trial whose scan mean is +inf diverged for certain."""
+        means, sems = (np.asarray(x, dtype=float) for x in screen)
+        ok = np.isfinite(means)
+        if not ok.any():
+            return []
+        j = int(np.argmin(np.where(ok, means, np.inf)))
+        se = np.where(np.isfinite(sems), sems, np.inf)
+        close = [i for i in np.flatnonzero(ok) if means[i] - means[j] <= SCREEN_Z * math.hypot(se[i], se[j])]
+        close = sorted(close, key=lambda i: (means[i], i))[:MAX_TRIALS]
+        keys = {self.keys[i] for i in close} | {self.keys[j]}
+        s, u = self.keys[j]
+        keys |= {(s, v) for v in (u - self.unit, u + self.unit) if self.lattice.inside(v)}
+        return sorted(keys)
+
+    def grow(self, leader, score) -> list:
+        s, u = leader
+        return [(s, v) for v in self.lattice.grow(u, lambda w: score((s, w)))]
+
+    def most(self, looks: int, start):
+        return np.minimum(self.size(), start + 3 * max(0, looks - 1))
+
+
+def candidate_spaces(config, params: RefineParams) -> dict:
+    """Each optimizer's candidate space: a TrialSpace for a tuned one, else the lattice of the scan's
+    lr grid (one object, shared)."""
+    lattice = Lattice(config.axes["lr"].values, params)
+    tuning = getattr(config, "tuning", None)
+    out = {}
+    for label in config.optimizers:
+        if tuning is not None and label in tuning.spaces:
+            out[label] = TrialSpace([t for t in config.trials(label) if t.design], tuning.spaces[label].lr.values,
+                                    params)
+        else:
+            out[label] = lattice
+    return out

@@ -16,7 +16,7 @@ import numpy as np
 from ..axes import CELL_NAMES
 from ..config import config_digest
 from ..errors import FocuslabError
-from .lattice import SCREEN_STEPS, SCREEN_Z, Lattice
+from .lattice import MAX_TRIALS, SCREEN_STEPS, SCREEN_Z, candidate_spaces
 from .procedure import PRUNE_FROM, RETIRE_P
 from .settings import SELECTION_EVERY, RefineParams, RefineRun, fresh_count
 from .tables import REFINE, outputs, rerun_command
@@ -31,11 +31,13 @@ PROCEDURE = {"name": "focuslab.refine", "version": 3}
 PAIR_LOOK_SECONDS = 7e-3
 
 
-def refine_digest(scan_digest: str, params: RefineParams) -> str:
+def refine_digest(scan_digest: str, params: RefineParams, tuned: bool = False) -> str:
     return config_digest({"scan": scan_digest, "refine": asdict(params), "procedure": PROCEDURE["version"],
                           "selection_every": SELECTION_EVERY, "screen_z": SCREEN_Z, "screen_steps": SCREEN_STEPS,
                           "prune_from": PRUNE_FROM, "retire_p": RETIRE_P, "spending": "n^2",
-                          "test": "skew-corrected, a in (1/3, (3c-1)/6)"})
+                          "test": "skew-corrected, a in (1/3, (3c-1)/6)",
+                          # only for a tuned scan, so that other refinements keep their digests
+                          **({"max_trials": MAX_TRIALS} if tuned else {})})
 
 
 def unit_name(chunk: int, rnd: int, cells=(), targets=()) -> str:
@@ -135,24 +137,36 @@ def _what_differs(record: dict, params: RefineParams, digest: str) -> str:
     return "; ".join(said) or f"digest {record.get('digest')} vs {digest}"
 
 
-def screen_arrays(config, runs) -> tuple[np.ndarray, np.ndarray]:
-    """The scan's means and standard errors per (cell, optimizer, grid lr), lrs sorted: what the race
-    starts from.  An optimizer the scan has no rows for in a cell has mean +inf there."""
+def screen_arrays(config, runs) -> tuple[dict, dict]:
+    """The scan's means and standard errors per cell over each optimizer's candidates: the grid lrs
+    (sorted), or a tuned optimizer's design trials (in the scan's order): what the race starts from,
+    as label -> (cells, candidates) arrays.  An optimizer the scan has no rows for in a cell has
+    mean +inf there."""
     grid = np.sort(np.asarray(config.axes["lr"].values, dtype=float))
-    opts = list(config.optimizers)
-    shape = (config.n_cells, len(opts), len(grid))
-    means, sems = np.full(shape, np.nan), np.full(shape, np.nan)
-    c = runs["cell"].to_numpy()
-    k = runs["optimizer"].map({o: i for i, o in enumerate(opts)}).to_numpy()
-    lr = runs["lr"].to_numpy(float)
-    j = np.clip(np.searchsorted(grid, lr), 0, len(grid) - 1)
-    ok = ~np.isnan(k.astype(float)) & (grid[j] == lr)
-    c, k, j = c[ok], k[ok].astype(int), j[ok]
-    means[c, k, j] = runs["final_loss_mean"].to_numpy(float)[ok]
-    sems[c, k, j] = runs["final_loss_sem"].to_numpy(float)[ok]
-    seen = np.zeros(shape[:2], dtype=bool)
-    seen[c, k] = True
-    means[~seen] = np.inf
+    tuning = getattr(config, "tuning", None)
+    means, sems = {}, {}
+    for o in config.optimizers:
+        rows = runs[runs["optimizer"] == o]
+        if tuning is not None and o in tuning.spaces:
+            design = [i for i, t in enumerate(config.trials(o)) if t.design]
+            where = {t: n for n, t in enumerate(design)}
+            rows = rows[rows["design"].to_numpy(bool)]
+            j = rows["trial"].map(where).to_numpy()
+            ok = ~np.isnan(j.astype(float))
+            width = len(design)
+        else:
+            lr = rows["lr"].to_numpy(float)
+            j = np.clip(np.searchsorted(grid, lr), 0, len(grid) - 1)
+            ok = grid[j] == lr
+            width = len(grid)
+        m, s = np.full((config.n_cells, width), np.nan), np.full((config.n_cells, width), np.nan)
+        c, j = rows["cell"].to_numpy()[ok], j[ok].astype(int)
+        m[c, j] = rows["final_loss_mean"].to_numpy(float)[ok]
+        s[c, j] = rows["final_loss_sem"].to_numpy(float)[ok]
+        seen = np.zeros(config.n_cells, dtype=bool)
+        seen[c] = True
+        m[~seen] = np.inf
+        means[o], sems[o] = m, s
     return means, sems
 
 
@@ -170,8 +184,8 @@ class RefinePlan:
     plugins: dict  # how the scan ran each external optimizer on the toy (label -> plan)
     standing: Standing
     cells: np.ndarray  # (cells, 5) coordinates
-    means: np.ndarray  # screen_arrays
-    sems: np.ndarray
+    means: dict  # screen_arrays: label -> (cells, candidates)
+    sems: dict
     chunks: list  # the cells of each work unit of the first pass
     mine: list  # the chunks this run computes (all, or a shard's)
     done: int  # of those, units already on disk
@@ -210,7 +224,7 @@ def plan_refine(directory, params: RefineParams, run: RefineRun = RefineRun(), *
     directory = Path(directory)
     meta, runs, _ = load_scan(directory)
     config = config_from_meta(meta)
-    digest = refine_digest(meta["digest"], params)
+    digest = refine_digest(meta["digest"], params, tuned=getattr(config, "tuning", None) is not None)
     found = standing(directory, meta, params, digest, run.force)
     if not (found.complete and shard is None) and not writable(directory):
         raise cannot_write(directory, params)
@@ -222,17 +236,17 @@ def plan_refine(directory, params: RefineParams, run: RefineRun = RefineRun(), *
     mine = [k for k in range(len(chunks)) if shard is None or k % shard[1] == shard[0] - 1]
     work = directory / REFINE / "units"
     done = [k for k in mine if not found.replace and readable_table(unit_path(work, unit_name(k, 0)))]
-    lattice = Lattice(config.axes["lr"].values, params)
-    candidates = np.array([[len(lattice.initial((means[c, k], sems[c, k]))) for k in range(means.shape[1])]
+    spaces = candidate_spaces(config, params)
+    candidates = np.array([[len(spaces[o].initial((means[o][c], sems[o][c]))) for o in config.optimizers]
                            for c in range(config.n_cells)], dtype=np.int64).reshape(config.n_cells, -1)
     plan = RefinePlan(directory=directory, params=params, run=run, jobs=jobs or os.cpu_count() or 1, shard=shard,
                       config=config, digest=digest, plugins=meta.get("plugins") or {}, standing=found, cells=cells,
                       means=means, sems=sems, chunks=chunks, mine=mine, done=len(done), candidates=candidates)
-    plan.work = estimate(plan, [c for k in mine if k not in done for c in chunks[k]], lattice)
+    plan.work = estimate(plan, [c for k in mine if k not in done for c in chunks[k]], spaces)
     return plan
 
 
-def estimate(plan: RefinePlan, todo: list, lattice: Lattice) -> Work:
+def estimate(plan: RefinePlan, todo: list, spaces: dict) -> Work:
     """The work of the first pass over the cells ``todo``: optimizer steps at least and at most
     (Lattice.most: the candidates a race can hold), and seconds at the engines' speeds on one core
     (focuslab.scan.engine_speeds: the numba kernel's, a plug-in's as the scan's probe measured it)
@@ -243,7 +257,9 @@ def estimate(plan: RefinePlan, todo: list, lattice: Lattice) -> Work:
     looks = plan.params.looks()
     fresh = [fresh_count(n) for n in looks]
     first = plan.candidates[todo]  # (cells, optimizers)
-    most = np.where(first > 0, lattice.most(len(looks), first), 0)
+    most = np.stack([spaces[o].most(len(looks), first[:, k]) for k, o in enumerate(config.optimizers)], axis=1) \
+        if len(todo) else first
+    most = np.where(first > 0, most, 0)
     speeds = engine_speeds(config, plan.plugins)
     per_step = np.array([speeds[o] for o in config.optimizers])
     least_steps, most_steps = first * fresh[0] * config.steps, most * fresh[-1] * config.steps
@@ -274,7 +290,8 @@ def describe_plan(plan: RefinePlan) -> str:
     opts = list(config.optimizers)
     if plan.complete and plan.shard is None:
         return f"{d}: already refined with these settings; nothing to do (`focuslab plot {d}` draws it)"
-    lattice = Lattice(config.axes["lr"].values, p)
+    lattice = candidate_spaces(config, p)[opts[0]]
+    lattice = getattr(lattice, "lattice", lattice)
     looks = p.looks()
     fresh = [fresh_count(n) for n in looks]
     if plan.standing.replace:
@@ -295,7 +312,7 @@ def describe_plan(plan: RefinePlan) -> str:
     lines = [
         f"{d}: refine {config.n_cells} cells x {len(opts)} optimizers ({', '.join(opts)}) of this scan "
         f"({config.steps} steps a trajectory); {state}; {scope}",
-        "  candidate lrs the race starts from, per cell: " + "; ".join(
+        "  candidates (lrs; a tuned optimizer's trials) the race starts from, per cell: " + "; ".join(
             f"{o} {_spread(plan.candidates[:, k])}" for k, o in enumerate(opts))
         + f"; up to 3 more join after each look, from {lattice.lr(lattice.lo):.3g} to {lattice.lr(lattice.hi):.3g} "
         f"(--lr-levels {p.lr_levels}, --extend-steps {p.extend_steps})",

@@ -25,11 +25,17 @@ PRUNE_FROM = 2  # no lr leaves the race before this look (0-based): frozen small
 RETIRE_P = 1e-6  # an optimizer worse than every other by the margin at this p stops being simulated
 
 
+def space_of(spaces, label: str):
+    """An optimizer's candidate space: ``spaces`` is one Lattice for all, or label -> space."""
+    return spaces[label] if isinstance(spaces, dict) else spaces
+
+
 @dataclass
 class Arm:
-    """One raced lr of one optimizer and its fresh replicates so far (+inf: diverged)."""
+    """One raced candidate of one optimizer (an lr; for a tuned optimizer a trial or an lr beside
+    one) and its fresh replicates so far (+inf: diverged)."""
 
-    u: int  # lattice position
+    u: object  # the candidate's key in its space: a lattice position, or (settings, position)
     lr: float
     y: np.ndarray = field(default_factory=lambda: np.empty(0))
     active: bool = True  # still racing (simulated at the next look)
@@ -112,10 +118,12 @@ class Race:
     families: int  # statement families: K (K - 1) for K optimizers
 
     @staticmethod
-    def start(screens: dict, params: RefineParams, lattice: Lattice, optimizers: list) -> "Race":
+    def start(screens: dict, params: RefineParams, lattice, optimizers: list) -> "Race":
         """The race before its first look: each optimizer's candidates from the scan (``screens``:
-        label -> (scan means, scan standard errors) over the grid lrs)."""
-        arms = {o: [Arm(u, lattice.lr(u)) for u in lattice.initial(screens[o])] for o in optimizers}
+        label -> (scan means, scan standard errors) over its candidates: the grid lrs, or a tuned
+        optimizer's design trials); ``lattice``: one Lattice, or label -> candidate space."""
+        arms = {o: [Arm(u, space_of(lattice, o).lr(u)) for u in space_of(lattice, o).initial(screens[o])]
+                for o in optimizers}
         firsts = [float(np.min(np.asarray(screens[o][0], dtype=float))) for o in optimizers if arms[o]]
         scale = abs(min(firsts)) if firsts else math.nan
         looks = params.looks()
@@ -180,13 +188,15 @@ def _judge(race: Race, look: int) -> CellResult:
                       leader=leader, runner_up=runner, lead=lead, contrasts=contrasts, beaten=beaten, **at_look)
 
 
-def refine_cell(sample, screens: dict, params: RefineParams, lattice: Lattice, target: float,
+def refine_cell(sample, screens: dict, params: RefineParams, lattice, target: float,
                 optimizers: list[str]) -> CellResult:
     """The sequential procedure of focuslab.refine's docstring for one cell.
 
     ``sample(label, lrs, lo, hi)``: final losses (+inf: diverged) of fresh replicates lo..hi-1 at
-    ``lrs``, shape (len(lrs), hi - lo); ``screens``: label -> (scan means, scan standard errors)
-    over the grid lrs; ``target``: the p-value at which the cell stops.
+    ``lrs``, shape (len(lrs), hi - lo) (for a tuned optimizer's candidates also ``settings=``, the
+    settings they run at); ``screens``: label -> (scan means, scan standard errors) over its
+    candidates (Race.start); ``lattice``: one Lattice, or label -> candidate space (TrialSpace for
+    a tuned optimizer); ``target``: the p-value at which the cell stops.
     """
     race = Race.start(screens, params, lattice, list(optimizers))
     arms, state, selected = race.arms, race.state, race.selected
@@ -196,14 +206,16 @@ def refine_cell(sample, screens: dict, params: RefineParams, lattice: Lattice, t
             if state[o] != "normal":
                 continue
             todo = [a for a in arms[o] if a.active and len(a.y) < count]
-            for start in sorted({len(a.y) for a in todo}):
-                group = [a for a in todo if len(a.y) == start]
-                y = np.asarray(sample(o, np.array([a.lr for a in group]), start, count), dtype=float)
-                for a, row in zip(group, y):
+            space = space_of(lattice, o)
+            for start, settings in sorted({(len(a.y), _key(space.setting_values(a.u))) for a in todo}):
+                group = [a for a in todo if len(a.y) == start and _key(space.setting_values(a.u)) == settings]
+                lrs = np.array([a.lr for a in group])
+                y = sample(o, lrs, start, count, settings=dict(settings)) if settings else sample(o, lrs, start, count)
+                for a, row in zip(group, np.asarray(y, dtype=float)):
                     a.y = np.concatenate([a.y, row])
         for o in race.optimizers:
             if state[o] == "normal":
-                best = _race(arms[o], lattice, count, params.fdr * race.weights[k] / race.families, k)
+                best = _race(arms[o], space_of(lattice, o), count, params.fdr * race.weights[k] / race.families, k)
                 selected[o] = None if best is None else best.u
                 if best is None:
                     state[o] = "diverged"
@@ -214,6 +226,11 @@ def refine_cell(sample, screens: dict, params: RefineParams, lattice: Lattice, t
             state[o] = "retired"
     result.arms, result.selected, result.state = arms, dict(selected), dict(state)
     return result
+
+
+def _key(settings: dict) -> tuple:
+    """Settings as a sortable key (values compared as text, as the tables write them)."""
+    return tuple(sorted((k, v) for k, v in settings.items()))
 
 
 def lead_interval(contrasts: list, alpha: float, weights, families: int, scale: float) -> tuple[float, float]:

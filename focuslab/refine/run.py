@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .lattice import Lattice
+from .lattice import candidate_spaces
 from .plan import RefinePlan, cannot_write, new_record, plan_refine, standing, unit_name
 from .procedure import refine_cell, reopen
 from .samplers import SimulatorSampler
@@ -50,22 +50,22 @@ class ChunkJob:
     cells: list  # the cells' indices ...
     coords: np.ndarray  # ... and coordinates (cells, 5)
     targets: list  # the p-value at which each cell stops
-    means: np.ndarray  # the scan's means (cells, optimizers, grid lrs) ...
-    sems: np.ndarray  # ... and standard errors (plan.screen_arrays)
+    means: dict  # the scan's means, label -> (cells, candidates) ...
+    sems: dict  # ... and standard errors (plan.screen_arrays)
     plugins: dict | None = None  # how the scan ran each external optimizer on the toy
 
 
 def compute_chunk(job: ChunkJob) -> dict:
     """Worker body: the procedure for the job's cells; returns the tables of a work unit ("" cells,
     "lrs", "data")."""
-    lattice = Lattice(job.config.axes["lr"].values, job.params)
+    spaces = candidate_spaces(job.config, job.params)
     optimizers = list(job.config.optimizers)
     rows, lrs, frames = [], [], []
     for n, (i, xy, target) in enumerate(zip(job.cells, job.coords, job.targets)):
         sampler = SimulatorSampler(job.config, xy, job.plugins)
-        screens = {o: (job.means[n, k], job.sems[n, k]) for k, o in enumerate(optimizers)}
-        r = refine_cell(sampler, screens, job.params, lattice, target, optimizers)
-        row, lr_rows, fr = cell_rows(i, r, lattice, job.config.replicates, sampler.steps)
+        screens = {o: (job.means[o][n], job.sems[o][n]) for o in optimizers}
+        r = refine_cell(sampler, screens, job.params, spaces, target, optimizers)
+        row, lr_rows, fr = cell_rows(i, r, spaces, job.config.replicates, sampler.steps)
         rows.append(row)
         lrs.extend(lr_rows)
         frames.extend(fr)
@@ -132,7 +132,8 @@ def _compute(plan: RefinePlan, work: Path, log, progress: bool) -> tuple[dict, d
         units = []
         for k, (index, targets) in sorted(todo_plan.items()):
             job = ChunkJob(config=config, params=params, cells=index, coords=plan.cells[index], targets=targets,
-                           means=plan.means[index], sems=plan.sems[index], plugins=plan.plugins)
+                           means={o: m[index] for o, m in plan.means.items()},
+                           sems={o: s[index] for o, s in plan.sems.items()}, plugins=plan.plugins)
             units.append(Unit(unit_name(k, rnd, index, targets), len(index), (job,), sides=("lrs", "data")))
         todo = pending(work, units, log)
         label = "refine" if rnd == 0 else f"refine (continuing cells that stopped early but failed BH, round {rnd})"

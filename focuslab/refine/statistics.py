@@ -49,6 +49,13 @@ def _skew_terms(m: Moments) -> list:
     return [1.0 / 3.0, (3.0 * m.n / m.pooled - 1.0) / 6.0]
 
 
+#: How well a difference every replicate of which is the same is known: to rounding, relative.  Two
+#: candidates that step identically up to a constant (FOCUS with gamma 0 and Signum, a loss shifted
+#: by a constant) differ by that constant in every replicate, but the constant comes out of
+#: floating-point sums: a claim on the border must not be decided by the last bit.
+ROUNDING = 1e-12
+
+
 def exceeds_p(m: Moments, threshold) -> np.ndarray:
     """p-value of "the mean difference exceeds ``threshold``" (H0: it does not): the larger of the
     two skewness-corrected studentized tests (_skew_terms), against Student's t with m.dof()."""
@@ -62,8 +69,8 @@ def exceeds_p(m: Moments, threshold) -> np.ndarray:
             u = a * g / np.sqrt(n)
             t = np.where(np.abs(u) < 1e-12, t0, ((1.0 + u * t0) ** 3 - 1.0) / (3.0 * u)) + g / (6.0 * np.sqrt(n))
             p = np.maximum(p, stdtr(m.dof(), -t))
-    exact = m.sd == 0
-    return np.where(exact, np.where(m.mean > threshold, 0.0, 1.0), p)
+    exact = m.sd == 0  # a difference known exactly (every replicate the same), up to rounding
+    return np.where(exact, np.where(m.mean - ROUNDING * np.maximum(1.0, np.abs(m.mean)) > threshold, 0.0, 1.0), p)
 
 
 def lower_bound(m: Moments, alpha) -> np.ndarray:
@@ -80,7 +87,7 @@ def lower_bound(m: Moments, alpha) -> np.ndarray:
             u = a * g / np.sqrt(n)
             t0 = np.where(np.abs(u) < 1e-12, v, (np.cbrt(1.0 + 3.0 * u * v) - 1.0) / u)
             low = np.minimum(low, m.mean - t0 * m.sd / np.sqrt(n))
-        return np.where(m.sd == 0, m.mean, low)
+        return np.where(m.sd == 0, m.mean - ROUNDING * np.maximum(1.0, np.abs(m.mean)), low)
 
 
 def fdr_reject(p_values, q: float) -> np.ndarray:

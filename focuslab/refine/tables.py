@@ -16,8 +16,7 @@ import numpy as np
 
 from ..axes import CELL_NAMES
 from ..errors import FocuslabError
-from .lattice import Lattice
-from .procedure import CellResult, lead_interval
+from .procedure import CellResult, lead_interval, space_of
 from .settings import SELECTION_EVERY, RefineParams, roles
 from .statistics import bh_adjusted
 
@@ -69,8 +68,16 @@ def read_decisions(directory: Path, record: dict):
                             f"`{rerun_command(directory, record.get('params') or {})}`") from None
 
 
-def cell_rows(i: int, r: CellResult, lattice: Lattice, replicate0: int, steps: int):
-    """The three tables' rows for one cell: (cell row, lr rows, replicate frames)."""
+def _cell(value):
+    """A setting's value as a table holds it: a number, else its text (focuslab.values)."""
+    from ..values import format_value
+
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else format_value(value)
+
+
+def cell_rows(i: int, r: CellResult, lattice, replicate0: int, steps: int):
+    """The three tables' rows for one cell: (cell row, lr rows, replicate frames); ``lattice``: one
+    Lattice, or label -> candidate space (a tuned optimizer's candidates add their settings)."""
     import pandas as pd
 
     beyond, lr_rows, frames, refined = [], [], [], 0
@@ -78,17 +85,19 @@ def cell_rows(i: int, r: CellResult, lattice: Lattice, replicate0: int, steps: i
         for a in arms:
             if not len(a.y):
                 continue  # joined the race after the cell's last look
-            own = lattice.describe(a.u)
+            space = space_of(lattice, o)
+            own = space.describe(a.u)
+            settings = {k: _cell(v) for k, v in space.setting_values(a.u).items()}
             beyond.append(abs(own["steps_beyond_grid"]))
             refined += int(own["level"] > 0)
             sel, est = roles(len(a.y))
-            lr_rows.append({"cell": i, "optimizer": o, "lr": a.lr, **own, "joined_look": a.added + 1,
+            lr_rows.append({"cell": i, "optimizer": o, "lr": a.lr, **settings, **own, "joined_look": a.added + 1,
                             "left_look": a.left + 1 if a.left >= 0 else 0, "replicates": len(a.y),
                             "selected": r.selected.get(o) == a.u, "diverged": a.diverged,
                             "selection_mean": float(a.y[sel].mean()), "estimation_mean": float(a.y[est].mean()),
                             "optimizer_state": r.state.get(o, "")})
             j = np.arange(len(a.y))
-            frames.append(pd.DataFrame({"cell": np.int32(i), "optimizer": o, "lr": a.lr,
+            frames.append(pd.DataFrame({"cell": np.int32(i), "optimizer": o, "lr": a.lr, **settings,
                                         "replicate": (replicate0 + j).astype(np.int32),
                                         "selection": j % SELECTION_EVERY == 0, "final_loss": a.y,
                                         "diverged": np.isinf(a.y)}))
@@ -172,8 +181,12 @@ def finish(directory: Path, *, config, cells: np.ndarray, work: Path, latest: di
 
     decisions, summary = _decisions(latest_cells(work, latest), config=config, cells=cells, params=params)
     write_parquet(decisions, directory / DECISIONS)
+    tuning = getattr(config, "tuning", None)
+    tuned = list(tuning.columns) if tuning is not None else []  # the settings a tuned optimizer's candidates carry
     schema = pa.schema([("cell", pa.int32()), ("optimizer", pa.dictionary(pa.int8(), pa.string())),
-                        ("lr", pa.float64()), ("replicate", pa.int32()), ("selection", pa.bool_()),
+                        ("lr", pa.float64()),
+                        *[(name, pa.float64() if tuning.numeric(name) else pa.string()) for name in tuned],
+                        ("replicate", pa.int32()), ("selection", pa.bool_()),
                         ("final_loss", pa.float64()), ("diverged", pa.bool_())])
     by_chunk: dict = {}
     for c, name in latest.items():
@@ -188,13 +201,17 @@ def finish(directory: Path, *, config, cells: np.ndarray, work: Path, latest: di
                 t = read_parquet(unit_path(work, name, "lrs"))
                 if len(t):  # a unit whose every cell diverged raced no lr
                     lr_frames.append(t[t["cell"].isin(mine)])
-            data = pd.concat(data, ignore_index=True).sort_values(["cell", "optimizer", "lr", "replicate"],
-                                                                  kind="stable")
+            data = pd.concat(data, ignore_index=True)
+            for name in tuned:  # an untuned optimizer's rows in a tuned scan carry none of them
+                if name not in data:
+                    data[name] = np.nan if tuning.numeric(name) else None
+            data = data.sort_values(["cell", "optimizer", "lr", *tuned, "replicate"], kind="stable")
+            data = data[[f.name for f in schema]]
             if len(data):
                 writer.write_table(pa.Table.from_pandas(data.astype({"optimizer": "category"}), schema=schema,
                                                         preserve_index=False))
     lrs = pd.concat(lr_frames, ignore_index=True) if lr_frames else _empty(LR_DTYPES)
-    lrs = lrs.sort_values(["cell", "optimizer", "lr"], kind="stable")
+    lrs = lrs.sort_values(["cell", "optimizer", "lr", *[t for t in tuned if t in lrs]], kind="stable")
     write_parquet(lrs.reset_index(drop=True), directory / REFINE / LRS)
     spent = sum(int(read_parquet(f)["steps"].sum()) for f in sorted(Path(work).glob("*.parquet"))
                 if f.name.count(".") == 1)

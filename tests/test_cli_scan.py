@@ -124,7 +124,7 @@ def test_unreadable_config_and_unwritable_out(tmp_path):
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("[scan]\nstepz = 3\n")
     res = invoke("scan", "--config", str(unknown))
-    assert res.exit_code == 2 and "unknown scan config key(s): stepz (known: c, chunk_steps," in res.stderr
+    assert res.exit_code == 2 and "unknown scan config key(s): stepz (known: budget, c, chunk_steps," in res.stderr
     blocker = tmp_path / "file"
     blocker.write_text("")
     res = invoke("scan", *FAST, "--out", str(blocker / "sub"))

@@ -318,8 +318,9 @@ def plot_scan(directory, out=None, formats=("png",), significance: float = 2.0, 
 
     n = len(table)
     tuning = (meta.get("config") or {}).get("tuning")
-    at_best = "best lr" if not tuning else "best trial (tuned ones at the budget's best)"
-    summary.append(f"{n} cells, optimizers at their {at_best}; scanned: {', '.join(geo.scanned) or 'none'}")
+    at_best = "best lr" if not tuning else "best trial"
+    detail = "" if not tuning else " (a tuned one's best design trial of its budget)"
+    summary.append(f"{n} cells, optimizers at their {at_best}{detail}; scanned: {', '.join(geo.scanned) or 'none'}")
     if significance > 0:
         summary.append(frac_line(table, f"winners beyond {significance:g} combined SE (Welch)"))
     summary.append(frac_line(raw, "raw argmin (paper's picture)"))

@@ -352,6 +352,7 @@ TABLES = {
     "tuning-settings.md": (tuning_settings, "tuned3-default"),
     "tuning-settings-lion.md": (tuning_settings, "tuned-default"),
     "tuning-curve.md": (tuning_curve, "tuned-default"),
+    "tuning-curve-3.md": (tuning_curve, "tuned3-default"),
 }
 
 

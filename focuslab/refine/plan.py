@@ -312,7 +312,7 @@ def describe_plan(plan: RefinePlan) -> str:
     lines = [
         f"{d}: refine {config.n_cells} cells x {len(opts)} optimizers ({', '.join(opts)}) of this scan "
         f"({config.steps} steps a trajectory); {state}; {scope}",
-        "  candidates (lrs; a tuned optimizer's trials) the race starts from, per cell: " + "; ".join(
+        "  candidate lrs (a tuned optimizer's: its trials) the race starts from, per cell: " + "; ".join(
             f"{o} {_spread(plan.candidates[:, k])}" for k, o in enumerate(opts))
         + f"; up to 3 more join after each look, from {lattice.lr(lattice.lo):.3g} to {lattice.lr(lattice.hi):.3g} "
         f"(--lr-levels {p.lr_levels}, --extend-steps {p.extend_steps})",

@@ -322,6 +322,30 @@ def tuning_curve(directory: Path) -> str:
     return markdown(["trials k"] + [NAMES.get(o, o) for o in opts], rows)
 
 
+def gamma_slice(directory: Path) -> str:
+    """FOCUS variants that differ in gamma alone (configs/gamma-slice.toml), refined: per noise level,
+    the cells each gamma wins, and how much worse gamma = 0 (Signum at the same beta1) is than the
+    cell's best variant (selected candidates' estimation means, relative to |best|)."""
+    from .optimizers import parse_one
+
+    d = read_parquet(Path(directory) / "decisions.parquet").set_index("cell")
+    lrs = read_parquet(Path(directory) / "refine" / "lrs.parquet")
+    means = lrs[lrs["selected"]].pivot(index="cell", columns="optimizer", values="estimation_mean")
+    gamma = {o: float(parse_one(o).settings["gamma"]) for o in means.columns}
+    order = sorted(means.columns, key=gamma.get)
+    zero = [o for o in order if gamma[o] == 0.0]
+    best = means.min(axis=1)
+    gap = (means[zero[0]] - best) / best.abs() if zero else pd.Series(np.nan, index=means.index)
+    rows = []
+    for sigma, g in d.groupby("noise"):
+        wins = g["winner"].value_counts()
+        rows.append([f"{sigma:g}", len(g)] + [str(int(wins.get(o, 0))) for o in order]
+                    + [str(int((g["outcome"] != "winner").sum())), _pct(float(gap[g.index].median()))])
+    return markdown(["σ", "cells"] + [f"γ = {gamma[o]:g} wins" for o in order]
+                    + ["not a single winner", "γ = 0's loss above the cell's best (median)"], rows,
+                    "rr" + "r" * len(order) + "rr")
+
+
 # ---------------------------------------------------------------------------------------------
 
 def _commit() -> str:
@@ -353,6 +377,7 @@ TABLES = {
     "tuning-settings-lion.md": (tuning_settings, "tuned-default"),
     "tuning-curve.md": (tuning_curve, "tuned-default"),
     "tuning-curve-3.md": (tuning_curve, "tuned3-default"),
+    "gamma-slice.md": (gamma_slice, "gamma-slice"),
 }
 
 

@@ -74,3 +74,33 @@ def test_the_zoo_table_counts_each_optimizers_cells(refined, tmp_path):
 def test_an_unknown_table_is_refused_in_one_line(capsys):
     assert report.main(["nonsense.md"]) == 2
     assert "unknown table nonsense.md" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_gamma_slice_table_counts_the_decisions_and_measures_gamma_zero(tmp_path):
+    root = tmp_path / "results"
+    specs = "focus:beta1=0.95:gamma=0,focus:beta1=0.95:gamma=0.2,focus:beta1=0.95:gamma=0.8"
+    res = CliRunner().invoke(main, ["scan", "--sharpness", "1,100", "--noise", "1,2.5", "--lr", "1e-3:1:4:log",
+                                    "--optimizers", specs, "--replicates", "6", "--steps", "80", "-j", "1", "-q",
+                                    "--out", str(root / "gamma-slice")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["refine", str(root / "gamma-slice"), "-j", "1", "-q", "--initial-replicates",
+                                    "20", "--max-replicates", "40"])
+    assert res.exit_code == 0, res.output
+    assert report.write_tables(root, tmp_path, only=["gamma-slice.md"])[0] == ["gamma-slice.md"]
+    rows = _table(tmp_path / "gamma-slice.md")
+    d = pd.read_parquet(root / "gamma-slice" / "decisions.parquet")
+    lrs = pd.read_parquet(root / "gamma-slice" / "refine" / "lrs.parquet")
+    chosen = lrs[lrs.selected].set_index(["cell", "optimizer"])["estimation_mean"]
+    assert [r["σ"] for r in rows] == ["1", "2.5"]
+    for r in rows:
+        g = d[d.noise == float(r["σ"])]
+        assert int(r["cells"]) == len(g) == 2
+        for gamma, spec in zip(("0", "0.2", "0.8"), specs.split(",")):
+            assert int(r[f"γ = {gamma} wins"]) == int((g.winner == spec).sum())
+        assert int(r["not a single winner"]) == int((g.outcome != "winner").sum())
+        gaps = []
+        for cell in g.cell:  # gamma = 0's selected loss over the cell's best selected loss, by hand
+            m = {o: chosen[(cell, o)] for o in specs.split(",")}
+            gaps.append((m[specs.split(",")[0]] - min(m.values())) / abs(min(m.values())))
+        assert r["γ = 0's loss above the cell's best (median)"] == f"{100 * float(pd.Series(gaps).median()):.1f} %"

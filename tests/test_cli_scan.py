@@ -124,7 +124,7 @@ def test_unreadable_config_and_unwritable_out(tmp_path):
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("[scan]\nstepz = 3\n")
     res = invoke("scan", "--config", str(unknown))
-    assert res.exit_code == 2 and "unknown scan config key(s): stepz (known: c, chunk_steps," in res.stderr
+    assert res.exit_code == 2 and "unknown scan config key(s): stepz (known: budget, c, chunk_steps," in res.stderr
     blocker = tmp_path / "file"
     blocker.write_text("")
     res = invoke("scan", *FAST, "--out", str(blocker / "sub"))
@@ -143,3 +143,26 @@ def test_descending_grids_are_the_same_axis_in_ascending_order():
     down = build_scan_config(None, {"noise": "3:0:4", "sharpness": "100,1,10", "lr": "0.1,0.01"})
     assert down.axes["noise"].values == (0.0, 1.0, 2.0, 3.0) and down.axes["sharpness"].values == (1.0, 10.0, 100.0)
     assert down.digest() == up.digest()  # the same scan: it resumes, and its maps are never mirrored
+
+
+def test_a_folder_named_like_a_preset_does_not_shadow_it(tmp_path):
+    """Run from a directory holding a folder ``default/`` (or ``gpt2-nano/``): the preset still loads,
+    for the command's defaults at import and for ``--config default``; a folder that is no preset
+    is one line saying so."""
+    import subprocess
+    import sys
+
+    (tmp_path / "default").mkdir()
+    (tmp_path / "mydir").mkdir()
+    assert load_toml("default", "scan")["optimizers"]  # the cwd is tmp_path (conftest)
+    res = invoke("scan", "--config", "default", *FAST, "--dry-run", "--out", str(tmp_path / "o"))
+    assert res.exit_code == 0, res.output
+    assert "4 cells x 3 optimizers x 2 lrs x 3 replicates" in res.output
+    res = invoke("scan", "--config", "mydir", "--out", str(tmp_path / "o"))
+    assert res.exit_code == 2 and "cannot read config mydir: is a directory" in res.stderr, res.output
+    assert len(res.stderr.strip().splitlines()) == 1
+    # a fresh process imports the command tree (whose defaults read the preset) in that directory
+    proc = subprocess.run([sys.executable, "-m", "focuslab", "scan", *FAST, "--dry-run", "--out", "o"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 cells x 3 optimizers" in proc.stdout and "Traceback" not in proc.stderr

@@ -1,4 +1,7 @@
-"""``focuslab gpt2``: GPT-2 training (one process, torchrun, SLURM) and ``focuslab gpt2 prepare``."""
+"""``focuslab gpt2``: GPT-2 training (one process, torchrun, SLURM) and ``focuslab gpt2 prepare``.
+The library builds the run's config and names its directory (focuslab.gpt2.config.run_config), plans
+the launch from the typed run options (focuslab.gpt2.launch.plan_run) and runs it; this parses and
+says what happened."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,50 +39,34 @@ def gpt2(ctx, **values):
     """
     if ctx.invoked_subcommand is not None:
         return
-    from focuslab.config import names_preset
-    from focuslab.gpt2.config import build_train_config, optimizer_entry
-    from focuslab.gpt2.launch import plan_launch
+    from focuslab.gpt2.config import run_config
+    from focuslab.gpt2.launch import plan_run, write_sbatch
     from focuslab.optimizers import parse_opt_params
-    from focuslab.results import default_out
-    from focuslab.slurm import parse_sbatch_options
 
     values = given(values)
-    run = with_defaults({**split(values, Gpt2Run), **split(values, Common)}, Gpt2Run)
+    run = Gpt2Run(**with_defaults(split(values, Gpt2Run), Gpt2Run))
+    common = split(values, Common)
     flags = split(values, TrainConfig)
     opt_params = parse_opt_params(flags.pop("optimizer_settings", ()))
-    if run.get("device") is not None:
-        flags["device"] = run["device"]
-    config = run.get("config")  # a preset is the base of the run's config; a file goes over gpt2-nano
-    preset = config if config and names_preset(config) else None
-    file_values = load_toml(config, "gpt2") if config and preset is None else None
-    cfg = build_train_config(preset, file_values, flags, opt_params)
-    out = run["out"]
-    if out is None:
-        entry = optimizer_entry(cfg)
-        plain = build_train_config(preset, file_values, {"optimizer": entry.bare()})
-        base = Path(config).stem if config else DEFAULT_PRESET
-        base = base if base.startswith("gpt2") else f"gpt2-{base}"
-        out = default_out(f"{base}-{entry.slug}", cfg.digest(), plain.digest())
-    cfg = build_train_config(preset, file_values, flags, opt_params, out=str(out))
-    nodes, quiet, timeout = run["nodes"], run.get("quiet", False), run["rdzv_timeout"]
-    plan = plan_launch(cfg, nodes, run["gpus_per_node"], run["rdzv_endpoint"], timeout, run["node_rank"],
-                       sbatch=bool(run["sbatch"]), extra=parse_sbatch_options(run["sbatch_option"]),
-                       dry_run=bool(run["dry_run"]), force=bool(run["force"]))
-    if run["dry_run"]:
+    cfg = run_config(common.get("config"), flags, opt_params, device=common.get("device"), out=run.out)
+    out, quiet = run.out or cfg.out, common.get("quiet", False)
+    plan = plan_run(cfg, run)
+    if run.dry_run:
         click.echo(plan.dry_run_text(), nl=False)
         return
-    if run["sbatch"]:
-        return _write_sbatch(plan, Path(run["sbatch"]))
+    if run.sbatch:
+        click.echo(write_sbatch(plan, Path(run.sbatch)))
+        return
     from focuslab.gpt2.launch import execute
 
     say(f"focuslab gpt2: results in {out}", quiet)
     if plan.note:
         say(plan.note, quiet)
     if plan.mode != "local" and plan.nodes > 1:
-        say(f"waiting for {nodes} nodes at {plan.endpoint or 'the first node of the allocation'} (timeout "
-            f"{timeout} s; start the same command on every node)", quiet)
+        say(f"waiting for {run.nodes} nodes at {plan.endpoint or 'the first node of the allocation'} (timeout "
+            f"{run.rdzv_timeout} s; start the same command on every node)", quiet)
     echo = (lambda *_: None) if quiet else click.echo
-    info = execute(plan, force=run["force"], log=echo, progress=not quiet)
+    info = execute(plan, force=run.force, log=echo, progress=not quiet)
     if info.get("diagnostics") == "present":
         say(f"{out}: this run is already complete ({info['iter']} iterations), with its diagnostics "
             f"({info['diagnostics_rows']} measurements); nothing to do (`focuslab plot {out}` draws them)", quiet)
@@ -90,26 +77,6 @@ def gpt2(ctx, **values):
             f"(`focuslab plot {out}` draws it; raise --max-iters with --lr-decay-iters set to extend it)", quiet)
     else:
         say(f"{out}: metrics.csv, metrics.jsonl, ckpt.pt, gpt2.json", quiet)
-
-
-def _write_sbatch(plan, sbatch_file: Path):
-    """--sbatch: the job script and the run's run-config.json (which the script's workers read)."""
-    from focuslab.errors import FocuslabError
-    from focuslab.gpt2.config import write_run_config
-    from focuslab.results import atomic_write_bytes
-
-    if sbatch_file.is_dir():  # refused before the run's config is written
-        raise FocuslabError(f"--sbatch {sbatch_file}: is a directory; give the job script's file name")
-    path = write_run_config(plan.cfg)
-    try:
-        atomic_write_bytes(sbatch_file, plan.command.encode())
-    except OSError as err:
-        raise FocuslabError(f"--sbatch {sbatch_file}: cannot write ({err.strerror})") from None
-    sbatch_file.chmod(0o755)
-    click.echo(f"wrote {sbatch_file} and {path}: {plan.nodes} node(s) x {plan.procs}; submit with "
-               f"`sbatch {sbatch_file}`")
-    if plan.note:
-        click.echo(plan.note)
 
 
 @gpt2.command()

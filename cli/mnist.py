@@ -1,8 +1,7 @@
 """``focuslab mnist``: the MNIST batch-size study (paper Fig. 2c/2d).  Flags from
-focuslab.mnist.study.MnistSettings, focuslab.options.Common and MnistRun."""
+focuslab.mnist.study.MnistSettings, focuslab.options.Common and MnistRun; the library resolves the
+job (config, results directory) and runs it."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import click
 
@@ -20,29 +19,17 @@ def mnist(**values):
     """Train the paper's MLP for every optimizer x batch size x lr x replicate (all lrs and replicates
     of a unit as one batched model) and tabulate the best test loss per optimizer and batch size.
     Re-running the same command resumes; a finished study is left as it is."""
-    from focuslab.mnist.study import build_mnist_config, run_study
-    from focuslab.results import default_out
+    from focuslab.mnist.study import mnist_job
 
-    run, flags, file_values = study_inputs(values, MnistSettings, MnistRun, "mnist")
-    config_file = run.get("config")
-    config = build_mnist_config(file_values, flags)
-    out = run.get("out")
-    if out is None:  # results/mnist-fig2cd for the preset as it is, else results/mnist-DIGEST
-        preset = Path(config_file).stem if config_file else PRESET
-        out = default_out(preset, config.digest(), build_mnist_config(file_values).digest(), adhoc="mnist")
-    quiet = run.get("quiet", False)
-    if run.get("dry_run"):  # the run's own checks, then the plan; nothing is written
-        from focuslab.mnist.study import describe_study
-
-        click.echo(describe_study(config, out, jobs=run.get("jobs"), device=run.get("device", "auto"),
-                                  data_dir=Path(run["data_dir"]) if run.get("data_dir") else None,
-                                  force=run.get("force", False)))
+    run, flags = study_inputs(values, MnistSettings, MnistRun)
+    quiet = run.pop("quiet", False)
+    job = mnist_job(flags, **run)  # results/mnist-fig2cd for the preset as it is, else results/mnist-DIGEST
+    if job.run.dry_run:  # the run's own checks, then the plan; nothing is written
+        click.echo(job.describe())
         return
-    say(f"focuslab mnist: results in {out}", quiet)
-    data_dir = Path(run["data_dir"]) if run.get("data_dir") else None
-    info = run_study(config, out, jobs=run.get("jobs"), device=run.get("device", "auto"), data_dir=data_dir,
-                     force=run.get("force", False), progress=not quiet)
-    say(summary_line(out, info), quiet)
+    say(f"focuslab mnist: results in {job.out}", quiet)
+    info = job.execute(progress=not quiet)
+    say(summary_line(job.out, info), quiet)
 
 
 def summary_line(out, info) -> str:

@@ -131,10 +131,9 @@ def with_defaults(values: dict, cls) -> dict:
     return out
 
 
-def study_inputs(values: dict, settings_cls, run_cls, section: str):
-    """What a study command was given: (run options, settings flags with --opt-param parsed, the
-    --config file's table or None)."""
-    from focuslab.config import load_toml
+def study_inputs(values: dict, settings_cls, run_cls):
+    """What a study command was given: (its run options: Common's and ``run_cls``'s, the settings
+    flags with --opt-param and --tune parsed).  The library reads the --config file."""
     from focuslab.errors import FocuslabError
     from focuslab.options import Common
     from focuslab.optimizers import parse_opt_params
@@ -150,5 +149,4 @@ def study_inputs(values: dict, settings_cls, run_cls, section: str):
         from focuslab.tuning import parse_tune
 
         flags["tune"] = parse_tune(flags["tune"])
-    file_values = load_toml(run["config"], section) if run.get("config") else None
-    return run, flags, file_values
+    return run, flags

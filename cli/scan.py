@@ -1,8 +1,7 @@
 """``focuslab scan``: flags from focuslab.config.ScanSettings, focuslab.options.Common and
-focuslab.scan.ScanRun; build the config, run the scan, say where results went."""
+focuslab.scan.ScanRun; the library resolves the job (config, results directory), runs it, and this
+says where the results went."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import click
 
@@ -24,39 +23,24 @@ def scan(old_theta, **values):
     diagram.  Re-running the same command resumes an interrupted scan.  Presets: default, fig2a,
     fig2b, fig2b-quick, zoo.
     """
-    from focuslab.config import build_scan_config
     from focuslab.errors import FocuslabError
-    from focuslab.results import default_out
-    from focuslab.scan import describe_plan, parse_shard, run_scan, write_sbatch
+    from focuslab.scan import scan_job
 
     if old_theta is not None:
         raise FocuslabError("--theta was renamed --phi (the valley angle; theta is the parameter vector)")
-    run, flags, file_values = study_inputs(values, ScanSettings, ScanRun, "scan")
-    config_file = run.get("config")
-    config = build_scan_config(file_values, flags)
-    out = run.get("out")
-    if out is None:  # results/default, results/fig2a, ... or results/scan-DIGEST for an ad-hoc grid
-        preset = Path(config_file).stem if config_file else "default"
-        out = default_out(preset, config.digest(), build_scan_config(file_values).digest(),
-                          adhoc=preset if config_file else "scan")
-    out, quiet, jobs = Path(out), run.get("quiet", False), run.get("jobs")
-    if run.get("dry_run") and not run.get("sbatch") and run.get("shards") is None:  # the run's own checks first
-        click.echo(describe_plan(config, out, jobs, force=run.get("force", False), backend=run.get("backend"),
-                                 scheduler=run.get("scheduler"), device=run.get("device", "auto"),
-                                 allow_long=run.get("allow_long", False),
-                                 shard=parse_shard(run["shard"]) if run.get("shard") else None))
+    run, flags = study_inputs(values, ScanSettings, ScanRun)
+    quiet = run.pop("quiet", False)
+    job = scan_job(flags, **run)  # results/default, results/fig2a, ... or results/scan-DIGEST when --out is not given
+    if job.action == "plan":  # --dry-run: the run's own checks first
+        click.echo(job.describe())
         return
-    if run.get("sbatch") or run.get("dry_run") or run.get("shards") is not None:
-        click.echo(write_sbatch(config, out, run.get("sbatch"), run.get("shards"), jobs, run.get("sbatch_option"),
-                                run.get("dry_run", False)), nl=False)
+    if job.action == "script":  # --sbatch / --shards
+        click.echo(job.script(), nl=False)
         return
-    shard = parse_shard(run["shard"]) if run.get("shard") else None
-    summary = run_scan(config, out, jobs=jobs, force=run.get("force", False), progress=not quiet,
-                       backend=run.get("backend"), scheduler=run.get("scheduler"), shard=shard,
-                       device=run.get("device", "auto"), allow_long=run.get("allow_long", False),
-                       announce=lambda eta: say(f"focuslab scan: results in {out} ({config.total_steps():.3g} "
-                                                f"optimizer steps, {eta})", quiet))
-    say(summary_line(config, out, summary, shard), quiet)
+    summary = job.execute(progress=not quiet,
+                          announce=lambda eta: say(f"focuslab scan: results in {job.out} "
+                                                   f"({job.config.total_steps():.3g} optimizer steps, {eta})", quiet))
+    say(summary_line(job.config, job.out, summary, job.shard), quiet)
 
 
 def summary_line(config, out, summary, shard) -> str:

@@ -78,15 +78,20 @@ def preset_path(name: str, section: str | None = None) -> Path:
 
 
 def names_preset(path_or_preset: str | Path) -> bool:
-    """Whether a --config value names a preset (not a file): no such file, no slash, no .toml."""
+    """Whether a --config value names a preset (not a file): no such file, no slash, no .toml.  Only
+    a *file* of that name shadows a preset: a folder ``default/`` in the current directory is not a
+    config file, so ``--config default`` (and every command's default preset) still loads."""
     text = str(path_or_preset)
-    return not Path(text).exists() and "/" not in text and not text.endswith(".toml")
+    return not Path(text).is_file() and "/" not in text and not text.endswith(".toml")
 
 
 def load_toml(path_or_preset: str | Path, section: str | None = None) -> dict:
     """Read a config file, or a preset by name; returns the table (or one section of it)."""
     path = Path(path_or_preset)
     if names_preset(path_or_preset):
+        if path.is_dir() and str(path_or_preset) not in list_presets():
+            raise FocuslabError(f"cannot read config {path}: is a directory (give a TOML file or a preset: "
+                                f"{', '.join(list_presets(section))})")
         path = preset_path(str(path_or_preset), section)
     try:
         with open(path, "rb") as fh:

@@ -282,7 +282,7 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def check_results_dir(out: Path, meta_name: str, digest: str, fresh_meta: dict, force: bool = False,
+def check_results_dir(out: Path, meta_name: str, digest: str, fresh_meta: dict, *, force: bool = False,
                       what: str = "scan", kind: str | None = None) -> dict | None:
     """What ``open_results_dir`` refuses, checked without writing (a dry run calls it too): ``out``
     must be new, empty or of this ``kind`` (``claim_dir``), and hold this very config (``digest``)
@@ -302,7 +302,7 @@ def check_results_dir(out: Path, meta_name: str, digest: str, fresh_meta: dict, 
                         "or --force to replace it")
 
 
-def open_results_dir(out: Path, meta_name: str, digest: str, fresh_meta: dict, work_dir: str,
+def open_results_dir(out: Path, meta_name: str, digest: str, fresh_meta: dict, *, work_dir: str,
                      outputs=(), force: bool = False, what: str = "scan", kind: str | None = None) -> dict:
     """Prepare ``out`` for a run whose config has ``digest``; return its metadata.
 
@@ -314,7 +314,7 @@ def open_results_dir(out: Path, meta_name: str, digest: str, fresh_meta: dict, w
     """
     import shutil
 
-    old = check_results_dir(out, meta_name, digest, fresh_meta, force, what, kind)
+    old = check_results_dir(out, meta_name, digest, fresh_meta, force=force, what=what, kind=kind)
     out = prepare_out_dir(out)
     (out / work_dir).mkdir(exist_ok=True)
     if old is not None:

@@ -143,3 +143,60 @@ def test_descending_grids_are_the_same_axis_in_ascending_order():
     down = build_scan_config(None, {"noise": "3:0:4", "sharpness": "100,1,10", "lr": "0.1,0.01"})
     assert down.axes["noise"].values == (0.0, 1.0, 2.0, 3.0) and down.axes["sharpness"].values == (1.0, 10.0, 100.0)
     assert down.digest() == up.digest()  # the same scan: it resumes, and its maps are never mirrored
+
+
+def test_a_folder_named_like_a_preset_does_not_shadow_it(tmp_path):
+    """Run from a directory holding a folder ``default/`` (or ``gpt2-nano/``): the preset still loads,
+    for the command's defaults at import and for ``--config default``; a folder that is no preset
+    is one line saying so."""
+    import subprocess
+    import sys
+
+    (tmp_path / "default").mkdir()
+    (tmp_path / "mydir").mkdir()
+    assert load_toml("default", "scan")["optimizers"]  # the cwd is tmp_path (conftest)
+    res = invoke("scan", "--config", "default", *FAST, "--dry-run", "--out", str(tmp_path / "o"))
+    assert res.exit_code == 0, res.output
+    assert "4 cells x 3 optimizers x 2 lrs x 3 replicates" in res.output
+    res = invoke("scan", "--config", "mydir", "--out", str(tmp_path / "o"))
+    assert res.exit_code == 2 and "cannot read config mydir: is a directory" in res.stderr, res.output
+    assert len(res.stderr.strip().splitlines()) == 1
+    # a fresh process imports the command tree (whose defaults read the preset) in that directory
+    proc = subprocess.run([sys.executable, "-m", "focuslab", "scan", *FAST, "--dry-run", "--out", "o"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 cells x 3 optimizers" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_the_library_names_the_default_directories_the_commands_use(tmp_path):
+    """scan_job, mnist_job and gpt2's run_config resolve a command's config and name its default results
+    directory without Click: results/PRESET for a preset as it is, else NAME-DIGEST8 of that very config;
+    `focuslab scan --dry-run` reports the directory the library named."""
+    from pathlib import Path
+
+    from focuslab.gpt2.config import run_config
+    from focuslab.mnist.study import mnist_job
+    from focuslab.scan import scan_job
+
+    job = scan_job()
+    assert job.out == Path("results/default") and job.action == "run" and job.shard is None
+    adhoc = scan_job({"steps": 7}, jobs=1, shard="2/3")
+    assert adhoc.out == Path(f"results/scan-{adhoc.config.digest()[:8]}") and adhoc.shard == (2, 3)
+    assert adhoc.config.steps == 7 and adhoc.jobs == 1
+    assert scan_job(config="fig2a").out == Path("results/fig2a")
+    seeded = scan_job({"seed": 3}, config="fig2a")
+    assert seeded.out == Path(f"results/fig2a-{seeded.config.digest()[:8]}")
+    assert scan_job(out=tmp_path / "x", dry_run=True).action == "plan"
+    assert scan_job(sbatch="job.sh", shards=2).action == "script"
+    res = invoke("scan", "--steps", "7", "--dry-run")
+    assert res.exit_code == 0 and res.output.startswith(f"{adhoc.out}: "), res.output
+    assert mnist_job().out == Path("results/mnist-fig2cd")
+    one = mnist_job({"replicates": 1})
+    assert one.out == Path(f"results/mnist-{one.config.digest()[:8]}")
+    assert run_config().out == "results/gpt2-nano-focus"
+    assert run_config("gpt2-small", {"optimizer": "adamw"}).out == "results/gpt2-small-adamw"
+    fast = run_config(None, {"learning_rate": 1e-3})
+    assert fast.out == f"results/gpt2-nano-focus-{fast.digest()[:8]}" and fast.learning_rate == 1e-3
+    assert run_config(None, {"optimizer": "signum"}, device="cpu", out=tmp_path / "r").out == str(tmp_path / "r")
+    with pytest.raises(FocuslabError, match="unknown scan config key"):
+        scan_job({"stepz": 3})

@@ -546,7 +546,7 @@ def test_gpt2_sharpness_is_the_dense_hessians_top_eigenvalue(tmp_path):
         opt.step()
         opt.zero_grad()
     (tmp_path / "run").mkdir()
-    diag = _Diagnostics(cfg, model, data, opt, "cpu", tmp_path / "run", contextlib.nullcontext())
+    diag = _Diagnostics(cfg, model, data, opt, device="cpu", run=tmp_path / "run", amp=contextlib.nullcontext())
     diag.measure(3, 1e-2, 0.0)
     row = diag.rows[-1]
     params = list(model.parameters())

@@ -14,7 +14,8 @@ optimizer (``optimizer``) and its resolved settings (``optimizer_settings``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 from ..config import StudyConfig, layered, load_toml
 from ..errors import FocuslabError
@@ -130,7 +131,7 @@ MOVED = ("beta1", "beta2", "gamma")  # were training keys; now optimizer setting
 
 
 def build_train_config(preset: str | None = None, file_values: dict | None = None,
-                       flags: dict | None = None, opt_params: dict | None = None,
+                       flags: dict | None = None, opt_params: dict | None = None, *,
                        out: str | None = None) -> TrainConfig:
     """Preset (default gpt2-nano) < file < flags, then the optimizer resolved: its defaults < the
     preset's and file's [gpt2.optimizer_settings.NAME] < --opt-param < inline settings."""
@@ -165,6 +166,31 @@ def build_train_config(preset: str | None = None, file_values: dict | None = Non
     if out is not None:
         merged["out"] = str(out)
     return TrainConfig(**merged)
+
+
+def run_config(config: str | None = None, flags: dict | None = None, opt_params: dict | None = None, *,
+               device: str | None = None, out: str | Path | None = None) -> TrainConfig:
+    """``focuslab gpt2``'s run: ``config`` (a preset is the base of the run's config; a file goes over
+    gpt2-nano), its flags (TrainConfig's fields), ``--opt-param`` and ``--device``, built once; its
+    ``out`` the given run directory or the one the library names: results/gpt2-PRESET-OPTIMIZER
+    (a file NAME.toml: results/gpt2-NAME-OPTIMIZER) for the preset as it is with that optimizer at
+    its settings there, plus -DIGEST8 when anything else was changed."""
+    from ..config import names_preset
+    from ..results import default_out
+
+    flags = dict(flags or {})
+    if device is not None:
+        flags["device"] = device
+    preset = config if config and names_preset(config) else None
+    file_values = load_toml(config, "gpt2") if config and preset is None else None
+    cfg = build_train_config(preset, file_values, flags, opt_params)
+    if out is None:
+        entry = optimizer_entry(cfg)
+        plain = build_train_config(preset, file_values, {"optimizer": entry.bare()})
+        base = Path(config).stem if config else DEFAULT_PRESET
+        base = base if base.startswith("gpt2") else f"gpt2-{base}"
+        out = default_out(f"{base}-{entry.slug}", cfg.digest(), plain.digest())
+    return replace(cfg, out=str(out))
 
 
 def optimizer_entry(cfg: TrainConfig):

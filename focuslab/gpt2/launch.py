@@ -8,9 +8,12 @@ launch, checks what can be checked before it, and watches torchrun.
   ``--dry-run`` prints that plan; the run executes it, so the two never disagree.
 * ``execute`` runs it: in this process for one process; otherwise the data are prepared and
   checked and the checkpoint read *here*, before torchrun starts, so that bad input is one line
-  and not one traceback per worker.  torchrun's own output goes to RUN/torchrun.log; the workers'
-  progress is relayed.  Waiting for other nodes is bounded by --rdzv-timeout (torchrun's join
-  timeout, and a watchdog ``GRACE`` seconds past it); Ctrl-C stops torchrun and its workers.
+  and not one traceback per worker.  torchrun itself is run and watched by focuslab.gpt2.torchrun:
+  its own output goes to RUN/torchrun.log; the workers' progress is relayed.  Waiting for other
+  nodes is bounded by --rdzv-timeout (torchrun's join timeout, and a watchdog ``GRACE`` seconds
+  past it); Ctrl-C stops torchrun and its workers.
+* ``plan_run`` and ``write_sbatch`` are what ``focuslab gpt2`` calls with its run options
+  (``Gpt2Run``) and the run's config (focuslab.gpt2.config.run_config).
 
 Scripts and commands call the Python interpreter that wrote them (``python -m
 torch.distributed.run``, ``python -m focuslab``), never ``torchrun``/``focuslab`` from PATH: on a
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import socket
 import sys
@@ -31,12 +33,8 @@ from pathlib import Path
 from ..errors import FocuslabError
 from ..options import setting
 from .config import RUN_CONFIG, TrainConfig, layout, write_run_config
+from .torchrun import GRACE, MARKER, TORCHRUN_LOG, failure_message, run_torchrun  # noqa: F401  (MARKER re-exported)
 
-TORCHRUN_LOG = "torchrun.log"
-#: First line each worker prints (before importing torch): the rendezvous is over, workers run.
-MARKER = "@focuslab-gpt2-worker"
-#: Seconds past --rdzv-timeout after which a launch whose workers never started is stopped.
-GRACE = 30
 #: Files a run writes into its directory (what --force clears and a failed first attempt removes).
 RUN_FILES = ("ckpt.pt", "ckpt.prev.pt", "gpt2.json", "metrics.csv", "metrics.jsonl", RUN_CONFIG,
              "diagnostics.parquet")
@@ -268,7 +266,7 @@ def warmup_note(cfg: TrainConfig) -> str:
             f"rate climbs to {top:.3g} and never reaches --lr {cfg.learning_rate:g}; lower --warmup-iters to train at it")
 
 
-def plan_launch(cfg: TrainConfig, nodes: int = 1, procs: int = 1, endpoint: str | None = None,
+def plan_launch(cfg: TrainConfig, nodes: int = 1, procs: int = 1, *, endpoint: str | None = None,
                 timeout: int = 300, node_rank: int | None = None, sbatch: bool = False,
                 extra: dict | None = None, dry_run: bool = False, force: bool = False) -> LaunchPlan:
     """Everything a launch needs, checked: one-line errors for what could not work.  The checks are
@@ -322,6 +320,33 @@ def plan_launch(cfg: TrainConfig, nodes: int = 1, procs: int = 1, endpoint: str 
         plan.command = torchrun_args(nodes=nodes, procs=procs, endpoint=plan.endpoint, node_rank=node_rank,
                                      run_id=f"focuslab-{Path(cfg.out).name}", config_path=path, timeout=timeout)
     return plan
+
+
+def plan_run(cfg: TrainConfig, run: Gpt2Run) -> LaunchPlan:
+    """The launch ``focuslab gpt2``'s run options (``run``) ask for, checked (``plan_launch``)."""
+    from ..slurm import parse_sbatch_options
+
+    return plan_launch(cfg, run.nodes, run.gpus_per_node, endpoint=run.rdzv_endpoint, timeout=run.rdzv_timeout,
+                       node_rank=run.node_rank, sbatch=bool(run.sbatch), extra=parse_sbatch_options(run.sbatch_option),
+                       dry_run=bool(run.dry_run), force=bool(run.force))
+
+
+def write_sbatch(plan: LaunchPlan, sbatch_file: Path) -> str:
+    """--sbatch: the job script and the run's run-config.json (which the script's workers read);
+    returns what to say (where they went, how to submit, the plan's note)."""
+    from ..results import atomic_write_bytes
+
+    sbatch_file = Path(sbatch_file)
+    if sbatch_file.is_dir():  # refused before the run's config is written
+        raise FocuslabError(f"--sbatch {sbatch_file}: is a directory; give the job script's file name")
+    path = write_run_config(plan.cfg)
+    try:
+        atomic_write_bytes(sbatch_file, plan.command.encode())
+    except OSError as err:
+        raise FocuslabError(f"--sbatch {sbatch_file}: cannot write ({err.strerror})") from None
+    sbatch_file.chmod(0o755)
+    lines = [f"wrote {sbatch_file} and {path}: {plan.nodes} node(s) x {plan.procs}; submit with `sbatch {sbatch_file}`"]
+    return "\n".join(lines + ([plan.note] if plan.note else []))
 
 
 # --- running it --------------------------------------------------------------------------------
@@ -407,123 +432,3 @@ def execute(plan: LaunchPlan, force: bool = False, log=print, progress: bool = T
             return {"run": str(run), "iter": cfg.max_iters, "world": plan.world}
         fresh.keep = {TORCHRUN_LOG}
         raise FocuslabError(failure_message(plan, result))
-
-
-def _kept(run: Path) -> str:
-    from .train import _peek_iter
-
-    if (run / "ckpt.pt").exists() or (run / "ckpt.prev.pt").exists():
-        return f"the checkpoint at iter {_peek_iter(run)} is kept: re-run the same command to resume"
-    return "nothing was trained"
-
-
-def failure_message(plan: LaunchPlan, result: dict) -> str:
-    run = Path(plan.cfg.out)
-    log = plan.log_path
-    where = f"--rdzv-endpoint {plan.endpoint}" if plan.endpoint else "the local rendezvous"
-    if not result["started"]:
-        if result["timed_out"]:
-            what = (f"the rendezvous at {where} did not complete: no worker had started {plan.timeout + GRACE} s "
-                    f"after launch (--rdzv-timeout {plan.timeout} s + {GRACE} s), so torchrun was stopped")
-        elif result["rendezvous"] == "Timeout":
-            what = f"not all {plan.nodes} nodes joined the rendezvous at {where} within --rdzv-timeout {plan.timeout} s"
-        elif result["rendezvous"]:
-            what = f"torchrun could not reach the rendezvous at {where} (Rendezvous{result['rendezvous']}Error)"
-        else:
-            what = f"torchrun exited with status {result['code']} before any worker started"
-        hint = (f"; check that each of the {plan.nodes} nodes runs this command with {where} and can reach it"
-                if plan.nodes > 1 else "")
-        return f"{what}{hint}; {_kept(run)}; torchrun's output: {log}"
-    if result["worker_error"]:
-        return f"{result['worker_error']} (in a worker; {_kept(run)}; torchrun's output: {log})"
-    return (f"a worker process failed (torchrun exited with status {result['code']}; its traceback is in {log}); "
-            f"{_kept(run)}")
-
-
-def run_torchrun(plan: LaunchPlan, say=print) -> dict:
-    """Run the plan's torchrun (or srun) command and watch it: stdout relayed to ``say`` line by
-    line, stderr (torchrun's logging, the workers' tracebacks) appended to RUN/torchrun.log.
-
-    Returns {code, started, timed_out, worker_error}.  Ctrl-C stops torchrun (SIGINT, which it
-    passes on to its workers; SIGTERM and SIGKILL if they linger) and re-raises."""
-    import subprocess
-    import threading
-
-    cmd = ["bash", "-c", plan.command] if isinstance(plan.command, str) else list(plan.command)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log_path = plan.log_path
-    started = threading.Event()
-    pids: list[int] = []
-    lock = threading.Lock()
-    with open(log_path, "a") as logf:
-        logf.write(f"=== focuslab gpt2, {time.strftime('%Y-%m-%d %H:%M:%S')}: {plan.command_text().strip()}\n")
-        logf.flush()
-        offset = logf.tell()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True, text=True, bufsize=1)
-
-        def relay():
-            for line in proc.stdout:
-                if line.startswith(MARKER):
-                    for word in line.split():
-                        if word.startswith("pid="):
-                            pids.append(int(word[4:]))
-                    started.set()
-                    continue
-                with lock:
-                    logf.write(line)
-                    logf.flush()
-                say(line.rstrip("\n"))
-
-        reader = threading.Thread(target=relay, daemon=True)
-        reader.start()
-        deadline = time.monotonic() + plan.timeout + GRACE
-        timed_out = False
-        try:
-            while proc.poll() is None:
-                if not started.is_set() and time.monotonic() > deadline:
-                    timed_out = True
-                    _stop(proc, pids, at_once=True)  # no workers yet: torchrun may sit in a C++ connect loop
-                    break
-                time.sleep(0.1)
-        except KeyboardInterrupt:
-            _stop(proc, pids, at_once=not started.is_set(), srun=isinstance(plan.command, str))
-            raise
-        finally:
-            reader.join(2)
-        code = proc.wait()
-    worker_error = rendezvous = None
-    try:
-        with open(log_path) as fh:
-            fh.seek(offset)
-            for line in fh:
-                if line.startswith("focuslab: error: ") and worker_error is None:
-                    worker_error = line[len("focuslab: error: "):].strip()
-                found = re.search(r"\bRendezvous(Timeout|Connection|Closed)Error\b", line)
-                if found:
-                    rendezvous = found.group(1)
-    except OSError:
-        pass
-    return {"code": code, "started": started.is_set(), "timed_out": timed_out, "worker_error": worker_error,
-            "rendezvous": rendezvous}
-
-
-def _stop(proc, pids, at_once: bool = False, srun: bool = False) -> None:
-    """SIGINT to torchrun (it stops its workers), then SIGTERM, then SIGKILL to it and the workers;
-    ``at_once`` (no worker has started, so none can be orphaned): SIGKILL.  srun takes a single
-    SIGINT as a request for its status, so it gets SIGTERM first (which it passes to its tasks)."""
-    import signal
-
-    first = ((signal.SIGTERM, 10),) if srun else ((signal.SIGINT, 10), (signal.SIGTERM, 5))
-    steps = ((signal.SIGKILL, 5),) if at_once else first + ((signal.SIGKILL, 5),)
-    for sig, wait in steps:
-        for target in [proc.pid] + (pids if sig == signal.SIGKILL else []):
-            try:
-                (os.killpg if target == proc.pid else os.kill)(target, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            proc.wait(wait)
-            return
-        except Exception:  # subprocess.TimeoutExpired
-            continue

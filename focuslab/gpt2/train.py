@@ -5,8 +5,9 @@ whatever the world size: each of W ranks runs gradient_accumulation_steps / W mi
 W does not divide them, a share of the iteration's sequences in smaller micro-batches:
 config.layout), and sequence s of iteration it is always the same one (TokenData.sequences), so 1
 process and W processes train on exactly the same data.  Checkpoints (model, optimizer, iteration, config) are
-written atomically at each evaluation, the one before kept as ckpt.prev.pt; a rerun continues
-exactly (data order is a function of the iteration, the LR schedule of the iteration).
+written atomically at each evaluation, the one before kept as ckpt.prev.pt (focuslab.gpt2.checkpoint);
+a rerun continues exactly (data order is a function of the iteration, the LR schedule of the
+iteration).  Diagnostics along the run: focuslab.gpt2.measure.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from ..devices import resolve
 from ..errors import FocuslabError
 from ..results import write_json
 from .config import TrainConfig, lr_at, make_run_dir, optimizer_entry, validate, write_run_config
+from .checkpoint import CKPT, _save_checkpoint, is_complete, read_checkpoint, run_state
+from .measure import _Diagnostics
 from .model import GPT
 
 def make_optimizer(cfg: TrainConfig, model: GPT, device: str = "cpu"):
@@ -38,31 +41,6 @@ def check_optimizer(cfg: TrainConfig):
     entry = optimizer_entry(cfg)
     entry.check_one_gradient("--optimizer")
     return entry
-
-
-CKPT = "ckpt.pt"
-PREV = "ckpt.prev.pt"  # the checkpoint before ckpt.pt: what a run resumes from if ckpt.pt is unreadable
-
-
-def run_state(run: Path, cfg: TrainConfig) -> dict | None:
-    """What a run directory holds for ``cfg``: None (nothing), or gpt2.json's record; raises a
-    one-line error when it holds a run with a different config."""
-    meta_path = Path(run) / "gpt2.json"
-    if not meta_path.exists():
-        return None
-    from ..results import read_json
-
-    from .config import RECOVER_META
-
-    meta = read_json(meta_path, fix=RECOVER_META.format(run=run))
-    if meta.get("digest") != cfg.digest():
-        raise FocuslabError(f"--out {run} holds a GPT-2 run with a different config (digest {meta.get('digest')} "
-                            f"vs {cfg.digest()}); use another --out, or --force to start it over")
-    return meta
-
-
-def is_complete(meta: dict | None, cfg: TrainConfig) -> bool:
-    return bool(meta) and meta.get("status") == "complete" and meta.get("iter", -1) >= cfg.max_iters
 
 
 def _data_name(cfg: TrainConfig) -> str:
@@ -114,88 +92,6 @@ def preflight(cfg: TrainConfig, world: int = 1, device: str | None = None, force
         check_data(cfg, data.lengths, data.meta["vocab_size"])
     else:
         check_data(cfg, embedded_lengths(), 256)  # the byte tokenizer prepare() uses for it
-
-
-def _save_checkpoint(obj, run: Path) -> None:
-    """ckpt.pt atomically (written beside it, fsynced, renamed over it); the one it replaces becomes
-    ckpt.prev.pt, so a ckpt.pt damaged later (a copy cut short, a full disk elsewhere) still leaves
-    a checkpoint to resume from.  A failed write leaves both as they were."""
-    from ..results import WriteError, atomic_path, write_file
-
-    path = run / CKPT
-    try:
-        with atomic_path(path) as tmp:
-            write_file(tmp, lambda fh: torch.save(obj, fh))  # a full disk: its OSError, not torch's RuntimeError
-            if path.exists():
-                os.replace(path, run / PREV)
-    except (OSError, WriteError) as err:
-        kept = f"the checkpoint at iter {_peek_iter(run)} is kept" if (run / CKPT).exists() or (run / PREV).exists() \
-            else "no checkpoint was written"
-        raise FocuslabError(f"{path}: cannot write the checkpoint ({err.strerror or err}); {kept}") from None
-
-
-def _peek_iter(run: Path):
-    meta = Path(run) / "gpt2.json"
-    try:
-        return json.loads(meta.read_text()).get("iter", "?")
-    except (OSError, ValueError):
-        return "?"
-
-
-def _load(path: Path, device):
-    """(checkpoint, None) or (None, why it is unreadable) -- never a traceback."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
-        first = (str(err).strip().splitlines() or [""])[0]
-        return None, f"truncated or corrupt: {type(err).__name__}{': ' + first[:160] if first else ''}"
-    if not isinstance(ckpt, dict) or not {"model", "optimizer", "iter", "digest"} <= set(ckpt):
-        return None, "not a focuslab GPT-2 checkpoint"
-    return ckpt, None
-
-
-def _aside(path: Path) -> Path:
-    target = path.with_name(path.name + ".corrupt")
-    n = 1
-    while target.exists():
-        target = path.with_name(f"{path.name}.corrupt-{n}")
-        n += 1
-    os.replace(path, target)
-    return target
-
-
-def read_checkpoint(run: Path, device="cpu", force: bool = False, repair: bool = True, log=print) -> dict | None:
-    """The checkpoint a run resumes from: ckpt.pt, else (unreadable or missing) ckpt.prev.pt; None
-    when there is none.  ``repair`` (the one process that owns the directory): an unreadable
-    ckpt.pt is moved aside to ckpt.pt.corrupt when the previous checkpoint is good, or, with no good
-    checkpoint, when ``force`` asks to start over (else a one-line error that keeps everything)."""
-    run = Path(run)
-    path, prev = run / CKPT, run / PREV
-    bad = []
-    for candidate in (path, prev):
-        if not candidate.exists():
-            continue
-        ckpt, why = _load(candidate, device)
-        if ckpt is not None:
-            if bad and repair:
-                for p, reason in bad:
-                    log(f"gpt2: {p} is unreadable ({reason}): moved to {_aside(p)}; resuming from {candidate} "
-                        f"(iter {ckpt['iter']})")
-            elif bad:
-                log(f"gpt2: {bad[0][0]} is unreadable; resuming from {candidate} (iter {ckpt['iter']})")
-            return ckpt
-        bad.append((candidate, why))
-    if not bad:
-        return None
-    first, why = bad[0]
-    if force and repair:
-        moved = [str(_aside(p)) for p, _ in bad]
-        log(f"gpt2: {first} is unreadable ({why}) and there is no earlier checkpoint: moved to {', '.join(moved)}; "
-            "--force starts the run over")
-        return None
-    raise FocuslabError(f"{first} is unreadable ({why}) and there is no earlier good checkpoint; nothing was "
-                        f"changed (the run's metrics up to iter {_peek_iter(run)} are kept): --force moves it aside "
-                        "and starts the run over")
 
 
 class Metrics:
@@ -428,7 +324,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True, force: bool = Fals
     window = [0.0, 0]  # training seconds and iterations since the last logged row (evaluations excluded)
     t_start = time.time()
     last = {}
-    diag = _Diagnostics(cfg, raw, data, opt, device, run, amp) if (cfg.diagnostics_every and master) else None
+    diag = _Diagnostics(cfg, raw, data, opt, device=device, run=run, amp=amp) if (cfg.diagnostics_every and master) else None
     it = start
     with _Interrupt(immediate=ddp) as interrupt:
         try:
@@ -550,7 +446,7 @@ def diagnose_finished(cfg: TrainConfig, meta: dict, device: str, log=print) -> d
     opt = make_optimizer(cfg, model, device)
     opt.load_state_dict(ckpt["optimizer"])
     del ckpt
-    diag = _Diagnostics(cfg, model, data, opt, device, run, amp)
+    diag = _Diagnostics(cfg, model, data, opt, device=device, run=run, amp=amp)
     diag.measure(it, lr_at(cfg, it), float(meta.get("wall_seconds") or 0.0))
     meta = {**meta, "diagnostics_on_checkpoint": {"step": it, "seconds": round(diag.seconds, 3)}}
     write_json(meta, run / "gpt2.json")
@@ -558,111 +454,6 @@ def diagnose_finished(cfg: TrainConfig, meta: dict, device: str, log=print) -> d
         f"checkpoint (step {it}, {diag.seconds:.1f} s) into {path}; for every {cfg.diagnostics_every} steps from 0, "
         "retrain with --force")
     return {**info, "diagnostics": "measured on checkpoint", "diagnostics_rows": len(diag.rows)}
-
-
-class _Diagnostics:
-    """focuslab.diagnostics at iteration 0 and every N, on the unwrapped model and fixed batches.
-
-    The noise sample is J = K + M + 1 gradients: K micro-batches of batch_size/K sequences (together
-    one iteration's compute), M = ``diagnostics_reference`` further batches of batch_size sequences,
-    and the training step's own gradient (read after its backward, before clipping and the optimizer
-    step: free; computed from the same batches at the last iteration, where no step follows, or
-    when a float16 step overflowed).  All J feed the mean and the per-example variance (GPT-2's
-    sequences are independent examples, so gradients of different sizes combine, and the noise is
-    reported at the run's batch of batch_size x gradient_accumulation_steps sequences).
-    lambda_max on one micro-batch by double-backward Hessian-vector products (math attention
-    backend) warm-started from the last measurement, Lanczos stopped once the top Ritz pair's
-    residual is below 1 % of it (focuslab.diagnostics.top_eigenvalue), and for AdamW also the
-    preconditioned lambda_max (warm-started the same way).  The first batch's gradient is read from
-    the Hessian's graph (computed with the math attention backend: the same gradient to rounding).
-    The torch RNG is saved and restored, so the training is bit-identical with and without
-    diagnostics."""
-
-    def __init__(self, cfg, model, data, opt, device, run, amp):
-        self.cfg, self.model, self.opt, self.run, self.amp = cfg, model, opt, Path(run), amp
-        self.data, self.device = data, device
-        k = cfg.diagnostics_batches
-        micro = max(1, cfg.batch_size // k)
-        self.micro = micro
-        self.batches = [data.batch("train", micro, cfg.block_size, cfg.seed + 7, 0, j, device) for j in range(k)]
-        self.reference = [data.batch("train", cfg.batch_size, cfg.block_size, cfg.seed + 8, 0, j, device)
-                          for j in range(cfg.diagnostics_reference)]
-        names = [n for n, p in model.named_parameters()]
-        self.groups = {}
-        for i, n in enumerate(names):
-            key = "embeddings" if n.startswith(("wte", "wpe")) else (
-                "block" + n.split(".")[1] if n.startswith("blocks.") else "final_ln")
-            self.groups.setdefault(key, []).append(i)
-        self.rows, self.seconds, self.eigvec, self.eigvec_p = [], 0.0, None, None
-        path = self.run / "diagnostics.parquet"
-        if path.exists():  # a resumed run keeps the rows measured before
-            import pandas as pd
-
-            self.rows = pd.read_parquet(path).to_dict("records")
-
-    def loss(self, batch):
-        x, y = batch
-        with self.amp:
-            return self.model(x, y)[1].float()
-
-    def hessian_loss(self, batch):
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        with sdpa_kernel(SDPBackend.MATH):
-            return self.loss(batch)
-
-    def step_gradient(self, it: int):
-        """The mean gradient over iteration ``it``'s training batches (all ranks' together), as the
-        training step would compute it."""
-        from ..diagnostics import mean_gradient
-
-        cfg = self.cfg
-        batches = [self.data.batch("train", cfg.batch_size, cfg.block_size, cfg.seed, it, k, self.device)
-                   for k in range(cfg.gradient_accumulation_steps)]
-        return mean_gradient([p for p in self.model.parameters()], self.loss, batches)
-
-    def measure(self, it: int, lr: float, elapsed: float, step_gradient=None, grad_scale: float = 1.0) -> float:
-        """One row at iteration ``it``; ``step_gradient``: the training step's gradient at these
-        parameters (p.grad after backward, scaled by ``grad_scale``).  Returns the seconds spent."""
-        import pandas as pd
-
-        from ..diagnostics import measure, optimizer_preconditioner
-        from ..results import write_parquet
-
-        if any(r["step"] == it for r in self.rows):
-            return 0.0
-        t0 = time.perf_counter()
-        cpu_rng = torch.get_rng_state()
-        if step_gradient is not None:
-            step_gradient = [g.detach().double() / grad_scale for g in step_gradient]
-            if not all(bool(torch.isfinite(g).all()) for g in step_gradient):
-                step_gradient = None  # an overflowed float16 step
-        if step_gradient is None:
-            step_gradient = self.step_gradient(it)
-        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        pre = optimizer_preconditioner(self.opt, list(self.model.parameters())) \
-            if it > 0 and self.cfg.diagnostics_preconditioned else None
-        # J = K micro-batches + the reference batches + the step's gradient, all in the mean and the
-        # variance; the Hessian by double backward through the math attention backend (the fused
-        # kernels have none)
-        out = measure(self.model, self.loss, self.batches, reference=self.reference, batch_size=self.micro,
-                      reference_sizes=[self.cfg.batch_size] * len(self.reference),
-                      scale_to=self.cfg.batch_size * self.cfg.gradient_accumulation_steps, groups=self.groups,
-                      eigvec=self.eigvec, eigvec_preconditioned=self.eigvec_p if pre is not None else None,
-                      hessian_iters=20 if self.eigvec is None else 10, hessian_tol=1e-2, preconditioner=pre,
-                      hessian_loss_fn=self.hessian_loss, reference_gradient=step_gradient,
-                      reference_gradient_size=self.cfg.batch_size * self.cfg.gradient_accumulation_steps)
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        self.eigvec, self.eigvec_p = out["eigvec"], out.get("eigvec_preconditioned")
-        seconds = time.perf_counter() - t0
-        self.seconds += seconds
-        self.rows.append({"step": it, "tokens": it * self.cfg.batch_size * self.cfg.block_size *
-                          self.cfg.gradient_accumulation_steps, "lr": lr, "optimizer": self.cfg.optimizer,
-                          **out["per_model"][0], "seconds": seconds, "elapsed": elapsed})
-        write_parquet(pd.DataFrame(self.rows), self.run / "diagnostics.parquet")
-        return seconds
 
 
 def _peak_flops(device: str) -> float | None:

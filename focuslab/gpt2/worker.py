@@ -9,7 +9,7 @@ import os
 import sys
 
 from ..errors import FocuslabError
-from .launch import MARKER
+from .torchrun import MARKER
 
 
 def main(argv=None):

@@ -44,7 +44,7 @@ class Steppers:
     stacked tensors after every step.  With gradient graphs the instances' parameters are the
     leaves in both modes and the model reads their concatenation."""
 
-    def __init__(self, entry, model, lrs, replicates: int, weight_decay: float, device="cpu",
+    def __init__(self, entry, model, lrs, replicates: int, weight_decay: float, *, device="cpu",
                  avoid_vmapped: bool = False):
         self.entry, self.model, self.R = entry, model, replicates
         self.lrs = [float(v) for v in lrs]

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -291,7 +291,7 @@ def _study_data(config: MnistConfig, data_dir, device: str, download: bool = Tru
     return to_tensors(arrays, device=device, dtype=torch.float32), note
 
 
-def preflight(config: MnistConfig, out: Path, jobs: int | None = None, device: str = "auto", data_dir=None,
+def preflight(config: MnistConfig, out: Path, jobs: int | None = None, *, device: str = "auto", data_dir=None,
               force: bool = False, download: bool = True, log=None) -> dict:
     """Everything the study refuses before it trains, checked without writing (the run and
     ``--dry-run`` both call it): the device, another command's directory or another config in
@@ -303,7 +303,8 @@ def preflight(config: MnistConfig, out: Path, jobs: int | None = None, device: s
 
     device = resolve(device)
     out = Path(out)
-    meta = check_results_dir(out, META, config.digest(), {"config": config.to_dict()}, force, "MNIST study", "mnist")
+    meta = check_results_dir(out, META, config.digest(), {"config": config.to_dict()}, force=force, what="MNIST study",
+                             kind="mnist")
     data, note = _study_data(config, data_dir, device, download)
     n_train = len(data["x_train"])
     too_big = [b for b in config.batch_sizes if b > n_train]
@@ -340,14 +341,14 @@ def plan_line(config: MnistConfig, pre: dict) -> tuple[list, str]:
                   f"finishes, so an interrupted study resumes{pre['note']}")
 
 
-def describe_study(config: MnistConfig, out: Path, jobs: int | None = None, device: str = "auto", data_dir=None,
+def describe_study(config: MnistConfig, out: Path, jobs: int | None = None, *, device: str = "auto", data_dir=None,
                    force: bool = False) -> str:
     """``focuslab mnist --dry-run``: the plan after the run's own checks; nothing is written."""
-    pre = preflight(config, out, jobs, device, data_dir, force, download=False)
+    pre = preflight(config, out, jobs, device=device, data_dir=data_dir, force=force, download=False)
     return f"{out}: " + plan_line(config, pre)[1]
 
 
-def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: str = "auto",
+def run_study(config: MnistConfig, out: Path, jobs: int | None = None, *, device: str = "auto",
               data_dir=None, force: bool = False, progress: bool = True, log=None) -> dict:
     """Train every missing unit of ``config`` in ``out`` and write the tables; a study that is
     already complete is left as it is (``already_complete`` in the summary).  What it refuses is
@@ -357,26 +358,26 @@ def run_study(config: MnistConfig, out: Path, jobs: int | None = None, device: s
     from ..results import claim_dir, discard_if_empty, hold
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    pre = preflight(config, out, jobs, device, data_dir, force, log=log)
+    pre = preflight(config, out, jobs, device=device, data_dir=data_dir, force=force, log=log)
     created = claim_dir(out, "mnist")
     with hold(out, "MNIST study"):  # one process trains here
         try:
-            return _run_study(config, Path(out), pre, force, progress, log)
+            return _run_study(config, Path(out), pre, force=force, progress=progress, log=log)
         except BaseException:
             discard_if_empty(out, created, UNITS)
             raise
 
 
-def _run_study(config, out, pre, force, progress, log) -> dict:
+def _run_study(config: MnistConfig, out: Path, pre: dict, *, force: bool, progress: bool, log) -> dict:
     from ..results import readable_table
     from ..runner import complete
 
     fresh = {"kind": "mnist", "config": config.to_dict(), "digest": config.digest(),
              "version": __version__, "status": "running", "timings": {"attempts": []}}
     out = Path(out)
-    meta = open_results_dir(out, META, config.digest(), fresh, UNITS,
-                            ("runs.parquet", "best.parquet", "curves.parquet", "diagnostics.parquet"), force,
-                            "MNIST study", kind="mnist")
+    meta = open_results_dir(out, META, config.digest(), fresh, work_dir=UNITS,
+                            outputs=("runs.parquet", "best.parquet", "curves.parquet", "diagnostics.parquet"),
+                            force=force, what="MNIST study", kind="mnist")
     device, units, jobs, threads = pre["device"], pre["units"], pre["jobs"], pre["threads"]
     todo = pending(out / UNITS, units, log)
     outputs = ("runs.parquet", "best.parquet") + (("curves.parquet",) if config.eval_every else ()) + \
@@ -421,3 +422,46 @@ def _run_study(config, out, pre, force, progress, log) -> dict:
                "jobs": jobs, "device": device, "threads_per_job": threads}
     complete(out / META, meta, attempt)
     return attempt
+
+
+@dataclass(frozen=True)
+class MnistJob:
+    """One ``focuslab mnist``, resolved: the frozen config, the results directory (the given --out, or
+    the one ``mnist_job`` names), Common's --jobs/--force/--device and the study's MnistRun options."""
+
+    config: MnistConfig
+    out: Path | str
+    run: MnistRun = field(default_factory=MnistRun)
+    jobs: int | None = None
+    force: bool = False
+    device: str = "auto"
+
+    @property
+    def data_dir(self) -> Path | None:
+        return Path(self.run.data_dir) if self.run.data_dir else None
+
+    def describe(self) -> str:
+        """The plan in one line after the run's own checks (``--dry-run``): nothing is written."""
+        return describe_study(self.config, self.out, jobs=self.jobs, device=self.device, data_dir=self.data_dir,
+                              force=self.force)
+
+    def execute(self, *, progress: bool = True) -> dict:
+        return run_study(self.config, self.out, jobs=self.jobs, device=self.device, data_dir=self.data_dir,
+                         force=self.force, progress=progress)
+
+
+def mnist_job(flags: dict | None = None, *, config: str | None = None, out: str | Path | None = None,
+              jobs: int | None = None, force: bool = False, device: str = "auto", **options) -> MnistJob:
+    """``focuslab mnist``'s job from its flags (the [mnist] table's keys, ``--opt-param`` parsed),
+    ``config`` (a TOML file or a preset; default: the preset mnist-fig2cd) and its run options
+    (``options``: MnistRun's fields).  Without ``out`` its results directory is results/mnist-fig2cd
+    for the preset as it is (results/NAME for a config file NAME.toml as it is), else
+    results/mnist-DIGEST8."""
+    from ..results import default_out
+
+    file_values = load_toml(config, "mnist") if config else None
+    cfg = build_mnist_config(file_values, flags)
+    if out is None:
+        preset = Path(config).stem if config else PRESET
+        out = default_out(preset, cfg.digest(), build_mnist_config(file_values).digest(), adhoc="mnist")
+    return MnistJob(cfg, out, MnistRun(**options), jobs=jobs, force=force, device=device)

@@ -83,7 +83,7 @@ def evaluate(forward, x_test: torch.Tensor, y_test: torch.Tensor, K: int, chunk:
     return (loss / len(x_test)).cpu().numpy(), (correct / len(x_test)).cpu().numpy()
 
 
-def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: int, steps: int,
+def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: int, steps: int, *,
                   seed: int = 0, weight_decay: float = 1e-2, device="cpu", dtype=torch.float32,
                   eval_every: int = 0, on_step=None, diagnostics_every: int = 0, diagnostics_batches: int = 8,
                   diagnostics_reference: int = 24, diagnostics_lrs: str = "best", checkpoint=None,
@@ -123,7 +123,7 @@ def train_batched(data: dict, optimizer: str, batch_size: int, lrs, replicates: 
         return out
 
 
-def _train_batched(data, optimizer, batch_size, lrs, replicates, steps, seed, weight_decay, device, dtype, eval_every,
+def _train_batched(*, data, optimizer, batch_size, lrs, replicates, steps, seed, weight_decay, device, dtype, eval_every,
                    on_step, diagnostics_every, diagnostics_batches, diagnostics_reference, diagnostics_lrs, checkpoint,
                    checkpoint_key, checkpoint_seconds, avoid_vmapped: bool = False) -> dict:
     entry = resolve_optimizer(optimizer)
@@ -135,7 +135,7 @@ def _train_batched(data, optimizer, batch_size, lrs, replicates, steps, seed, we
     inits = [initial_params(seed, r, dtype) for r in range(R)]
     model = BatchedMLP([inits[k % R] for k in range(K)], R, device=device)
     order = torch.stack([batch_indices(len(x_train), batch_size, steps, seed, r) for r in range(R)], 1)
-    steppers = Steppers(entry, model, lrs, R, weight_decay, device, avoid_vmapped=avoid_vmapped)
+    steppers = Steppers(entry, model, lrs, R, weight_decay, device=device, avoid_vmapped=avoid_vmapped)
     state = StateView(steppers)
     curves = []
     train_loss = torch.zeros(K, dtype=torch.float64, device=device)
@@ -143,8 +143,9 @@ def _train_batched(data, optimizer, batch_size, lrs, replicates, steps, seed, we
     def eval_forward(x):
         return model(x.unsqueeze(0).expand(R, -1, -1), train=False)
 
-    diag = _Diagnostics(model, data, batch_size, lrs, R, seed, kind, opt, state, diagnostics_batches,
-                        diagnostics_reference, device, diagnostics_lrs) if diagnostics_every else None
+    diag = _Diagnostics(model, data, batch_size=batch_size, lrs=lrs, R=R, seed=seed, kind=kind, opt=opt, state=state,
+                        k=diagnostics_batches, reference=diagnostics_reference, device=device,
+                        which=diagnostics_lrs) if diagnostics_every else None
     start, began, before = 0, time.perf_counter(), 0.0
     saved = _load_checkpoint(checkpoint, checkpoint_key, device)
     if saved is not None:
@@ -236,7 +237,7 @@ class _Diagnostics:
     #: What a unit's checkpoint keeps of the diagnostics (the rest is rebuilt from the arguments).
     STATE = ("rows", "seconds", "eigvec", "eigvec_p", "snapshots")
 
-    def __init__(self, model, data, batch_size, lrs, R, seed, kind, opt, state, k, reference, device, which):
+    def __init__(self, model, data, *, batch_size, lrs, R, seed, kind, opt, state, k, reference, device, which):
         if which not in ("best", "all"):
             raise ValueError(f"diagnostics_lrs must be 'best' or 'all', not {which!r}")
         self.model, self.lrs, self.R, self.kind, self.opt, self.state = model, list(lrs), R, kind, opt, state
@@ -360,7 +361,7 @@ def _load_checkpoint(path, key: str, device):
     return state if isinstance(state, dict) and state.get("key") == key else None
 
 
-def train_one(data: dict, optimizer: str, batch_size: int, lr: float, replicate: int, steps: int,
+def train_one(data: dict, optimizer: str, batch_size: int, lr: float, replicate: int, steps: int, *,
               seed: int = 0, weight_decay: float = 1e-2, device="cpu", dtype=torch.float32) -> dict:
     """One model with nn.Module + the real torch optimizer, on the same draws as train_batched."""
     entry = resolve_optimizer(optimizer)

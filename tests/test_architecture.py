@@ -179,3 +179,15 @@ def test_no_module_is_over_the_limit():
     assert set(long) <= set(LONG_ON_PURPOSE), {k: v for k, v in long.items() if k not in LONG_ON_PURPOSE}
     for path, reason in LONG_ON_PURPOSE.items():
         assert reason in (ROOT / path).read_text(), f"{path}: its docstring should say why it is whole"
+
+
+def test_every_package_is_listed_for_the_wheel():
+    """pyproject's explicit package list must name every package under focuslab/: an editable install
+    finds a missing one anyway, a wheel (`pip install .`) silently leaves it out."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "focuslab").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
+    assert {"focuslab.cli", "focuslab.presets"} <= listed

@@ -324,6 +324,27 @@ def test_ctrl_c_under_torchrun_stops_it_and_its_workers_and_keeps_the_checkpoint
     assert not left.strip(), left  # no worker outlives the command
 
 
+def test_the_launcher_marks_a_run_interrupted_when_rank_0_could_not(tmp_path):
+    """Rank 0 may be ended by torchrun while it waits in a collective on a worker that already
+    stopped: its record still says "running".  The launcher then marks it, at the checkpoint's
+    iteration; a run without a checkpoint, or one not running, is left as it is."""
+    from focuslab.gpt2.checkpoint import mark_interrupted
+
+    run = tmp_path / "run"
+    run.mkdir()
+    record = {"kind": "gpt2", "status": "running", "iter": 40, "digest": "d"}
+    (run / "gpt2.json").write_text(json.dumps(record))
+    assert not mark_interrupted(run)  # no checkpoint yet: nothing to resume from, nothing to claim
+    assert json.loads((run / "gpt2.json").read_text())["status"] == "running"
+    (run / "ckpt.pt").write_bytes(b"x")
+    assert mark_interrupted(run)
+    assert json.loads((run / "gpt2.json").read_text()) == {**record, "status": "interrupted"}
+    (run / "gpt2.json").write_text(json.dumps({**record, "status": "complete"}))
+    assert not mark_interrupted(run)
+    assert json.loads((run / "gpt2.json").read_text())["status"] == "complete"
+    assert not mark_interrupted(tmp_path / "missing")
+
+
 # --- torchrun failures: one line, torchrun's output in the run's log --------------------------------
 
 FAULTY = '''

@@ -63,6 +63,25 @@ def _peek_iter(run: Path):
         return "?"
 
 
+def mark_interrupted(run: Path) -> bool:
+    """After Ctrl-C under torchrun: a run whose record still says "running" is marked "interrupted"
+    at the iteration of its checkpoint.  Rank 0 records that itself when it reaches a safe point;
+    when it does not (it was waiting in a collective on a worker that had already stopped, and
+    torchrun ended it), the launcher does it here.  The record's ``iter`` is already the
+    checkpoint's: "running" is written right after each save.  True when the record was changed."""
+    from ..results import write_json
+
+    meta_path = Path(run) / "gpt2.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("status") != "running" or not (Path(run) / "ckpt.pt").exists():
+        return False
+    write_json({**meta, "status": "interrupted"}, meta_path)
+    return True
+
+
 def _load(path: Path, device):
     """(checkpoint, None) or (None, why it is unreadable) -- never a traceback."""
     try:

@@ -408,6 +408,7 @@ def execute(plan: LaunchPlan, force: bool = False, log=print, progress: bool = T
     """Run ``plan`` (not sbatch): resume, refuse or (``force``) start over in the run directory,
     then train.  A first attempt that fails before its first checkpoint leaves no directory."""
     from .train import is_complete, read_checkpoint, run_state, token_data, train
+    from .checkpoint import mark_interrupted
 
     cfg = plan.cfg
     run = Path(cfg.out)
@@ -427,7 +428,12 @@ def execute(plan: LaunchPlan, force: bool = False, log=print, progress: bool = T
         token_data(cfg)  # the embedded corpus prepared, the block size checked
         repair = plan.nodes == 1 or plan.node_rank == 0
         read_checkpoint(run, "cpu", force=force and repair, repair=repair, log=log)
-        result = run_torchrun(plan, log)
+        try:
+            result = run_torchrun(plan, log)
+        except KeyboardInterrupt:
+            if repair:  # the process that owns the run directory keeps its record honest
+                mark_interrupted(run)
+            raise
         if result["code"] == 0:
             return {"run": str(run), "iter": cfg.max_iters, "world": plan.world}
         fresh.keep = {TORCHRUN_LOG}

@@ -89,7 +89,7 @@ def test_grid_syntax():
     (["--opt-param", "focus.decay=sideways"], "focus.decay must be one of"),
     (["--opt-param", "gamma"], "expected OPTIMIZER.SETTING=VALUE"),
     (["--config", "/no/such/file.toml"], "config file not found"),
-    (["--config", "nosuchpreset"], "no scan preset named 'nosuchpreset' (available: bridge-toy, default, fig2a, fig2b-quick, fig2b, zoo)"),
+    (["--config", "nosuchpreset"], "no scan preset named 'nosuchpreset' (available: bridge-toy, default, fig2a, fig2b-quick, fig2b, gamma-slice, zoo)"),
     (["--jobs", "0"], "--jobs"),
     (["--steps", "many"], "'many' is not a valid integer"),
     (["--frobnicate"], "No such option"),

@@ -184,3 +184,29 @@ def test_variants_get_their_own_legend_and_colour(tmp_path):
     rgb = {lab: tuple(round(255 * c) for c in colour(lab, labels)) for lab in labels}
     assert rgb["focus"] == PAPER_COLOURS["focus"] and len(set(rgb.values())) == 3
     assert (tmp_path / "loss_focus_gamma-0.4.png").exists() and (tmp_path / "phase_focus_vs_focus_gamma-0.4.png").exists()
+
+
+def _redmean(a, b) -> float:
+    r = (a[0] + b[0]) / 2
+    dr, dg, db = (a[i] - b[i] for i in range(3))
+    return ((2 + r / 256) * dr * dr + 4 * dg * dg + (2 + (255 - r) / 256) * db * db) ** 0.5
+
+
+def test_a_zoo_map_colours_every_optimizer_apart():
+    """The zoo's 15 optimizers (three built-ins and twelve classes), and a map with sgd and lion among
+    classes: every optimizer's colour at least 120 apart (redmean RGB) from every other's and from
+    the grey of ties and undecided cells; a built-in keeps its own colour."""
+    from focuslab.plot.style import TIE_COLOUR, colour
+
+    zoo = ["adam", "signum", "focus"] + [f"pytorch_optimizer.{c}" for c in (
+        "AdaBelief", "EXAdam", "RAdam", "Lion", "SophiaH", "AdaHessian", "AdamP", "SGDSaI", "Conda",
+        "Muon:group.use_muon=True", "SPAM:foreach=True", "StableSPAM:foreach=True")]
+    mixed = ["sgd", "lion", "adam", "pytorch_optimizer.AdaBelief", "pytorch_optimizer.Lion", "torch.optim.NAdam"]
+    for labels in (zoo, mixed):
+        rgb = {lab: tuple(round(255 * c) for c in colour(lab, labels)) for lab in labels}
+        for head in ("adam", "signum", "focus", "sgd", "lion"):
+            if head in labels:
+                assert rgb[head] == PAPER_COLOURS[head]
+        shades = list(rgb.values()) + [TIE_COLOUR]
+        worst = min(_redmean(a, b) for i, a in enumerate(shades) for b in shades[i + 1:])
+        assert worst >= 120, (worst, rgb)

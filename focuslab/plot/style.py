@@ -9,12 +9,14 @@ import numpy as np
 from ..axes import axis_label as _axis_label
 from ..results import atomic_write_bytes
 
-#: Colours of optimizers that are not built-ins (and of a built-in's second entry): 18 distinct
-#: hues, none close to the paper's orange, yellow and blue, for zoo maps of up to ~20 optimizers.
+#: Colours of optimizers that are not built-ins (and of a built-in's second entry): 18 hues, none
+#: close to the paper's orange, yellow and blue or to the grey of ties; any 12 of the first ones
+#: (a zoo map) at least 120 apart in redmean RGB distance from each other and from the paper's
+#: colours (tests/test_plot.py); a built-in's own colour on the same map is skipped.
 EXTRA_COLOURS = [(102, 187, 106), (171, 71, 188), (141, 110, 99), (38, 166, 154), (236, 64, 122),
-                 (0, 0, 0), (255, 112, 67), (92, 107, 192), (205, 220, 57), (121, 85, 72),
-                 (0, 151, 167), (233, 30, 99), (139, 195, 74), (96, 125, 139), (186, 104, 200),
-                 (255, 179, 0), (0, 105, 92), (183, 28, 28)]
+                 (0, 0, 0), (128, 0, 0), (92, 107, 192), (205, 220, 57), (255, 0, 255),
+                 (0, 96, 100), (128, 128, 0), (0, 0, 128), (170, 255, 195), (96, 125, 139),
+                 (255, 250, 200), (220, 190, 255), (250, 190, 212)]
 TIE_COLOUR = (200, 200, 200)
 
 
@@ -48,8 +50,10 @@ def colour(label: str, labels: list[str] | None = None) -> tuple[float, float, f
     extra = [lab for lab in labels if own.get(_head(lab)) != lab]
     if own.get(_head(label)) == label:
         rgb = PAPER_COLOURS[_head(label)]
-    else:
-        rgb = EXTRA_COLOURS[extra.index(label) % len(EXTRA_COLOURS)]
+    else:  # a built-in on the map keeps its colour: the extras skip it (sgd is the first extra's green)
+        taken = {PAPER_COLOURS[head] for head in own}
+        free = [c for c in EXTRA_COLOURS if c not in taken]
+        rgb = free[extra.index(label) % len(free)]
     return tuple(c / 255 for c in rgb)
 
 

@@ -108,9 +108,22 @@ def write_file(path: Path, write) -> None:
             fh.flush()
             os.fsync(raw.fileno())
         except Exception as err:
+            if _interrupted(err):  # Ctrl-C mid-write, then the writer's cleanup failed on the torn file
+                raise KeyboardInterrupt from None  # (torch.save: 'unexpected pos'): the interrupt it was
             if fh.error is not None and not isinstance(err, OSError):
                 raise fh.error from None
             raise
+
+
+def _interrupted(err: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the exceptions ``err`` was raised while handling."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__context__
+    return False
 
 
 @contextlib.contextmanager

@@ -19,6 +19,17 @@ SCREEN_Z = 2.0  # scan lrs within this many combined standard errors of the scan
 SCREEN_STEPS = 2  # ... if they are at most this many grid steps from it
 
 
+
+def _read_screen(screen: tuple):
+    """The scan's means and standard errors over a candidate list (``screen``): (means, standard
+    errors with NaN read as +inf, which means are finite, the index of the best finite mean), or
+    None when every mean is +inf (every candidate diverged)."""
+    means, sems = (np.asarray(x, dtype=float) for x in screen)
+    ok = np.isfinite(means)
+    if not ok.any():
+        return None
+    return means, np.where(np.isfinite(sems), sems, np.inf), ok, int(np.argmin(np.where(ok, means, np.inf)))
+
 class Lattice:
     """Candidate lrs of one scan: the grid, midpoints down to ``levels`` halvings of the grid step,
     and steps beyond either edge.  A position is an integer u in units of 2^-levels grid steps
@@ -86,12 +97,10 @@ class Lattice:
         standard errors of the best (the scan's replicates cannot tell them apart).  A grid lr whose
         scan mean is +inf (a replicate diverged) is +inf for certain and left out; so an optimizer
         whose every grid lr diverged starts with none."""
-        means, sems = (np.asarray(x, dtype=float) for x in screen)
-        ok = np.isfinite(means)
-        if not ok.any():
+        read = _read_screen(screen)
+        if read is None:
             return []
-        j = int(np.argmin(np.where(ok, means, np.inf)))
-        se = np.where(np.isfinite(sems), sems, np.inf)
+        means, se, ok, j = read
         unit = self.unit
         us = {j * unit}
         for side in (-1, 1):
@@ -196,12 +205,10 @@ class TrialSpace:
         """The design trials the scan cannot rule out (scan mean within SCREEN_Z combined standard
         errors of the best trial's; at most MAX_TRIALS, best first) and the lr neighbours of the
         best one at its settings.  A trial whose scan mean is +inf diverged for certain."""
-        means, sems = (np.asarray(x, dtype=float) for x in screen)
-        ok = np.isfinite(means)
-        if not ok.any():
+        read = _read_screen(screen)
+        if read is None:
             return []
-        j = int(np.argmin(np.where(ok, means, np.inf)))
-        se = np.where(np.isfinite(sems), sems, np.inf)
+        means, se, ok, j = read
         close = [i for i in np.flatnonzero(ok) if means[i] - means[j] <= SCREEN_Z * math.hypot(se[i], se[j])]
         close = sorted(close, key=lambda i: (means[i], i))[:MAX_TRIALS]
         keys = {self.keys[i] for i in close} | {self.keys[j]}

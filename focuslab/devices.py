@@ -13,6 +13,15 @@ import os
 from .errors import FocuslabError
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use: its CPU affinity (taskset, SLURM's --cpus-per-task) and a
+    cgroup CPU quota, as joblib (loky) counts them.  ``os.cpu_count()`` counts the machine's, so a
+    job given one core of a 64-core node would start 64 workers on it."""
+    from joblib import cpu_count
+
+    return max(1, int(cpu_count()))
+
+
 def gpu_visible() -> bool:
     """Whether this machine shows a GPU device (NVIDIA or AMD) at all, without importing torch."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):

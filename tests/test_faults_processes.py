@@ -135,3 +135,44 @@ def test_shards_of_one_scan_run_side_by_side_but_not_twice_nor_beside_the_whole(
         with pytest.raises(FocuslabError, match=f"pid {os.getpid()} on"):
             with hold(out, "scan", "1-of-2"):
                 pass
+
+
+STARTING = '''
+import sys
+class Interrupt:  # Ctrl-C arrives while the command tree is being imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "focuslab.cli.main":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+from focuslab.__main__ import run
+run()
+'''
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130():
+    """A Ctrl-C in the first fraction of a second (importing click, numpy, pandas, pyarrow) printed
+    a traceback from inside pyarrow's import."""
+    res = subprocess.run([sys.executable, "-c", STARTING], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 130, res.stderr
+    assert res.stderr.strip().splitlines() == ["focuslab: interrupted while starting; nothing was done"]
+
+
+def test_the_installed_command_starts_through_the_guarded_entry_point():
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "focuslab"]
+    assert script.value == "focuslab.__main__:run"
+
+
+def test_the_default_worker_count_is_the_cpus_this_process_may_use(tmp_path):
+    """Under taskset or SLURM's --cpus-per-task a study starts as many workers as it was given
+    cores, not one per core of the machine."""
+    one = sorted(os.sched_getaffinity(0))[:1]
+    res = subprocess.run([sys.executable, "-m", "focuslab", "scan", "--dry-run", "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=120,
+                         preexec_fn=lambda: os.sched_setaffinity(0, one))
+    assert res.returncode == 0, res.stderr
+    assert "on 1 worker(s)" in res.stdout + res.stderr, res.stdout
+    from focuslab.devices import usable_cpus
+
+    assert 1 <= usable_cpus() <= len(os.sched_getaffinity(0))  # a cgroup quota may lower it further

@@ -10,7 +10,6 @@ Output directory:
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -25,6 +24,7 @@ from .. import __version__
 from ..config import (StudyConfig, layered, load_toml, opt_param_setting, optimizers_setting, parse_grid,
                       parse_int, parse_number)
 from ..optimizers import file_slug, study_record
+from ..devices import usable_cpus
 from ..errors import FocuslabError
 from ..options import setting
 from ..phase import best_per_cell
@@ -199,7 +199,6 @@ def run_unit(config: MnistConfig, label: str, batch_size: int, data_dir, device:
     if threads:
         torch.set_num_threads(threads)
     report = InflightReporter(Path(inflight) if inflight else None)
-    t0 = time.perf_counter()
     out = train_batched(_data(config.dataset, data_dir, device), config.entry(label), batch_size, config.lrs,
                         config.replicates, config.steps, seed=config.seed,
                         weight_decay=config.weight_decay, device=device, eval_every=config.eval_every,
@@ -316,9 +315,9 @@ def preflight(config: MnistConfig, out: Path, jobs: int | None = None, *, device
     units = [Unit(unit_name(o, b), _unit_cost(config, b), (config, o, b, data_key, device), sides)
              for o, b in config.units()]
     todo = units if meta is None else pending(out / UNITS, units, log or (lambda msg: None), repair=False)
-    jobs = 1 if device == "cuda" else (jobs or os.cpu_count() or 1)
+    jobs = 1 if device == "cuda" else (jobs or usable_cpus())
     jobs = max(1, min(jobs, len(todo) or 1))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, usable_cpus() // jobs)
     return {"device": device, "meta": meta, "data": data, "note": note, "units": units, "todo": todo, "jobs": jobs,
             "threads": threads}
 

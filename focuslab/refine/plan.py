@@ -15,6 +15,7 @@ import numpy as np
 
 from ..axes import CELL_NAMES
 from ..config import config_digest
+from ..devices import usable_cpus
 from ..errors import FocuslabError
 from .lattice import MAX_TRIALS, SCREEN_STEPS, SCREEN_Z, candidate_spaces
 from .procedure import PRUNE_FROM, RETIRE_P
@@ -239,7 +240,7 @@ def plan_refine(directory, params: RefineParams, run: RefineRun = RefineRun(), *
     spaces = candidate_spaces(config, params)
     candidates = np.array([[len(spaces[o].initial((means[o][c], sems[o][c]))) for o in config.optimizers]
                            for c in range(config.n_cells)], dtype=np.int64).reshape(config.n_cells, -1)
-    plan = RefinePlan(directory=directory, params=params, run=run, jobs=jobs or os.cpu_count() or 1, shard=shard,
+    plan = RefinePlan(directory=directory, params=params, run=run, jobs=jobs or usable_cpus(), shard=shard,
                       config=config, digest=digest, plugins=meta.get("plugins") or {}, standing=found, cells=cells,
                       means=means, sems=sems, chunks=chunks, mine=mine, done=len(done), candidates=candidates)
     plan.work = estimate(plan, [c for k in mine if k not in done for c in chunks[k]], spaces)

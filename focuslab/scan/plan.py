@@ -11,7 +11,7 @@ import numpy as np
 
 from ..axes import CELL_NAMES
 from ..config import ScanConfig
-from ..devices import resolve
+from ..devices import resolve, usable_cpus
 from ..errors import FocuslabError
 from ..results import META, WriteError, atomic_write_bytes, read_json
 
@@ -130,7 +130,7 @@ def preflight(config: ScanConfig, out: Path, jobs: int | None = None, *, force: 
     check_results_dir(out, META, config.digest(), {"config": config.to_dict()}, force=force, what="scan", kind="scan")
     plans = _plans(config, out, force)  # probes external optimizers
     speed = engine_speeds(config, plans)
-    workers = 1 if sim is not None else (jobs or os.cpu_count() or 1)
+    workers = 1 if sim is not None else (jobs or usable_cpus())
     plan = plan_scan(config, workers, speed)
     if shard is not None:  # shards are balanced by cost: each takes about 1/N of the time
         plan["eta_seconds"] /= shard[1]

@@ -3,13 +3,13 @@ the chosen backend and finishes the tables; ``ScanJob`` is one ``focuslab scan``
 the results directory the library names, its run options), which the command only parses and calls."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ScanConfig, build_scan_config, load_toml, scan_table
+from ..devices import usable_cpus
 from ..errors import FocuslabError
 from ..options import setting
 from ..results import BEST, CHUNKS, META, RUNS, SHARDS, write_json
@@ -122,7 +122,7 @@ def _run_scan(config: ScanConfig, out: Path, pre: dict, *, jobs, force, progress
                     "wall_seconds": 0.0, "ns_per_step_per_worker": None}
         log(f"{out}: {', '.join(bad)} missing or unreadable; rebuilding from the {len(mine)} chunk files")
     stack, workers = _backend_context(backend, scheduler)
-    jobs = 1 if sim is not None else (jobs or workers or os.cpu_count() or 1)
+    jobs = 1 if sim is not None else (jobs or workers or usable_cpus())
     started = time.time()
     work = sum(steps_of[u.name] for u in todo)
     with stack:

@@ -61,7 +61,7 @@ class Common:
     out: str = setting(None, "the results directory", metavar="DIR",
                        shown="results/PRESET for a preset as it is, else results/NAME-DIGEST")
     force: bool = setting(False, "start over: replace what --out holds (another config, or this one)")
-    jobs: int = setting(None, "worker processes", short="-j", metavar="N", shown="all cores")
+    jobs: int = setting(None, "worker processes", short="-j", metavar="N", shown="the cores this process may use")
     device: str = setting("auto", "where the work runs: auto (CUDA when a GPU is visible and the work can use "
                                   "it, else the CPU), cpu, cuda or cuda:N", metavar="DEVICE")
     quiet: bool = setting(False, "print nothing but errors", short="-q")

@@ -256,6 +256,31 @@ def zoo(directory: Path) -> str:
                      "how it ran"], rows, "lrrrl")
 
 
+def zoo_refined(directory: Path) -> str:
+    """A refined scan of many optimizers, one row each: the share of cells it wins (refined), the
+    share in which it is among those tied within the margin, and the share it is the raw argmin of
+    in the scan (the same cells); then the undecided and diverged shares, the fresh steps and the
+    refine's wall time (all attempts)."""
+    directory = Path(directory)
+    d = read_parquet(directory / "decisions.parquet")
+    record = read_json(directory / "scan.json")["refine"]
+    best = read_parquet(directory / "best.parquet")
+    axes = [a for a in ("sharpness", "noise", "weight_decay", "phi", "c") if a in best]
+    argmin = best.loc[best.groupby(axes)["final_loss_mean"].idxmin(), "optimizer"]
+    n = len(d)
+    tied = [set(t.split(",")) for t in d.loc[d["outcome"] == "tied", "tied"]]
+    rows = []
+    for o in read_json(directory / "scan.json")["config"]["optimizers"]:
+        wins = ((d["outcome"] == "winner") & (d["winner"] == o)).mean()
+        rows.append([f"`{o}`", _pct(wins), _pct(sum(o in t for t in tied) / n), _pct((argmin == o).mean())])
+    rows.sort(key=lambda r: (-float(r[1].split()[0]), -float(r[3].split()[0])))
+    wall = sum(a.get("wall_seconds", 0.0) for a in record.get("attempts", []))
+    return (markdown(["optimizer", "wins (refined)", "in a tie within the margin", "raw argmin of the scan"], rows)
+            + f"\n{n} cells: undecided {_pct((d['outcome'] == 'undecided').mean())}, diverged "
+              f"{_pct((d['outcome'] == 'diverged').mean())}; {_steps(record.get('steps_spent', 0))} fresh optimizer "
+              f"steps, refine wall {_minutes(wall)} (all attempts).\n")
+
+
 def _selected(directory: Path) -> "pd.DataFrame":
     """Each refined cell's selected candidate per optimizer (refine/lrs.parquet's selected rows) with
     the cell's coordinates and outcome."""
@@ -362,6 +387,7 @@ TABLES = {
     "main-job.md": (main_job, "default"),
     "paper-maps.md": (decided_maps, {"Fig. 2a": "fig2a", "Fig. 2b": "fig2b"}),
     "zoo.md": (zoo, "zoo"),
+    "zoo-refined.md": (zoo_refined, "zoo8"),
     "mnist-diagnostics.md": (mnist_diagnostics, "mnist-5k-diag"),
     "gpt2-nano.md": (gpt2_runs, ["gpt2-nano-adamw", "gpt2-nano-focus", "gpt2-nano-signum"]),
     "gpt2-mini.md": (gpt2_runs, ["gpt2-mini-adamw", "gpt2-mini-signum", "gpt2-mini-focus"]),

@@ -104,3 +104,16 @@ def test_the_gamma_slice_table_counts_the_decisions_and_measures_gamma_zero(tmp_
             m = {o: chosen[(cell, o)] for o in specs.split(",")}
             gaps.append((m[specs.split(",")[0]] - min(m.values())) / abs(min(m.values())))
         assert r["γ = 0's loss above the cell's best (median)"] == f"{100 * float(pd.Series(gaps).median()):.1f} %"
+
+
+@pytest.mark.slow
+def test_the_refined_zoo_table_is_the_decisions_own(refined, tmp_path):
+    (tmp_path / "t.md").write_text(report.zoo_refined(refined / "fig2a"))
+    d = pd.read_parquet(refined / "fig2a" / "decisions.parquet")
+    rows = {r["optimizer"].strip("`"): r for r in _table(tmp_path / "t.md")}
+    assert set(rows) == {"adam", "signum", "focus"}
+    for opt, row in rows.items():
+        assert row["wins (refined)"] == f"{100 * ((d.outcome == 'winner') & (d.winner == opt)).mean():.1f} %"
+        in_tie = sum(opt in t.split(",") for t in d[d.outcome == "tied"].tied) / len(d)
+        assert row["in a tie within the margin"] == f"{100 * in_tie:.1f} %"
+    assert f"{len(d)} cells: undecided {100 * (d.outcome == 'undecided').mean():.1f} %" in (tmp_path / "t.md").read_text()

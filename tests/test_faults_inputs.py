@@ -215,3 +215,18 @@ def test_a_corrupt_mnist_table_names_the_command_that_rebuilds_it(tmp_path):
     line = one_line_error(cli("plot", out, "--out", tmp_path / "f"), "mnist.json")
     assert "--force" in line
     assert pd.read_parquet(out / "runs.parquet").shape[0] == 4
+
+
+def test_boolean_settings_of_a_class_whose_annotations_hold_lists():
+    """typing.get_args(Callable[[int], float]) holds a list: hashing the args made `focuslab
+    optimizers` a traceback for such a class (pytorch_optimizer has several)."""
+    from typing import Callable, Optional
+
+    from focuslab.optimizers.external import boolean_settings
+
+    class Odd:
+        def __init__(self, params, lr: float = 0.1, hook: Callable[[int], float] = print,
+                     flag: bool = False, maybe: Optional[bool] = None, word: str = "x"):
+            pass
+
+    assert boolean_settings(Odd) == {"flag": False, "maybe": True}

@@ -216,9 +216,9 @@ def boolean_settings(cls) -> dict:
             is_bool = ann.replace("typing.", "") in _BOOL_TEXTS or ann in _BOOL_TEXTS
             optional = "None" in ann
         else:
-            args = set(typing.get_args(ann)) if typing.get_args(ann) else {ann}
-            is_bool = bool(args) and args <= {bool, type(None)} and bool in args
-            optional = type(None) in args
+            args = typing.get_args(ann) or (ann,)  # by identity: Callable[[int], float]'s args hold a list
+            is_bool = any(a is bool for a in args) and all(a is bool or a is type(None) for a in args)
+            optional = any(a is type(None) for a in args)
         if isinstance(p.default, bool) or is_bool:
             out[name] = optional or p.default is None
     return out

@@ -379,7 +379,8 @@ def test_a_failing_worker_is_one_line_and_its_traceback_goes_to_the_log(tmp_path
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     log = run / "torchrun.log"
     if fault == "crash":
-        assert "a worker process failed (torchrun exited with status 1; its traceback is in" in lines[0]
+        assert ("a worker process failed with RuntimeError: boom: injected crash (torchrun exited with status 1; "
+                "its traceback is in") in lines[0]  # the error itself, where the log may be gone (selftest)
         assert "boom: injected crash" in log.read_text()
     else:
         assert lines[0].startswith("focuslab: error: injected: rank 1 refuses (in a worker;")
@@ -387,3 +388,18 @@ def test_a_failing_worker_is_one_line_and_its_traceback_goes_to_the_log(tmp_path
     # the evaluation at iter 0 was checkpointed before the failing step: it is kept, and said so
     assert "the checkpoint at iter 0 is kept: re-run the same command to resume" in lines[0]
     assert (run / "ckpt.pt").exists()
+
+
+def test_a_workers_exception_line_is_read_from_torchruns_log():
+    from focuslab.gpt2.torchrun import EXCEPTION_LINE
+
+    def read(line):
+        found = EXCEPTION_LINE.match(line)
+        return found.group(1) if found else None
+
+    assert read("[rank1]: RuntimeError: Connection closed by peer [127.0.0.1]:5000\n") == \
+        "RuntimeError: Connection closed by peer [127.0.0.1]:5000"
+    assert read("torch.distributed.DistBackendError: NCCL error\n") == "torch.distributed.DistBackendError: NCCL error"
+    assert read("KeyboardInterrupt\n") == "KeyboardInterrupt"
+    for quiet in ("UserWarning: a warning\n", "ERROR:torch.distributed.elastic:failed\n", "  File \"x.py\", line 3\n"):
+        assert read(quiet) is None, quiet

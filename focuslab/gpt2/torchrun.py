@@ -15,6 +15,8 @@ TORCHRUN_LOG = "torchrun.log"
 MARKER = "@focuslab-gpt2-worker"
 #: Seconds past --rdzv-timeout after which a launch whose workers never started is stopped.
 GRACE = 30
+#: The last line of a Python traceback in torchrun's log ("[rank1]: RuntimeError: ..." or bare).
+EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:[A-Za-z_][\w.]*)?(?:Error|Exception|Interrupt)\b(?::.*\S)?)\s*$")
 
 
 def _kept(run: Path) -> str:
@@ -44,8 +46,9 @@ def failure_message(plan, result: dict) -> str:
         return f"{what}{hint}; {_kept(run)}; torchrun's output: {log}"
     if result["worker_error"]:
         return f"{result['worker_error']} (in a worker; {_kept(run)}; torchrun's output: {log})"
-    return (f"a worker process failed (torchrun exited with status {result['code']}; its traceback is in {log}); "
-            f"{_kept(run)}")
+    raised = f" with {result['exception']}" if result.get("exception") else ""
+    return (f"a worker process failed{raised} (torchrun exited with status {result['code']}; its traceback is in "
+            f"{log}); {_kept(run)}")
 
 
 def run_torchrun(plan, say=print) -> dict:
@@ -100,7 +103,7 @@ def run_torchrun(plan, say=print) -> dict:
         finally:
             reader.join(2)
         code = proc.wait()
-    worker_error = rendezvous = None
+    worker_error = rendezvous = exception = None
     try:
         with open(log_path) as fh:
             fh.seek(offset)
@@ -110,10 +113,13 @@ def run_torchrun(plan, say=print) -> dict:
                 found = re.search(r"\bRendezvous(Timeout|Connection|Closed)Error\b", line)
                 if found:
                     rendezvous = found.group(1)
+                raised = EXCEPTION_LINE.match(line)
+                if raised and exception is None:  # the first worker's own error, not torchrun's summary of it
+                    exception = raised.group(1)[:300]
     except OSError:
         pass
     return {"code": code, "started": started.is_set(), "timed_out": timed_out, "worker_error": worker_error,
-            "rendezvous": rendezvous}
+            "rendezvous": rendezvous, "exception": exception}
 
 
 def _stop(proc, pids, at_once: bool = False, srun: bool = False) -> None:

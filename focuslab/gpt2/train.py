@@ -411,7 +411,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True, force: bool = Fals
                 f"{100 * extra['diagnostics_cost_fraction']:.1f}% of the training time")
         record(status="complete", iter=cfg.max_iters, final=last, wall_seconds=round(time.time() - t_start, 2),
                **extra)
-    if ddp:
+    if ddp:  # every rank here before any tears down: rank 1 no longer leaves while rank 0 evaluates and saves
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return {"final": last, "params": raw.n_params(), "run": str(run), "iter": cfg.max_iters}
 

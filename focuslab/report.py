@@ -92,7 +92,7 @@ def decided_maps(dirs: dict) -> str:
         tied = d[d["outcome"] == "tied"]["tied"].value_counts()
         ties = ", ".join(f"{' = '.join(NAMES.get(o, o) for o in t.split(','))} {_pct(k / n)}"
                          for t, k in tied.items() if k / n >= 0.01)
-        wall = sum(a.get("wall_seconds", 0.0) for a in record.get("attempts", []))
+        wall = _refine_wall(record)
         rows.append([label] + [_pct(wins.get(o, 0) / n) for o in opts]
                     + [_pct((d["outcome"] == "tied").mean()) + (f" ({ties})" if ties else ""),
                        _pct((d["outcome"] == "undecided").mean()), _pct((d["outcome"] == "diverged").mean()),
@@ -235,7 +235,7 @@ def zoo(directory: Path) -> str:
     directory = Path(directory)
     meta = read_json(directory / "scan.json")
     best = read_parquet(directory / "best.parquet")
-    axes = [a for a in ("sharpness", "noise", "weight_decay", "phi", "c") if a in best]
+    axes = _cell_axes(best)
     rows = []
     pivot = best.pivot_table(index=axes, columns="optimizer", values="final_loss_mean")
     sem = best.pivot_table(index=axes, columns="optimizer", values="final_loss_sem")
@@ -263,22 +263,30 @@ def zoo_refined(directory: Path) -> str:
     refine's wall time (all attempts)."""
     directory = Path(directory)
     d = read_parquet(directory / "decisions.parquet")
-    record = read_json(directory / "scan.json")["refine"]
+    meta = read_json(directory / "scan.json")
     best = read_parquet(directory / "best.parquet")
-    axes = [a for a in ("sharpness", "noise", "weight_decay", "phi", "c") if a in best]
-    argmin = best.loc[best.groupby(axes)["final_loss_mean"].idxmin(), "optimizer"]
+    argmin = best.loc[best.groupby(_cell_axes(best))["final_loss_mean"].idxmin(), "optimizer"]
     n = len(d)
     tied = [set(t.split(",")) for t in d.loc[d["outcome"] == "tied", "tied"]]
-    rows = []
-    for o in read_json(directory / "scan.json")["config"]["optimizers"]:
-        wins = ((d["outcome"] == "winner") & (d["winner"] == o)).mean()
-        rows.append([f"`{o}`", _pct(wins), _pct(sum(o in t for t in tied) / n), _pct((argmin == o).mean())])
-    rows.sort(key=lambda r: (-float(r[1].split()[0]), -float(r[3].split()[0])))
-    wall = sum(a.get("wall_seconds", 0.0) for a in record.get("attempts", []))
+    shares = [(o, ((d["outcome"] == "winner") & (d["winner"] == o)).mean(), sum(o in t for t in tied) / n,
+               (argmin == o).mean()) for o in meta["config"]["optimizers"]]
+    shares.sort(key=lambda r: (-r[1], -r[3]))
+    rows = [[f"`{o}`", _pct(wins), _pct(in_tie), _pct(raw)] for o, wins, in_tie, raw in shares]
+    record = meta["refine"]
     return (markdown(["optimizer", "wins (refined)", "in a tie within the margin", "raw argmin of the scan"], rows)
             + f"\n{n} cells: undecided {_pct((d['outcome'] == 'undecided').mean())}, diverged "
               f"{_pct((d['outcome'] == 'diverged').mean())}; {_steps(record.get('steps_spent', 0))} fresh optimizer "
-              f"steps, refine wall {_minutes(wall)} (all attempts).\n")
+              f"steps, refine wall {_minutes(_refine_wall(record))} (all attempts).\n")
+
+
+def _cell_axes(best) -> list:
+    """The cell coordinates a scan's best table carries."""
+    return [a for a in ("sharpness", "noise", "weight_decay", "phi", "c") if a in best]
+
+
+def _refine_wall(record: dict) -> float:
+    """A refinement's wall time over all its attempts."""
+    return sum(a.get("wall_seconds", 0.0) for a in record.get("attempts", []))
 
 
 def _selected(directory: Path) -> "pd.DataFrame":

@@ -315,9 +315,10 @@ def preflight(config: MnistConfig, out: Path, jobs: int | None = None, *, device
     units = [Unit(unit_name(o, b), _unit_cost(config, b), (config, o, b, data_key, device), sides)
              for o, b in config.units()]
     todo = units if meta is None else pending(out / UNITS, units, log or (lambda msg: None), repair=False)
-    jobs = 1 if device == "cuda" else (jobs or usable_cpus())
+    cpus = usable_cpus()
+    jobs = 1 if device == "cuda" else (jobs or cpus)
     jobs = max(1, min(jobs, len(todo) or 1))
-    threads = max(1, usable_cpus() // jobs)
+    threads = max(1, cpus // jobs)
     return {"device": device, "meta": meta, "data": data, "note": note, "units": units, "todo": todo, "jobs": jobs,
             "threads": threads}
 
